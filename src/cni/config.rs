@@ -1,0 +1,306 @@
+//! The network configuration on stdin: CNI fields, egress-guard's own conflist fields (per the
+//! interface contract), prevResult and the runtime-provided pod annotations. Each bad field gives
+//! an error naming the field and its value.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::json::{parse_strict, type_name};
+use crate::policy::{parse_network_entry, Entry, Mode, Settings};
+
+pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+pub const DEFAULT_STATE_DIR: &str = "/run/egress-guard";
+pub const DEFAULT_NFLOG_GROUP: u16 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("network configuration is not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("network configuration is not valid UTF-8 (byte {offset})")]
+    Utf8 { offset: usize },
+    #[error("network configuration must be a JSON object, got {0}")]
+    NotObject(&'static str),
+    #[error("conflist field \"{field}\" {problem}")]
+    Field { field: String, problem: String },
+}
+
+fn field_err(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Field { field: field.to_string(), problem: problem.into() }
+}
+
+/// Requested placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementPref {
+    Auto,
+    Host,
+    Pod,
+}
+
+/// An attachment the runtime still considers live (GC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub prev_result: Option<Value>,
+    /// Annotations from runtimeConfig; `None` when the runtime passed none.
+    pub annotations: Option<Vec<(String, String)>>,
+    pub settings: Settings,
+    pub placement: PlacementPref,
+    pub log_file: Option<PathBuf>,
+    pub log_level: log::LevelFilter,
+    pub kubeconfig: Option<PathBuf>,
+    pub nflog_group: u16,
+    pub state_dir: PathBuf,
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+fn opt_str<'a>(obj: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, ConfigError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(field_err(field, format!("must be a string, got {}", type_name(v)))),
+    }
+}
+
+fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, ConfigError> {
+    let mut out = BTreeMap::new();
+    let Some(v) = v else { return Ok(out) };
+    if v.is_null() {
+        return Ok(out);
+    }
+    let obj = v.as_object().ok_or_else(|| field_err("networks", format!("must be an object, got {}", type_name(v))))?;
+    for (name, list) in obj {
+        let field = format!("networks.{name}");
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(field_err(&field, "has an invalid name (letters, digits, '-' and '_')"));
+        }
+        let items: Vec<&Value> = match list {
+            Value::Array(a) => a.iter().collect(),
+            Value::String(_) => vec![list],
+            other => return Err(field_err(&field, format!("must be an array of strings, got {}", type_name(other)))),
+        };
+        let mut entries = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let s = item.as_str().ok_or_else(|| {
+                field_err(&format!("{field}[{i}]"), format!("must be a string, got {}", type_name(item)))
+            })?;
+            // A string may hold several entries separated by commas, like the annotation.
+            for part in s.split(',') {
+                let e = parse_network_entry(part)
+                    .map_err(|e| field_err(&format!("{field}[{i}]"), format!("has value \"{}\": {e}", part.trim())))?;
+                entries.push(e);
+            }
+        }
+        out.insert(name.clone(), entries);
+    }
+    Ok(out)
+}
+
+fn parse_annotations(rc: &serde_json::Map<String, Value>) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+    let Some(v) = rc.get(ANNOTATIONS_CAPABILITY) else { return Ok(None) };
+    let field = format!("runtimeConfig.{ANNOTATIONS_CAPABILITY}");
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        other => return Err(field_err(&field, format!("must be an object, got {}", type_name(other)))),
+    };
+    let mut out = Vec::with_capacity(obj.len());
+    for (k, v) in obj {
+        match v {
+            Value::String(s) => out.push((k.clone(), s.clone())),
+            other if k.to_ascii_lowercase().starts_with(crate::policy::PREFIX) => {
+                return Err(field_err(&format!("{field}[\"{k}\"]"), format!("must be a string, got {}", type_name(other))))
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(out))
+}
+
+fn parse_attachments(rc: &serde_json::Map<String, Value>) -> Result<Option<Vec<Attachment>>, ConfigError> {
+    let Some(v) = rc.get(VALID_ATTACHMENTS) else { return Ok(None) };
+    let field = VALID_ATTACHMENTS;
+    let arr = v.as_array().ok_or_else(|| field_err(field, format!("must be an array, got {}", type_name(v))))?;
+    let mut out = Vec::new();
+    for (i, item) in arr.iter().enumerate() {
+        let get = |k: &str| item.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let (Some(container_id), Some(ifname)) = (get("containerID"), get("ifname")) else {
+            return Err(field_err(&format!("{field}[{i}]"), "must have string fields \"containerID\" and \"ifname\""));
+        };
+        out.push(Attachment { container_id, ifname });
+    }
+    Ok(Some(out))
+}
+
+impl NetConf {
+    pub fn parse(bytes: &[u8]) -> Result<NetConf, ConfigError> {
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(ConfigError::Utf8 { offset: e.valid_up_to() });
+        }
+        let v = parse_strict(bytes).map_err(ConfigError::Json)?;
+        let obj = v.as_object().ok_or_else(|| ConfigError::NotObject(type_name(&v)))?;
+
+        let cni_version = opt_str(obj, "cniVersion")?.unwrap_or("0.4.0").to_string();
+        let name = opt_str(obj, "name")?.unwrap_or("").to_string();
+        if let Some(t) = opt_str(obj, "type")? {
+            if t != "egress-guard" {
+                log::debug!("invoked with type \"{t}\"");
+            }
+        }
+        let default_mode = match opt_str(obj, "defaultMode")? {
+            None => Mode::Off,
+            Some(s) => Mode::parse(s).ok_or_else(|| field_err("defaultMode", format!("has value \"{s}\" (expected off, audit or enforce)")))?,
+        };
+        let enforce_namespaces = match obj.get("enforceNamespaces") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        field_err(&format!("enforceNamespaces[{i}]"), format!("must be a string, got {}", type_name(x)))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => return Err(field_err("enforceNamespaces", format!("must be an array of strings, got {}", type_name(other)))),
+        };
+        let networks = parse_networks(obj.get("networks"))?;
+        let placement = match opt_str(obj, "placement")? {
+            None | Some("auto") => PlacementPref::Auto,
+            Some("host") => PlacementPref::Host,
+            Some("pod") => PlacementPref::Pod,
+            Some(s) => return Err(field_err("placement", format!("has value \"{s}\" (expected auto, host or pod)"))),
+        };
+        let log_level = match opt_str(obj, "logLevel")? {
+            None => log::LevelFilter::Info,
+            Some(s) => match s {
+                "off" => log::LevelFilter::Off,
+                "error" => log::LevelFilter::Error,
+                "warn" | "warning" => log::LevelFilter::Warn,
+                "info" => log::LevelFilter::Info,
+                "debug" => log::LevelFilter::Debug,
+                "trace" => log::LevelFilter::Trace,
+                _ => return Err(field_err("logLevel", format!("has value \"{s}\" (expected error, warn, info, debug or trace)"))),
+            },
+        };
+        let nflog_group = match obj.get("nflogGroup") {
+            None | Some(Value::Null) => DEFAULT_NFLOG_GROUP,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n <= u16::MAX as u64)
+                .map(|n| n as u16)
+                .ok_or_else(|| field_err("nflogGroup", format!("has value {v} (expected a number from 0 to 65535)")))?,
+        };
+        let path = |f: &str| -> Result<Option<PathBuf>, ConfigError> {
+            match opt_str(obj, f)? {
+                None | Some("") => Ok(None),
+                Some(s) if !s.starts_with('/') => Err(field_err(f, format!("has value \"{s}\" (expected an absolute path)"))),
+                Some(s) => Ok(Some(PathBuf::from(s))),
+            }
+        };
+        let log_file = path("logFile")?;
+        let kubeconfig = path("kubeconfig")?;
+        let state_dir = path("stateDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let prev_result = match obj.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(other) => return Err(field_err("prevResult", format!("must be an object, got {}", type_name(other)))),
+        };
+        let (annotations, valid_attachments) = match obj.get("runtimeConfig") {
+            None | Some(Value::Null) => (None, None),
+            Some(Value::Object(rc)) => (parse_annotations(rc)?, parse_attachments(rc)?),
+            Some(other) => return Err(field_err("runtimeConfig", format!("must be an object, got {}", type_name(other)))),
+        };
+        // GC receives the list at the top level in CNI 1.1.
+        let valid_attachments = match valid_attachments {
+            Some(v) => Some(v),
+            None => parse_attachments(obj)?,
+        };
+        Ok(NetConf {
+            cni_version,
+            name,
+            prev_result,
+            annotations,
+            settings: Settings { default_mode, enforce_namespaces, networks },
+            placement,
+            log_file,
+            log_level,
+            kubeconfig,
+            nflog_group,
+            state_dir,
+            valid_attachments,
+        })
+    }
+
+    /// Name of the host-side interface in prevResult (an interface without "sandbox"), if any.
+    pub fn host_interface_hint(&self) -> Option<String> {
+        self.prev_result
+            .as_ref()?
+            .get("interfaces")?
+            .as_array()?
+            .iter()
+            .filter(|i| i.get("sandbox").and_then(|s| s.as_str()).map(str::is_empty).unwrap_or(true))
+            .find_map(|i| i.get("name")?.as_str().map(str::to_string))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let c = NetConf::parse(br#"{
+          "cniVersion": "1.0.0", "name": "k8s", "type": "egress-guard",
+          "capabilities": { "io.kubernetes.cri.pod-annotations": true },
+          "defaultMode": "off", "enforceNamespaces": ["model-serving"],
+          "networks": { "orchestrator": ["10.0.5.0/24 tcp 8443"], "dns": ["10.96.0.10 udp 53", "10.96.0.10 tcp 53"] },
+          "placement": "auto", "logFile": "/var/log/egress-guard/cni.log", "logLevel": "info",
+          "kubeconfig": "/etc/cni/net.d/egress-guard.kubeconfig",
+          "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"egress-guard.io/mode": "enforce", "other": "x"}},
+          "prevResult": {"cniVersion":"1.0.0","interfaces":[{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}]}
+        }"#).unwrap();
+        assert_eq!(c.settings.networks["dns"].len(), 2);
+        assert_eq!(c.settings.enforce_namespaces, vec!["model-serving".to_string()]);
+        assert_eq!(c.annotations.as_ref().unwrap().len(), 2);
+        assert_eq!(c.host_interface_hint().as_deref(), Some("veth1"));
+        assert_eq!(c.placement, PlacementPref::Auto);
+    }
+
+    #[test]
+    fn field_errors_name_field_and_value() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"defaultMode":"enforced"}"#, "\"defaultMode\" has value \"enforced\""),
+            (r#"{"defaultMode":5}"#, "\"defaultMode\" must be a string, got a number"),
+            (r#"{"enforceNamespaces":"a"}"#, "\"enforceNamespaces\" must be an array"),
+            (r#"{"enforceNamespaces":[1]}"#, "enforceNamespaces[0]"),
+            (r#"{"networks":{"dns":["10.96.0.10 udp 0"]}}"#, "networks.dns[0]"),
+            (r#"{"networks":{"dns":["@x"]}}"#, "\"@x\""),
+            (r#"{"networks":[]}"#, "\"networks\" must be an object"),
+            (r#"{"placement":"node"}"#, "\"placement\" has value \"node\""),
+            (r#"{"logLevel":"loud"}"#, "\"logLevel\" has value \"loud\""),
+            (r#"{"logFile":"relative.log"}"#, "\"logFile\" has value \"relative.log\""),
+            (r#"{"nflogGroup":70000}"#, "\"nflogGroup\" has value 70000"),
+            (r#"{"prevResult":[]}"#, "\"prevResult\" must be an object"),
+            (r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/mode":1}}}"#, "egress-guard.io/mode"),
+            (r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/allow":"a","egress-guard.io/allow":"b"}}}"#, "duplicate key \"egress-guard.io/allow\""),
+            (r#"[1]"#, "must be a JSON object"),
+            (r#"{"#, "not valid JSON"),
+        ];
+        for (input, needle) in cases {
+            let err = NetConf::parse(input.as_bytes()).expect_err(input).to_string();
+            assert!(err.contains(needle), "{input}: {err:?} lacks {needle:?}");
+        }
+        let err = NetConf::parse(b"{\"name\":\"\xff\"}").unwrap_err().to_string();
+        assert!(err.contains("UTF-8"), "{err}");
+    }
+}

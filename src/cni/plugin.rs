@@ -1,0 +1,518 @@
+//! What each CNI verb does. Generic over `Kernel`, so the whole flow runs against the recording
+//! fake in unit tests and against netlink in production. Fails closed: on any error ADD leaves
+//! nothing of its own installed and returns an error naming the pod, the field and the value.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::config::{NetConf, PlacementPref};
+use super::{code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb, SUPPORTED_VERSIONS};
+use crate::kernel::{HostPeer, Kernel, KernelError, Where};
+use crate::logging::{rfc3339, VerbRecord};
+use crate::policy::{parse_annotations, Mode, Policy};
+use crate::ruleset::{compile, table_name, Attach, Family, Target, TABLE_PREFIX};
+
+/// Reads a pod's annotations from the API server: (kubeconfig, namespace, name).
+pub type FetchPod<'a> = &'a dyn Fn(&Path, &str, &str) -> Result<Vec<(String, String)>, String>;
+
+/// Everything one invocation needs.
+pub struct Invocation<'a, K: Kernel> {
+    pub kernel: &'a mut K,
+    pub env: &'a Env,
+    pub stdin: &'a [u8],
+    pub fetch_pod: FetchPod<'a>,
+}
+
+/// The outcome: what to print on success (if anything) or the error, plus the log record.
+pub struct Outcome {
+    pub result: Result<Option<Value>, CniError>,
+    pub record: VerbRecord,
+    pub cni_version: String,
+    pub log_file: Option<PathBuf>,
+    pub log_level: log::LevelFilter,
+}
+
+struct Ctx<'a, K: Kernel> {
+    kernel: &'a mut K,
+    env: &'a Env,
+    conf: NetConf,
+    pod: PodIdentity,
+    fetch_pod: FetchPod<'a>,
+}
+
+fn who(pod: &PodIdentity, cid: &str) -> String {
+    let short: String = cid.chars().take(12).collect();
+    format!("pod {} (container {short})", pod.display())
+}
+
+fn require<'e>(value: &'e Option<String>, var: &str) -> Result<&'e str, CniError> {
+    match value.as_deref() {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(CniError::new(code::INVALID_ENV, format!("environment variable {var} is not set"))),
+    }
+}
+
+fn container_id(env: &Env) -> Result<&str, CniError> {
+    let cid = require(&env.container_id, "CNI_CONTAINERID")?;
+    if !valid_container_id(cid) {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_CONTAINERID \"{cid}\" is not valid (letters, digits, '_', '.', '-', at most 200)"),
+        ));
+    }
+    Ok(cid)
+}
+
+fn ifname(env: &Env) -> Result<&str, CniError> {
+    let name = require(&env.ifname, "CNI_IFNAME")?;
+    if name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
+        return Err(CniError::new(code::INVALID_ENV, format!("CNI_IFNAME \"{name}\" is not a valid interface name")));
+    }
+    Ok(name)
+}
+
+fn kernel_error(whom: &str, what: &str, e: &KernelError) -> CniError {
+    let code = if e.netns_missing() {
+        code::CONTAINER_UNKNOWN
+    } else if e.is_transient() {
+        code::TRY_AGAIN_LATER
+    } else {
+        match e {
+            KernelError::Peer(_) => code::INTERFACE,
+            _ => code::KERNEL_REJECTED,
+        }
+    };
+    CniError::new(code, format!("{whom}: {what}: {e}"))
+}
+
+/// Annotations from runtimeConfig, else from the API server when a kubeconfig is configured.
+fn pod_annotations<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Vec<(String, String)>, CniError> {
+    if let Some(a) = &ctx.conf.annotations {
+        return Ok(a.clone());
+    }
+    let Some(kubeconfig) = &ctx.conf.kubeconfig else {
+        log::debug!("{whom}: the runtime passed no annotations and no kubeconfig is configured");
+        return Ok(Vec::new());
+    };
+    let (Some(ns), Some(name)) = (&ctx.pod.namespace, &ctx.pod.name) else {
+        return Err(CniError::new(
+            code::API_LOOKUP,
+            format!("{whom}: no annotations from the runtime and CNI_ARGS lacks K8S_POD_NAMESPACE/K8S_POD_NAME to look the pod up"),
+        ));
+    };
+    match (ctx.fetch_pod)(kubeconfig, ns, name) {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            let enforced = ctx.conf.settings.enforce_namespaces.iter().any(|n| n == ns);
+            if enforced || ctx.conf.settings.default_mode != Mode::Off {
+                Err(CniError::new(code::API_LOOKUP, format!("{whom}: reading the pod from the API server failed: {e}")))
+            } else {
+                log::warn!("{whom}: reading the pod from the API server failed, treating it as unannotated: {e}");
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+fn resolve_policy<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Policy, CniError> {
+    let raw = pod_annotations(ctx, whom)?;
+    let ann = parse_annotations(&raw).map_err(|e| CniError::new(code::INVALID_POLICY, format!("{whom}: {e}")))?;
+    let policy = Policy::resolve(&ctx.conf.settings, ctx.pod.namespace.as_deref(), &ann)
+        .map_err(|e| CniError::new(code::INVALID_POLICY, format!("{whom}: {e}")))?;
+    if policy.overrode_annotation(&ann) {
+        log::warn!(
+            "{whom}: namespace is in enforceNamespaces; annotation mode \"{}\" ignored, enforcing",
+            ann.mode.map(|m| m.as_str()).unwrap_or("")
+        );
+    }
+    Ok(policy)
+}
+
+/// Where the ruleset goes, from the configured preference, the kernel and the interface type.
+fn choose_attach<K: Kernel>(ctx: &mut Ctx<'_, K>, whom: &str, netns: &str, ifname: &str) -> Result<(Attach, Option<String>), CniError> {
+    if ctx.conf.placement == PlacementPref::Pod {
+        return Ok((Attach::Pod, None));
+    }
+    let peer = ctx
+        .kernel
+        .host_peer(Path::new(netns), ifname)
+        .map_err(|e| kernel_error(whom, "finding the pod's host-side interface", &e))?;
+    let egress = ctx.kernel.has_netdev_egress();
+    match (peer, ctx.conf.placement, egress) {
+        (HostPeer::Veth { name, .. }, _, true) => Ok((Attach::Host { device: name.clone() }, Some(name))),
+        (HostPeer::Veth { name, .. }, PlacementPref::Host, false) => Err(CniError::new(
+            code::KERNEL_REJECTED,
+            format!("{whom}: placement \"host\" needs the netdev egress hook (kernel 5.16 or later); use placement \"auto\" or \"pod\" (host interface {name})"),
+        )),
+        (HostPeer::Veth { name, .. }, _, false) => Ok((Attach::Pod, Some(name))),
+        (HostPeer::None { kind }, PlacementPref::Host, _) => Err(CniError::new(
+            code::INTERFACE,
+            format!("{whom}: placement \"host\" needs a veth with its peer in the host namespace, but \"{ifname}\" is a {kind}"),
+        )),
+        (HostPeer::None { .. }, _, _) => Ok((Attach::Pod, None)),
+    }
+}
+
+/// Our tables in the host netns that must go before this pod's table is created: one with the
+/// same name (a repeated ADD) and any left bound to the same device name by a pod that died
+/// without DEL (netdev chains re-attach to a new device of the same name).
+fn stale_host_tables<K: Kernel>(ctx: &mut Ctx<'_, K>, whom: &str, name: &str, device: Option<&str>) -> Result<Vec<String>, CniError> {
+    let tables = ctx
+        .kernel
+        .tables(Where::Host, Family::Netdev)
+        .map_err(|e| kernel_error(whom, "listing tables", &e))?;
+    let dev_token = device.map(|d| format!("dev={d}"));
+    Ok(tables
+        .into_iter()
+        .filter(|t| t.name.starts_with(TABLE_PREFIX))
+        .filter(|t| t.name == name || dev_token.as_ref().map(|d| t.comment.split_whitespace().any(|w| w == d)).unwrap_or(false))
+        .map(|t| t.name)
+        .collect())
+}
+
+#[derive(serde::Serialize)]
+struct StateFile<'a> {
+    container_id: &'a str,
+    ifname: &'a str,
+    netns: &'a str,
+    pod_namespace: Option<&'a str>,
+    pod_name: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    mode: Mode,
+    placement: &'a str,
+    table: &'a str,
+    device: Option<&'a str>,
+    policy: String,
+    entries: Vec<String>,
+    created: String,
+}
+
+fn state_path(dir: &Path, cid: &str) -> PathBuf {
+    dir.join(format!("{cid}.json"))
+}
+
+fn write_state(dir: &Path, cid: &str, state: &StateFile<'_>) {
+    let path = state_path(dir, cid);
+    let tmp = dir.join(format!(".{cid}.json.tmp"));
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|_| serde_json::to_vec(state).map_err(std::io::Error::other))
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        log::warn!("cannot write state file {}: {e}", path.display());
+    }
+}
+
+fn remove_state(dir: &Path, cid: &str) {
+    let path = state_path(dir, cid);
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("cannot remove state file {}: {e}", path.display());
+        }
+    }
+}
+
+fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
+    let env = ctx.env;
+    let cid = container_id(env)?.to_string();
+    let netns = require(&env.netns, "CNI_NETNS")?.to_string();
+    let ifname = ifname(env)?.to_string();
+    let whom = who(&ctx.pod, &cid);
+    let prev = ctx.conf.prev_result.clone().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{whom}: prevResult is missing: egress-guard is a chained plugin and must come after the interface plugin in a conflist"),
+        )
+    })?;
+    let policy = resolve_policy(ctx, &whom)?;
+    rec.mode = Some(policy.mode.to_string());
+    rec.entries = Some(policy.entries.len());
+    let name = table_name(&cid);
+
+    if policy.mode == Mode::Off {
+        // Nothing to install, but a stale table bound to this device name must not guard (or
+        // break) a pod that asked for nothing.
+        if ctx.conf.placement != PlacementPref::Pod {
+            match ctx.kernel.host_peer(Path::new(&netns), &ifname) {
+                Ok(HostPeer::Veth { name: dev, .. }) => {
+                    let stale = stale_host_tables(ctx, &whom, &name, Some(&dev))?;
+                    if !stale.is_empty() {
+                        log::info!("{whom}: removing stale table(s) {} bound to {dev}", stale.join(", "));
+                        ctx.kernel
+                            .install(Where::Host, Family::Netdev, &stale, None)
+                            .map_err(|e| kernel_error(&whom, "removing stale tables", &e))?;
+                    }
+                }
+                Ok(HostPeer::None { .. }) => {}
+                Err(e) => log::warn!("{whom}: mode off; host interface lookup failed: {e}"),
+            }
+        }
+        log::info!("{whom}: mode off ({:?}), nothing installed", policy.mode_source);
+        return Ok(Some(prev));
+    }
+
+    if let Some(hint) = ctx.conf.host_interface_hint() {
+        log::debug!("{whom}: prevResult names host interface {hint}");
+    }
+    let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
+    let target = Target { container_id: cid.clone(), attach: attach.clone(), log_group: ctx.conf.nflog_group };
+    let Some(table) = compile(&policy, &target) else {
+        return Ok(Some(prev));
+    };
+    rec.placement = Some(target.placement().as_str().to_string());
+    rec.table = Some(format!("{} {}", table.family.name(), table.name));
+    rec.device = device.clone();
+
+    match &attach {
+        Attach::Host { device } => {
+            let stale = stale_host_tables(ctx, &whom, &name, Some(device))?;
+            log::debug!(
+                "{whom}: installing table netdev {} on {device} in host netns: {} rules, {} set elements, replacing [{}]",
+                table.name,
+                table.rule_count(),
+                table.element_count(),
+                stale.join(",")
+            );
+            ctx.kernel
+                .install(Where::Host, Family::Netdev, &stale, Some(&table))
+                .map_err(|e| kernel_error(&whom, "installing the egress policy", &e))?;
+        }
+        Attach::Pod => {
+            if let Some(dev) = &device {
+                let stale = stale_host_tables(ctx, &whom, &name, Some(dev))?;
+                if !stale.is_empty() {
+                    ctx.kernel
+                        .install(Where::Host, Family::Netdev, &stale, None)
+                        .map_err(|e| kernel_error(&whom, "removing stale tables", &e))?;
+                }
+            }
+            let at = Where::Netns(Path::new(&netns));
+            let existing = ctx
+                .kernel
+                .tables(at, Family::Inet)
+                .map_err(|e| kernel_error(&whom, "listing tables in the pod", &e))?;
+            let replace: Vec<String> = existing.into_iter().filter(|t| t.name == name).map(|t| t.name).collect();
+            log::debug!(
+                "{whom}: installing table inet {} in pod netns {netns}: {} rules, {} set elements",
+                table.name,
+                table.rule_count(),
+                table.element_count()
+            );
+            ctx.kernel
+                .install(at, Family::Inet, &replace, Some(&table))
+                .map_err(|e| kernel_error(&whom, "installing the egress policy", &e))?;
+        }
+    }
+    write_state(
+        &ctx.conf.state_dir,
+        &cid,
+        &StateFile {
+            container_id: &cid,
+            ifname: &ifname,
+            netns: &netns,
+            pod_namespace: ctx.pod.namespace.as_deref(),
+            pod_name: ctx.pod.name.as_deref(),
+            pod_uid: ctx.pod.uid.as_deref(),
+            mode: policy.mode,
+            placement: target.placement().as_str(),
+            table: &table.name,
+            device: device.as_deref(),
+            policy: policy.digest(),
+            entries: policy.entries.iter().map(|e| e.to_string()).collect(),
+            created: rfc3339(std::time::SystemTime::now()),
+        },
+    );
+    log::info!("{whom}: {} egress policy installed ({} entries, {} placement)", policy.mode, policy.entries.len(), target.placement().as_str());
+    Ok(Some(prev))
+}
+
+fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
+    let cid = container_id(ctx.env)?.to_string();
+    let whom = who(&ctx.pod, &cid);
+    let name = table_name(&cid);
+    let removed_host = ctx
+        .kernel
+        .remove(Where::Host, Family::Netdev, &name)
+        .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
+    let mut removed_pod = false;
+    if let Some(netns) = ctx.env.netns.as_deref().filter(|n| !n.is_empty()) {
+        match ctx.kernel.remove(Where::Netns(Path::new(netns)), Family::Inet, &name) {
+            Ok(r) => removed_pod = r,
+            Err(e) if e.netns_missing() => {}
+            Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
+        }
+    }
+    remove_state(&ctx.conf.state_dir, &cid);
+    log::info!("{whom}: DEL removed host table: {removed_host}, pod table: {removed_pod}");
+    Ok(None)
+}
+
+fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
+    let cid = container_id(ctx.env)?.to_string();
+    let netns = require(&ctx.env.netns, "CNI_NETNS")?.to_string();
+    let ifname = ifname(ctx.env)?.to_string();
+    let whom = who(&ctx.pod, &cid);
+    let policy = resolve_policy(ctx, &whom)?;
+    rec.mode = Some(policy.mode.to_string());
+    rec.entries = Some(policy.entries.len());
+    let name = table_name(&cid);
+    if policy.mode == Mode::Off {
+        let present = ctx
+            .kernel
+            .read(Where::Host, Family::Netdev, &name)
+            .map_err(|e| kernel_error(&whom, "reading the host table", &e))?;
+        if present.is_some() {
+            return Err(CniError::new(code::DRIFT, format!("{whom}: mode is off but table netdev {name} is installed")));
+        }
+        return Ok(None);
+    }
+    let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
+    let target = Target { container_id: cid.clone(), attach: attach.clone(), log_group: ctx.conf.nflog_group };
+    let Some(table) = compile(&policy, &target) else { return Ok(None) };
+    rec.placement = Some(target.placement().as_str().to_string());
+    rec.table = Some(format!("{} {}", table.family.name(), table.name));
+    rec.device = device;
+    let at = match &attach {
+        Attach::Host { .. } => Where::Host,
+        Attach::Pod => Where::Netns(Path::new(&netns)),
+    };
+    let actual = ctx
+        .kernel
+        .read(at, table.family, &table.name)
+        .map_err(|e| kernel_error(&whom, "reading the installed table", &e))?;
+    let expected = crate::netlink::nft::expected_snapshot(&table);
+    let problems = match actual {
+        None => vec![format!("table {} {} is missing", table.family.name(), table.name)],
+        Some(a) => expected.diff(&a),
+    };
+    if problems.is_empty() {
+        return Ok(None);
+    }
+    Err(CniError::new(code::DRIFT, format!("{whom}: installed egress policy differs from the pod's policy: {}", problems.join("; "))))
+}
+
+fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
+    let Some(valid) = ctx.conf.valid_attachments.clone() else {
+        return Err(CniError::new(code::INVALID_CONFIG, "GC needs \"cni.dev/valid-attachments\" in the configuration"));
+    };
+    let keep: std::collections::BTreeSet<String> = valid.iter().map(|a| table_name(&a.container_id)).collect();
+    let tables = ctx
+        .kernel
+        .tables(Where::Host, Family::Netdev)
+        .map_err(|e| kernel_error("GC", "listing tables", &e))?;
+    let mut removed = Vec::new();
+    for t in tables.into_iter().filter(|t| t.name.starts_with(TABLE_PREFIX) && !keep.contains(&t.name)) {
+        ctx.kernel
+            .remove(Where::Host, Family::Netdev, &t.name)
+            .map_err(|e| kernel_error("GC", &format!("removing table {}", t.name), &e))?;
+        removed.push(t.name);
+    }
+    if let Ok(dir) = std::fs::read_dir(&ctx.conf.state_dir) {
+        for entry in dir.flatten() {
+            let file = entry.file_name().to_string_lossy().to_string();
+            if let Some(cid) = file.strip_suffix(".json") {
+                if !keep.contains(&table_name(cid)) && !file.starts_with('.') {
+                    remove_state(&ctx.conf.state_dir, cid);
+                }
+            }
+        }
+    }
+    log::info!("GC removed {} table(s): {}", removed.len(), removed.join(", "));
+    Ok(None)
+}
+
+fn status<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
+    ctx.kernel
+        .tables(Where::Host, Family::Netdev)
+        .map_err(|e| CniError::new(code::NOT_AVAILABLE, format!("nf_tables is not usable: {e}")))?;
+    Ok(None)
+}
+
+/// Runs one CNI invocation end to end (without printing).
+pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> Outcome {
+    let started = Instant::now();
+    let mut rec = VerbRecord {
+        time: rfc3339(std::time::SystemTime::now()),
+        verb: inv.env.command.clone(),
+        container_id: inv.env.container_id.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut outcome = Outcome {
+        result: Ok(None),
+        record: VerbRecord::default(),
+        cni_version: "1.1.0".to_string(),
+        log_file: None,
+        log_level: log::LevelFilter::Warn,
+    };
+    outcome.result = (|| {
+        let verb = Verb::parse(&inv.env.command).ok_or_else(|| {
+            CniError::new(code::INVALID_ENV, format!("CNI_COMMAND \"{}\" is not one of ADD, DEL, CHECK, GC, STATUS, VERSION", inv.env.command))
+        })?;
+        if verb == Verb::Version {
+            let v = super::json::parse_strict(inv.stdin)
+                .ok()
+                .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+                .unwrap_or_else(|| "1.1.0".to_string());
+            outcome.cni_version = v.clone();
+            return Ok(Some(json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })));
+        }
+        let conf = NetConf::parse(inv.stdin).map_err(|e| {
+            let c = match e {
+                super::config::ConfigError::Json(_) | super::config::ConfigError::Utf8 { .. } => code::DECODE_FAILURE,
+                _ => code::INVALID_CONFIG,
+            };
+            CniError::new(c, e.to_string())
+        })?;
+        outcome.cni_version = conf.cni_version.clone();
+        outcome.log_file = conf.log_file.clone();
+        outcome.log_level = conf.log_level;
+        crate::logging::init(conf.log_file.as_deref(), conf.log_level);
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("cniVersion \"{}\" is not supported (supported: {})", conf.cni_version, SUPPORTED_VERSIONS.join(", ")),
+            ));
+        }
+        let needs = match verb {
+            Verb::Check => Some("0.4.0"),
+            Verb::Gc | Verb::Status => Some("1.1.0"),
+            _ => None,
+        };
+        if let Some(min) = needs {
+            if !version_at_least(&conf.cni_version, min) {
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    format!("{} needs cniVersion {min} or later, got \"{}\"", verb.as_str(), conf.cni_version),
+                ));
+            }
+        }
+        let pod = parse_cni_args(inv.env.args.as_deref().unwrap_or(""))
+            .map_err(|e| CniError::new(code::INVALID_ENV, e.to_string()))?;
+        rec.pod_namespace = pod.namespace.clone();
+        rec.pod_name = pod.name.clone();
+        rec.pod_uid = pod.uid.clone();
+        let mut ctx = Ctx { kernel: inv.kernel, env: inv.env, conf, pod, fetch_pod: inv.fetch_pod };
+        match verb {
+            Verb::Add => add(&mut ctx, &mut rec),
+            Verb::Del => del(&mut ctx, &mut rec),
+            Verb::Check => check(&mut ctx, &mut rec),
+            Verb::Gc => gc(&mut ctx, &mut rec),
+            Verb::Status => status(&mut ctx, &mut rec),
+            Verb::Version => Ok(None),
+        }
+    })();
+    rec.duration_us = started.elapsed().as_micros();
+    match &outcome.result {
+        Ok(_) => rec.outcome = "ok".into(),
+        Err(e) => {
+            rec.outcome = "error".into();
+            rec.error_code = Some(e.code);
+            rec.error = Some(e.msg.clone());
+            log::error!("{} failed: {}", rec.verb, e.msg);
+        }
+    }
+    outcome.record = rec;
+    outcome
+}

@@ -1,0 +1,113 @@
+//! A recording `Kernel` for unit tests: keeps installed tables in memory, records every call,
+//! and can be told to fail. Behaves like the kernel where the plugin relies on it (a failed
+//! transaction changes nothing; creating an existing table fails).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{HostPeer, Kernel, KernelError, Where};
+use crate::netlink::nft::{expected_snapshot, Snapshot, TableInfo};
+use crate::netlink::NetlinkError;
+use crate::ruleset::{render, Family, Table};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    at: String,
+    family: &'static str,
+    name: String,
+}
+
+#[derive(Default)]
+pub struct RecordingKernel {
+    tables: BTreeMap<Key, (Snapshot, String)>,
+    /// Every call, in order, as text.
+    pub calls: Vec<String>,
+    /// Peer answers by netns path; missing means the interface does not exist.
+    pub peers: BTreeMap<PathBuf, HostPeer>,
+    pub netdev_egress: bool,
+    /// When set, the next install fails with this errno.
+    pub fail_install: Option<i32>,
+}
+
+fn key(at: Where<'_>, family: Family, name: &str) -> Key {
+    Key { at: at.describe(), family: family.name(), name: name.to_string() }
+}
+
+impl RecordingKernel {
+    pub fn new() -> Self {
+        RecordingKernel { netdev_egress: true, ..Default::default() }
+    }
+    /// The rendered text of an installed table.
+    pub fn rendered(&self, at: Where<'_>, family: Family, name: &str) -> Option<&str> {
+        self.tables.get(&key(at, family, name)).map(|(_, r)| r.as_str())
+    }
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.keys().map(|k| format!("{} {} {}", k.at, k.family, k.name)).collect()
+    }
+    /// Mutates an installed table's snapshot (to simulate drift).
+    pub fn tamper(&mut self, at: Where<'_>, family: Family, name: &str, f: impl FnOnce(&mut Snapshot)) {
+        if let Some((s, _)) = self.tables.get_mut(&key(at, family, name)) {
+            f(s);
+        }
+    }
+}
+
+impl Kernel for RecordingKernel {
+    fn install(&mut self, at: Where<'_>, family: Family, replace: &[String], table: Option<&Table>) -> Result<usize, KernelError> {
+        self.calls.push(format!(
+            "install {} {} replace=[{}] table={}",
+            at.describe(),
+            family.name(),
+            replace.join(","),
+            table.map(|t| t.name.as_str()).unwrap_or("-")
+        ));
+        if let Some(errno) = self.fail_install.take() {
+            return Err(KernelError::netlink("install", at, NetlinkError::kernel("fake", errno, None)));
+        }
+        let mut next = self.tables.clone();
+        for name in replace {
+            if next.remove(&key(at, family, name)).is_none() {
+                return Err(KernelError::netlink("install", at, NetlinkError::kernel("fake", libc::ENOENT, None)));
+            }
+        }
+        if let Some(t) = table {
+            let k = key(at, family, &t.name);
+            if next.contains_key(&k) {
+                return Err(KernelError::netlink("install", at, NetlinkError::kernel("fake", libc::EEXIST, None)));
+            }
+            next.insert(k, (expected_snapshot(t), render(t)));
+        }
+        self.tables = next;
+        Ok(replace.len() + table.map(|_| 1).unwrap_or(0))
+    }
+
+    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
+        self.calls.push(format!("remove {} {} {name}", at.describe(), family.name()));
+        Ok(self.tables.remove(&key(at, family, name)).is_some())
+    }
+
+    fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError> {
+        let a = at.describe();
+        Ok(self
+            .tables
+            .iter()
+            .filter(|(k, _)| k.at == a && k.family == family.name())
+            .map(|(k, (s, _))| TableInfo { name: k.name.clone(), comment: s.comment.clone() })
+            .collect())
+    }
+
+    fn read(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<Option<Snapshot>, KernelError> {
+        Ok(self.tables.get(&key(at, family, name)).map(|(s, _)| s.clone()))
+    }
+
+    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
+        self.calls.push(format!("peer {} {ifname}", netns.display()));
+        self.peers.get(netns).cloned().ok_or_else(|| {
+            KernelError::Peer(super::PeerError::NoInterface { ifname: ifname.to_string(), netns: netns.to_path_buf() })
+        })
+    }
+
+    fn has_netdev_egress(&self) -> bool {
+        self.netdev_egress
+    }
+}

@@ -1,0 +1,117 @@
+//! Everything the plugin asks of the kernel, behind the `Kernel` trait: install, remove, list and
+//! read back nf_tables tables (in the host netns or a pod's), and find a pod's host-side veth.
+//! `NetlinkKernel` is the real one; `fake::RecordingKernel` records calls for unit tests.
+
+pub mod fake;
+pub mod netns;
+mod peer;
+mod real;
+
+pub use peer::{HostPeer, PeerError};
+pub use real::NetlinkKernel;
+
+use std::path::Path;
+
+use crate::netlink::nft::{Snapshot, TableInfo};
+use crate::netlink::NetlinkError;
+use crate::ruleset::{Family, Table};
+
+/// Which network namespace an operation runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Where<'a> {
+    /// The namespace the plugin runs in (the node's).
+    Host,
+    /// A pod's namespace, by path.
+    Netns(&'a Path),
+}
+
+impl Where<'_> {
+    pub fn describe(&self) -> String {
+        match self {
+            Where::Host => "host".to_string(),
+            Where::Netns(p) => p.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("{what} in {place}: {source}")]
+    Netlink {
+        what: String,
+        place: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+impl KernelError {
+    pub fn netlink(what: impl Into<String>, at: Where<'_>, source: NetlinkError) -> Self {
+        KernelError::Netlink {
+            what: what.into(),
+            place: at.describe(),
+            source,
+        }
+    }
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KernelError::Netlink { source, .. } if source.is_transient())
+    }
+    pub fn netns_missing(&self) -> bool {
+        match self {
+            KernelError::Netns(e) => e.is_missing(),
+            KernelError::Peer(PeerError::Netns(e)) => e.is_missing(),
+            _ => false,
+        }
+    }
+}
+
+/// The kernel operations the plugin needs.
+pub trait Kernel {
+    /// In one transaction: delete each table named in `replace` (same family), then create
+    /// `table` if given. Returns the number of messages in the batch.
+    fn install(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        replace: &[String],
+        table: Option<&Table>,
+    ) -> Result<usize, KernelError>;
+    /// Deletes a table; `Ok(false)` if it did not exist.
+    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError>;
+    fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError>;
+    fn read(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Snapshot>, KernelError>;
+    /// The host-side peer of `ifname` in the pod netns at `netns`.
+    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError>;
+    /// Whether netdev egress hooks are available (kernel >= 5.16).
+    fn has_netdev_egress(&self) -> bool;
+}
+
+/// Parses "6.18.44-foo" into (6, 18).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.4.0"), Some((5, 4)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+    }
+}

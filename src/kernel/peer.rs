@@ -1,0 +1,113 @@
+//! Finds the host-side end of a pod's interface. The pod-side link names its peer by ifindex and
+//! netns id; both are checked from the host side too, because two pods can both have `eth0` at
+//! ifindex 2 and an index alone proves nothing.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::netns::{self, NetnsError, NetnsGuard};
+use crate::netlink::rtnl::{self, LinkInfo};
+use crate::netlink::socket::{Socket, NETLINK_ROUTE};
+use crate::netlink::NetlinkError;
+
+/// Result of a successful lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPeer {
+    /// A veth whose peer is the pod interface: host placement is possible.
+    Veth { name: String, index: u32 },
+    /// The pod interface is not a veth with its peer in the host netns (ipvlan, macvlan, a
+    /// veth whose peer lives elsewhere...): only pod placement is possible.
+    None { kind: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("interface \"{ifname}\" does not exist in network namespace \"{netns}\"")]
+    NoInterface { ifname: String, netns: PathBuf },
+    #[error("host-side peer of \"{ifname}\" (ifindex {peer_index}) in \"{netns}\" was not found in the host network namespace")]
+    PeerNotFound {
+        ifname: String,
+        peer_index: u32,
+        netns: PathBuf,
+    },
+    #[error("looking up interface \"{ifname}\": {source}")]
+    Netlink {
+        ifname: String,
+        #[source]
+        source: NetlinkError,
+    },
+}
+
+fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
+    move |source| PeerError::Netlink {
+        ifname: ifname.to_string(),
+        source,
+    }
+}
+
+fn is_peer(h: &LinkInfo, pod_link: &LinkInfo, pod_nsid: Option<i32>) -> bool {
+    h.kind.as_deref() == Some("veth")
+        && h.link == Some(pod_link.index)
+        && pod_nsid.is_some()
+        && h.link_netnsid == pod_nsid
+}
+
+/// Looks up the host-side peer of `ifname` in the pod namespace `netns_path`. Must be called
+/// from the host namespace. `hint` is a name from prevResult, tried when the index is not found.
+pub fn find_host_peer(
+    host_sock: &mut Socket,
+    netns_path: &Path,
+    ifname: &str,
+    hint: Option<&str>,
+) -> Result<HostPeer, PeerError> {
+    let pod_ns: File = netns::open(netns_path)?;
+    let host_ns: File = netns::open(Path::new(netns::current_path()))?;
+
+    let (pod_link, host_id_in_pod) = {
+        let _inside = NetnsGuard::enter_file(&pod_ns, netns_path)?;
+        let mut sock = Socket::open(NETLINK_ROUTE).map_err(nl(ifname))?;
+        let link = rtnl::link_by_name(&mut sock, ifname)
+            .map_err(nl(ifname))?
+            .ok_or_else(|| PeerError::NoInterface {
+                ifname: ifname.to_string(),
+                netns: netns_path.to_path_buf(),
+            })?;
+        let host_id = rtnl::nsid_of(&mut sock, host_ns.as_raw_fd()).map_err(nl(ifname))?;
+        (link, host_id)
+    };
+    let kind = pod_link.kind.clone().unwrap_or_else(|| "device".into());
+    if kind != "veth" {
+        return Ok(HostPeer::None { kind });
+    }
+    let (Some(peer_index), Some(peer_nsid)) = (pod_link.link, pod_link.link_netnsid) else {
+        return Ok(HostPeer::None { kind: "veth with its peer in the same namespace".into() });
+    };
+    if host_id_in_pod != Some(peer_nsid) {
+        return Ok(HostPeer::None { kind: "veth whose peer is in another namespace".into() });
+    }
+    let candidate = rtnl::link_by_index(host_sock, peer_index).map_err(nl(ifname))?;
+    let pod_id_in_host = rtnl::nsid_of(host_sock, pod_ns.as_raw_fd()).map_err(nl(ifname))?;
+    if let Some(h) = candidate.filter(|h| is_peer(h, &pod_link, pod_id_in_host)) {
+        return Ok(HostPeer::Veth { name: h.name, index: h.index });
+    }
+    if let Some(name) = hint {
+        if let Some(h) = rtnl::link_by_name(host_sock, name).map_err(nl(ifname))? {
+            if is_peer(&h, &pod_link, pod_id_in_host) {
+                return Ok(HostPeer::Veth { name: h.name, index: h.index });
+            }
+        }
+    }
+    for h in rtnl::list_links(host_sock).map_err(nl(ifname))? {
+        if is_peer(&h, &pod_link, pod_id_in_host) {
+            return Ok(HostPeer::Veth { name: h.name, index: h.index });
+        }
+    }
+    Err(PeerError::PeerNotFound {
+        ifname: ifname.to_string(),
+        peer_index,
+        netns: netns_path.to_path_buf(),
+    })
+}

@@ -1,0 +1,131 @@
+//! The real `Kernel`: nf_tables and rtnetlink over netlink sockets. Sockets for a pod namespace
+//! are opened inside it (a netlink socket stays bound to the namespace it was created in).
+
+use std::path::Path;
+
+use super::netns::NetnsGuard;
+use super::peer::find_host_peer;
+use super::{HostPeer, Kernel, KernelError, Where};
+use crate::netlink::nft::{self, Op, Snapshot, TableInfo};
+use crate::netlink::socket::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
+use crate::ruleset::{Family, Table};
+
+#[derive(Default)]
+pub struct NetlinkKernel {
+    host_nft: Option<Socket>,
+    host_rtnl: Option<Socket>,
+    /// Hint for the host-side interface name (from prevResult).
+    pub peer_hint: Option<String>,
+}
+
+impl NetlinkKernel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_nft<T>(
+        &mut self,
+        at: Where<'_>,
+        what: &str,
+        f: impl FnOnce(&mut Socket) -> Result<T, crate::netlink::NetlinkError>,
+    ) -> Result<T, KernelError> {
+        match at {
+            Where::Host => {
+                if self.host_nft.is_none() {
+                    self.host_nft = Some(
+                        Socket::open(NETLINK_NETFILTER)
+                            .map_err(|e| KernelError::netlink(what, at, e))?,
+                    );
+                }
+                match self.host_nft.as_mut() {
+                    Some(sock) => f(sock).map_err(|e| KernelError::netlink(what, at, e)),
+                    None => unreachable_socket(what, at),
+                }
+            }
+            Where::Netns(path) => {
+                let mut sock = {
+                    let _inside = NetnsGuard::enter(path)?;
+                    Socket::open(NETLINK_NETFILTER).map_err(|e| KernelError::netlink(what, at, e))?
+                };
+                f(&mut sock).map_err(|e| KernelError::netlink(what, at, e))
+            }
+        }
+    }
+}
+
+fn unreachable_socket<T>(what: &str, at: Where<'_>) -> Result<T, KernelError> {
+    Err(KernelError::netlink(
+        what,
+        at,
+        crate::netlink::NetlinkError::io("socket", std::io::Error::other("socket not open")),
+    ))
+}
+
+impl Kernel for NetlinkKernel {
+    fn install(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        replace: &[String],
+        table: Option<&Table>,
+    ) -> Result<usize, KernelError> {
+        let mut ops: Vec<Op<'_>> = replace
+            .iter()
+            .map(|name| Op::DeleteTable { family, name: name.clone() })
+            .collect();
+        if let Some(t) = table {
+            ops.push(Op::CreateTable(t));
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let what = match table {
+            Some(t) => format!("installing table {} {}", t.family.name(), t.name),
+            None => format!("removing {} table(s)", replace.len()),
+        };
+        self.with_nft(at, &what, |s| nft::run_batch(s, &ops))
+    }
+
+    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
+        let what = format!("removing table {} {name}", family.name());
+        let result = self.with_nft(at, &what, |s| {
+            nft::run_batch(s, &[Op::DeleteTable { family, name: name.to_string() }])
+        });
+        match result {
+            Ok(_) => Ok(true),
+            Err(KernelError::Netlink { source, .. }) if source.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError> {
+        self.with_nft(at, "listing tables", |s| nft::list_tables(s, family))
+    }
+
+    fn read(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<Option<Snapshot>, KernelError> {
+        let what = format!("reading table {} {name}", family.name());
+        self.with_nft(at, &what, |s| nft::read_table(s, family, name))
+    }
+
+    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
+        if self.host_rtnl.is_none() {
+            self.host_rtnl = Some(
+                Socket::open(NETLINK_ROUTE)
+                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
+            );
+        }
+        let hint = self.peer_hint.clone();
+        match self.host_rtnl.as_mut() {
+            Some(sock) => Ok(find_host_peer(sock, netns, ifname, hint.as_deref())?),
+            None => unreachable_socket("opening rtnetlink", Where::Host),
+        }
+    }
+
+    fn has_netdev_egress(&self) -> bool {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|r| super::parse_kernel_version(r.trim()))
+            .map(|v| v >= (5, 16))
+            .unwrap_or(false)
+    }
+}

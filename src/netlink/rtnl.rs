@@ -1,0 +1,103 @@
+//! rtnetlink queries: links by name or index (with their peer ifindex, peer netns id and kind)
+//! and the netns id a namespace has as seen from the current one. Read-only.
+
+use std::os::fd::RawFd;
+
+use super::attr::{AttrBuf, Attrs};
+use super::socket::{Message, Socket};
+use super::NetlinkError;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWNSID: u16 = 88;
+const RTM_GETNSID: u16 = 90;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK_NETNSID: u16 = 37;
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
+
+/// What we need to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// `veth`, `ipvlan`, `macvlan`, ... (`None` for physical devices).
+    pub kind: Option<String>,
+    /// IFLA_LINK: the peer's (veth) or parent's (ipvlan/macvlan) ifindex.
+    pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: where `link` lives, as a netns id of the current namespace.
+    pub link_netnsid: Option<i32>,
+}
+
+fn ifinfomsg(index: i32) -> Vec<u8> {
+    let mut v = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    v.extend_from_slice(&index.to_ne_bytes());
+    v.extend_from_slice(&0u32.to_ne_bytes());
+    v.extend_from_slice(&0u32.to_ne_bytes());
+    v
+}
+
+fn parse_link(m: &Message) -> Option<LinkInfo> {
+    if m.kind != RTM_NEWLINK || m.payload.len() < 16 {
+        return None;
+    }
+    let index = i32::from_ne_bytes(m.payload[4..8].try_into().ok()?) as u32;
+    let attrs = Attrs::new(&m.payload[16..]);
+    Some(LinkInfo {
+        index,
+        name: attrs.get(IFLA_IFNAME).map(|a| a.string()).unwrap_or_default(),
+        kind: attrs
+            .get(IFLA_LINKINFO)
+            .and_then(|li| li.nested().get(IFLA_INFO_KIND))
+            .map(|k| k.string()),
+        link: attrs.get(IFLA_LINK).and_then(|a| a.ne32()),
+        link_netnsid: attrs.get(IFLA_LINK_NETNSID).and_then(|a| a.ne_i32()),
+    })
+}
+
+fn missing(e: &NetlinkError) -> bool {
+    matches!(e.errno(), Some(libc::ENODEV) | Some(libc::ENOENT))
+}
+
+pub fn link_by_name(sock: &mut Socket, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+    let mut p = ifinfomsg(0);
+    let mut a = AttrBuf::new();
+    a.put_str(IFLA_IFNAME, name);
+    p.extend_from_slice(a.bytes());
+    match sock.request("get link", RTM_GETLINK, 0, &p) {
+        Ok(msgs) => Ok(msgs.iter().find_map(parse_link)),
+        Err(e) if missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn link_by_index(sock: &mut Socket, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+    match sock.request("get link", RTM_GETLINK, 0, &ifinfomsg(index as i32)) {
+        Ok(msgs) => Ok(msgs.iter().find_map(parse_link)),
+        Err(e) if missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn list_links(sock: &mut Socket) -> Result<Vec<LinkInfo>, NetlinkError> {
+    let msgs = sock.dump("list links", RTM_GETLINK, &ifinfomsg(0))?;
+    Ok(msgs.iter().filter_map(parse_link).collect())
+}
+
+/// The netns id that the namespace behind `fd` has in the current namespace (`None` if the
+/// kernel has not assigned one).
+pub fn nsid_of(sock: &mut Socket, fd: RawFd) -> Result<Option<i32>, NetlinkError> {
+    let mut p = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    let mut a = AttrBuf::new();
+    a.put_u32(NETNSA_FD, fd as u32);
+    p.extend_from_slice(a.bytes());
+    let msgs = sock.request("get netns id", RTM_GETNSID, 0, &p)?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.kind == RTM_NEWNSID)
+        .filter_map(|m| Attrs::new(m.payload.get(4..)?).get(NETNSA_NSID)?.ne_i32())
+        .find(|&id| id >= 0))
+}

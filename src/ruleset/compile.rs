@@ -1,0 +1,390 @@
+//! Policy -> Table. Deterministic and free of I/O: the same policy and target always give the
+//! same table, which is what CHECK compares the kernel against.
+
+use super::intervals::{disjoint_boxes, Box2};
+use super::{Chain, Element, Family, Field, Hook, Rule, Selector, Set, Span, Stmt, Table, Verdict, L3};
+use crate::policy::{Entry, Mode, Policy};
+
+/// Every table egress-guard creates starts with this; nothing else is ever touched.
+pub const TABLE_PREFIX: &str = "egress_guard_";
+/// Idle timeout of tracked replies (refreshed by every packet sent to the pod).
+pub const REPLY_TIMEOUT_SECS: u32 = 300;
+/// Maximum tracked flows per pod and family.
+pub const REPLY_SET_SIZE: u32 = 65536;
+const LOG_RATE_PER_SECOND: u64 = 10;
+const LOG_BURST: u32 = 20;
+
+/// Where the ruleset lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// netdev table in the host netns bound to the pod's host-side veth.
+    Host,
+    /// inet table inside the pod's netns (removable by CAP_NET_ADMIN in the pod).
+    Pod,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Host => "host",
+            Placement::Pod => "pod",
+        }
+    }
+}
+
+/// What the ruleset is for: the attachment and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub container_id: String,
+    pub attach: Attach,
+    pub log_group: u16,
+}
+
+/// Where exactly the ruleset attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    /// Host netns, chains bound to this host-side interface.
+    Host { device: String },
+    /// Inside the pod netns.
+    Pod,
+}
+
+impl Target {
+    pub fn placement(&self) -> Placement {
+        match self.attach {
+            Attach::Host { .. } => Placement::Host,
+            Attach::Pod => Placement::Pod,
+        }
+    }
+}
+
+pub fn table_name(container_id: &str) -> String {
+    format!("{TABLE_PREFIX}{container_id}")
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+/// Neighbour discovery the pod needs to reach its gateway: RS, NS, NA.
+const ND_TYPES: [u8; 3] = [133, 135, 136];
+/// ICMP replies and errors the pod may send to a peer that sent to it.
+const ICMP4_REPLY_TYPES: [u8; 4] = [0, 3, 11, 12];
+const ICMP6_REPLY_TYPES: [u8; 5] = [129, 1, 2, 3, 4];
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule { stmts }
+}
+
+fn addr_span(e: &Entry) -> Span {
+    let (lo, hi) = e.cidr.range();
+    Span::new(lo, hi)
+}
+
+/// Builds the two allowlist sets of one family: (addr . proto) and (addr . proto . port).
+fn allow_sets(entries: &[Entry], v4: bool) -> (Set, Set) {
+    let (addr, tag) = if v4 {
+        (Field::Ipv4Addr, "4")
+    } else {
+        (Field::Ipv6Addr, "6")
+    };
+    let fam: Vec<&Entry> = entries.iter().filter(|e| e.cidr.is_v4() == v4).collect();
+    let l4_boxes: Vec<Box2> = fam
+        .iter()
+        .filter(|e| e.ports.is_none())
+        .map(|e| Box2 {
+            a: addr_span(e),
+            b: match e.proto.number() {
+                Some(n) => Span::single(n as u128),
+                None => Span::new(0, 255),
+            },
+        })
+        .collect();
+    let l4_elements = disjoint_boxes(&l4_boxes)
+        .into_iter()
+        .map(|b| Element {
+            spans: vec![b.a, b.b],
+        })
+        .collect();
+    let mut port_elements = Vec::new();
+    for proto in [TCP, UDP, SCTP] {
+        let boxes: Vec<Box2> = fam
+            .iter()
+            .filter(|e| e.proto.number() == Some(proto))
+            .filter_map(|e| {
+                e.ports.map(|(lo, hi)| Box2 {
+                    a: addr_span(e),
+                    b: Span::new(lo as u128, hi as u128),
+                })
+            })
+            .collect();
+        port_elements.extend(disjoint_boxes(&boxes).into_iter().map(|b| Element {
+            spans: vec![b.a, Span::single(proto as u128), b.b],
+        }));
+    }
+    port_elements.sort();
+    let set = |name: String, fields: Vec<Field>, elements: Vec<Element>| Set {
+        name,
+        fields,
+        interval: true,
+        dynamic: false,
+        timeout_secs: None,
+        size: None,
+        elements,
+    };
+    (
+        set(
+            format!("allow{tag}_l4"),
+            vec![addr, Field::InetProto],
+            l4_elements,
+        ),
+        set(
+            format!("allow{tag}_port"),
+            vec![addr, Field::InetProto, Field::InetService],
+            port_elements,
+        ),
+    )
+}
+
+fn dynamic_set(name: &str, fields: Vec<Field>) -> Set {
+    Set {
+        name: name.to_string(),
+        fields,
+        interval: false,
+        dynamic: true,
+        timeout_secs: Some(REPLY_TIMEOUT_SECS),
+        size: Some(REPLY_SET_SIZE),
+        elements: Vec::new(),
+    }
+}
+
+/// Rules accepting allowlisted destinations (only for non-empty sets).
+fn allow_rules(sets: &[Set], v4: bool) -> Vec<Rule> {
+    let (l3, daddr) = if v4 {
+        (L3::Ipv4, Selector::Ip4Daddr)
+    } else {
+        (L3::Ipv6, Selector::Ip6Daddr)
+    };
+    sets.iter()
+        .filter(|s| !s.dynamic && !s.elements.is_empty() && (s.fields[0] == Field::Ipv4Addr) == v4)
+        .map(|s| {
+            let mut key = vec![daddr, Selector::L4Proto];
+            if s.fields.len() == 3 {
+                key.push(Selector::ThDport);
+            }
+            rule(vec![
+                Stmt::L3(l3),
+                Stmt::Lookup {
+                    set: s.name.clone(),
+                    key,
+                },
+                Stmt::Verdict(Verdict::Accept),
+            ])
+        })
+        .collect()
+}
+
+fn nd_rules() -> Vec<Rule> {
+    ND_TYPES
+        .iter()
+        .map(|&t| {
+            rule(vec![
+                Stmt::L3(L3::Ipv6),
+                Stmt::L4Proto(ICMPV6),
+                Stmt::IcmpType(t),
+                Stmt::Verdict(Verdict::Accept),
+            ])
+        })
+        .collect()
+}
+
+/// The closing rules: log what is not allowed (rate-limited), count it, then the verdict.
+fn closing_rules(mode: Mode, container_id: &str, group: u16) -> (Vec<Rule>, Verdict) {
+    let (word, verdict) = match mode {
+        Mode::Audit => ("audit", Verdict::Accept),
+        _ => ("deny", Verdict::Drop),
+    };
+    let short: String = container_id.chars().take(16).collect();
+    let rules = vec![
+        rule(vec![
+            Stmt::Limit {
+                per_second: LOG_RATE_PER_SECOND,
+                burst: LOG_BURST,
+            },
+            Stmt::Log {
+                prefix: format!("eg:{word}:{short} "),
+                group,
+            },
+        ]),
+        rule(vec![Stmt::Counter, Stmt::Verdict(verdict)]),
+    ];
+    (rules, verdict)
+}
+
+fn comment(policy: &Policy, target: &Target) -> String {
+    match &target.attach {
+        Attach::Host { device: dev } => format!(
+            "egress-guard dev={dev} mode={} policy={}",
+            policy.mode,
+            policy.digest()
+        ),
+        _ => format!(
+            "egress-guard placement={} mode={} policy={}",
+            target.placement().as_str(),
+            policy.mode,
+            policy.digest()
+        ),
+    }
+}
+
+fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
+    let (a4l4, a4p) = allow_sets(&policy.entries, true);
+    let (a6l4, a6p) = allow_sets(&policy.entries, false);
+    let mut sets = vec![a4l4, a4p, a6l4, a6p];
+    sets.push(dynamic_set(
+        "replies4",
+        vec![Field::Ipv4Addr, Field::Ipv4Addr, Field::InetProto, Field::InetService, Field::InetService],
+    ));
+    sets.push(dynamic_set(
+        "replies6",
+        vec![Field::Ipv6Addr, Field::Ipv6Addr, Field::InetProto, Field::InetService, Field::InetService],
+    ));
+    sets.push(dynamic_set("peers4", vec![Field::Ipv4Addr, Field::Ipv4Addr]));
+    sets.push(dynamic_set("peers6", vec![Field::Ipv6Addr, Field::Ipv6Addr]));
+
+    let mut from_pod = vec![rule(vec![Stmt::L3(L3::Arp), Stmt::Verdict(Verdict::Accept)])];
+    from_pod.extend(nd_rules());
+    for (l3, saddr, daddr, icmp, types, replies, peers) in [
+        (L3::Ipv4, Selector::Ip4Saddr, Selector::Ip4Daddr, ICMP, &ICMP4_REPLY_TYPES[..], "replies4", "peers4"),
+        (L3::Ipv6, Selector::Ip6Saddr, Selector::Ip6Daddr, ICMPV6, &ICMP6_REPLY_TYPES[..], "replies6", "peers6"),
+    ] {
+        from_pod.push(rule(vec![
+            Stmt::L3(l3),
+            Stmt::Lookup {
+                set: replies.into(),
+                key: vec![saddr, daddr, Selector::L4Proto, Selector::ThSport, Selector::ThDport],
+            },
+            Stmt::Verdict(Verdict::Accept),
+        ]));
+        for &t in types {
+            from_pod.push(rule(vec![
+                Stmt::L3(l3),
+                Stmt::L4Proto(icmp),
+                Stmt::IcmpType(t),
+                Stmt::Lookup {
+                    set: peers.into(),
+                    key: vec![saddr, daddr],
+                },
+                Stmt::Verdict(Verdict::Accept),
+            ]));
+        }
+    }
+    from_pod.extend(allow_rules(&sets, true));
+    from_pod.extend(allow_rules(&sets, false));
+    let (closing, policy_verdict) = closing_rules(policy.mode, &target.container_id, target.log_group);
+    from_pod.extend(closing);
+
+    let mut to_pod = Vec::new();
+    for (l3, saddr, daddr, replies, peers) in [
+        (L3::Ipv4, Selector::Ip4Saddr, Selector::Ip4Daddr, "replies4", "peers4"),
+        (L3::Ipv6, Selector::Ip6Saddr, Selector::Ip6Daddr, "replies6", "peers6"),
+    ] {
+        for proto in [TCP, UDP, SCTP] {
+            to_pod.push(rule(vec![
+                Stmt::L3(l3),
+                Stmt::L4Proto(proto),
+                Stmt::Update {
+                    set: replies.into(),
+                    key: vec![daddr, saddr, Selector::L4Proto, Selector::ThDport, Selector::ThSport],
+                },
+            ]));
+        }
+        to_pod.push(rule(vec![
+            Stmt::L3(l3),
+            Stmt::Update {
+                set: peers.into(),
+                key: vec![daddr, saddr],
+            },
+        ]));
+    }
+    sets.retain(|s| s.dynamic || !s.elements.is_empty());
+    Table {
+        family: Family::Netdev,
+        name: table_name(&target.container_id),
+        comment: comment(policy, target),
+        sets,
+        chains: vec![
+            Chain {
+                name: "from_pod".into(),
+                hook: Hook::Ingress,
+                device: Some(device.to_string()),
+                priority: 0,
+                policy: policy_verdict,
+                rules: from_pod,
+            },
+            Chain {
+                name: "to_pod".into(),
+                hook: Hook::Egress,
+                device: Some(device.to_string()),
+                priority: 0,
+                policy: Verdict::Accept,
+                rules: to_pod,
+            },
+        ],
+    }
+}
+
+fn pod_table(policy: &Policy, target: &Target) -> Table {
+    let (a4l4, a4p) = allow_sets(&policy.entries, true);
+    let (a6l4, a6p) = allow_sets(&policy.entries, false);
+    let mut sets = vec![a4l4, a4p, a6l4, a6p];
+    sets.retain(|s| !s.elements.is_empty());
+    let (closing, policy_verdict) = closing_rules(policy.mode, &target.container_id, target.log_group);
+    let mut common = vec![rule(vec![
+        Stmt::CtState(CT_ESTABLISHED | CT_RELATED),
+        Stmt::Verdict(Verdict::Accept),
+    ])];
+    common.extend(nd_rules());
+    common.extend(allow_rules(&sets, true));
+    common.extend(allow_rules(&sets, false));
+    common.extend(closing);
+    let mut output = vec![rule(vec![
+        Stmt::OifName("lo".into()),
+        Stmt::Verdict(Verdict::Accept),
+    ])];
+    output.extend(common.iter().cloned());
+    let chain = |name: &str, hook: Hook, rules: Vec<Rule>| Chain {
+        name: name.into(),
+        hook,
+        device: None,
+        priority: 0,
+        policy: policy_verdict,
+        rules,
+    };
+    Table {
+        family: Family::Inet,
+        name: table_name(&target.container_id),
+        comment: comment(policy, target),
+        sets,
+        chains: vec![
+            chain("output", Hook::Output, output),
+            chain("forward", Hook::Forward, common),
+        ],
+    }
+}
+
+pub const CT_ESTABLISHED: u32 = 1 << 1;
+pub const CT_RELATED: u32 = 1 << 2;
+
+/// Compiles a policy for a target. `None` when the mode is off (nothing is installed).
+pub fn compile(policy: &Policy, target: &Target) -> Option<Table> {
+    if policy.mode == Mode::Off {
+        return None;
+    }
+    match &target.attach {
+        Attach::Host { device } => Some(host_table(policy, target, device)),
+        Attach::Pod => Some(pod_table(policy, target)),
+    }
+}

@@ -1,0 +1,292 @@
+//! Table -> nft text, in the form `nft list table` prints it (nftables 1.0.x), so a person can
+//! review a policy before it is used and tests can compare it with what the kernel holds.
+
+use std::fmt::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{Chain, Element, Family, Field, Rule, Selector, Set, Span, Stmt, Table, L3};
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "ipv6-icmp".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn icmp_type_name(v6: bool, t: u8) -> String {
+    let name = if v6 {
+        match t {
+            1 => "destination-unreachable",
+            2 => "packet-too-big",
+            3 => "time-exceeded",
+            4 => "parameter-problem",
+            128 => "echo-request",
+            129 => "echo-reply",
+            133 => "nd-router-solicit",
+            134 => "nd-router-advert",
+            135 => "nd-neighbor-solicit",
+            136 => "nd-neighbor-advert",
+            _ => "",
+        }
+    } else {
+        match t {
+            0 => "echo-reply",
+            3 => "destination-unreachable",
+            8 => "echo-request",
+            11 => "time-exceeded",
+            12 => "parameter-problem",
+            _ => "",
+        }
+    };
+    if name.is_empty() {
+        t.to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+fn addr_text(field: Field, v: u128) -> String {
+    match field {
+        Field::Ipv4Addr => Ipv4Addr::from(v as u32).to_string(),
+        _ => Ipv6Addr::from(v).to_string(),
+    }
+}
+
+/// Prefix length if the span is exactly one CIDR block.
+fn prefix_len(field: Field, s: Span) -> Option<u32> {
+    let bits = (field.len() * 8) as u32;
+    let size = s.hi.wrapping_sub(s.lo).wrapping_add(1);
+    let host = if size == 0 { 128 } else { size.trailing_zeros() };
+    let full = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+    let is_pow2 = size == 0 || size.is_power_of_two();
+    (is_pow2 && s.lo & full == 0 && host <= bits).then_some(bits - host)
+}
+
+fn span_text(field: Field, s: Span) -> String {
+    match field {
+        Field::Ipv4Addr | Field::Ipv6Addr => {
+            let bits = (field.len() * 8) as u32;
+            match prefix_len(field, s) {
+                Some(l) if l == bits => addr_text(field, s.lo),
+                Some(l) => format!("{}/{}", addr_text(field, s.lo), l),
+                None => format!("{}-{}", addr_text(field, s.lo), addr_text(field, s.hi)),
+            }
+        }
+        Field::InetProto if s.lo == s.hi => proto_name(s.lo as u8),
+        _ if s.lo == s.hi => s.lo.to_string(),
+        _ => format!("{}-{}", s.lo, s.hi),
+    }
+}
+
+fn element_text(set: &Set, e: &Element) -> String {
+    set.fields
+        .iter()
+        .zip(&e.spans)
+        .map(|(f, s)| span_text(*f, *s))
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+fn duration_text(secs: u32) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (v, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s")] {
+        if v > 0 {
+            let _ = write!(out, "{v}{unit}");
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+fn render_set(out: &mut String, set: &Set) {
+    let _ = writeln!(out, "\tset {} {{", set.name);
+    let types: Vec<&str> = set.fields.iter().map(|f| f.name()).collect();
+    let _ = writeln!(out, "\t\ttype {}", types.join(" . "));
+    if let Some(size) = set.size {
+        let _ = writeln!(out, "\t\tsize {size}");
+    }
+    let mut flags = Vec::new();
+    if set.interval {
+        flags.push("interval");
+    }
+    if set.dynamic {
+        flags.push("dynamic");
+    }
+    if set.timeout_secs.is_some() {
+        flags.push("timeout");
+    }
+    if !flags.is_empty() {
+        let _ = writeln!(out, "\t\tflags {}", flags.join(","));
+    }
+    if let Some(t) = set.timeout_secs {
+        let _ = writeln!(out, "\t\ttimeout {}", duration_text(t));
+    }
+    if !set.elements.is_empty() {
+        let items: Vec<String> = set.elements.iter().map(|e| element_text(set, e)).collect();
+        let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
+    }
+    out.push_str("\t}\n");
+}
+
+fn selector_text(sel: Selector, l4: Option<u8>) -> String {
+    let th = match l4 {
+        Some(6) => "tcp",
+        Some(17) => "udp",
+        Some(132) => "sctp",
+        _ => "th",
+    };
+    match sel {
+        Selector::Ip4Saddr => "ip saddr".into(),
+        Selector::Ip4Daddr => "ip daddr".into(),
+        Selector::Ip6Saddr => "ip6 saddr".into(),
+        Selector::Ip6Daddr => "ip6 daddr".into(),
+        Selector::L4Proto => "meta l4proto".into(),
+        Selector::ThSport => format!("{th} sport"),
+        Selector::ThDport => format!("{th} dport"),
+    }
+}
+
+fn key_text(key: &[Selector], l4: Option<u8>) -> String {
+    key.iter()
+        .map(|s| selector_text(*s, l4))
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+fn uses_transport(stmt: Option<&Stmt>) -> bool {
+    match stmt {
+        Some(Stmt::Lookup { key, .. }) | Some(Stmt::Update { key, .. }) => key
+            .iter()
+            .any(|s| matches!(s, Selector::ThSport | Selector::ThDport)),
+        _ => false,
+    }
+}
+
+/// One rule as nft lists it: protocol dependencies implied by later matches are not printed.
+pub fn render_rule(family: Family, r: &Rule) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut l3: Option<L3> = None;
+    let mut l4: Option<u8> = None;
+    for (i, stmt) in r.stmts.iter().enumerate() {
+        let next = r.stmts.get(i + 1);
+        match stmt {
+            Stmt::L3(L3::Arp) => parts.push(match family {
+                Family::Netdev => "meta protocol arp".into(),
+                Family::Inet => "meta nfproto arp".into(),
+            }),
+            Stmt::L3(p) => l3 = Some(*p),
+            Stmt::L4Proto(p) => {
+                let implied = matches!(next, Some(Stmt::IcmpType(_)))
+                    || (matches!(p, 6 | 17 | 132) && uses_transport(next));
+                if implied {
+                    l4 = Some(*p);
+                } else {
+                    parts.push(format!("meta l4proto {}", proto_name(*p)));
+                }
+            }
+            Stmt::IcmpType(t) => {
+                let v6 = l3 == Some(L3::Ipv6);
+                let name = if v6 { "icmpv6" } else { "icmp" };
+                parts.push(format!("{name} type {}", icmp_type_name(v6, *t)));
+            }
+            Stmt::OifName(n) => parts.push(format!("oifname \"{n}\"")),
+            Stmt::CtState(mask) => {
+                let mut names = Vec::new();
+                for (bit, n) in [(1u32, "invalid"), (2, "established"), (4, "related"), (8, "new"), (64, "untracked")] {
+                    if mask & bit != 0 {
+                        names.push(n);
+                    }
+                }
+                parts.push(format!("ct state {}", names.join(",")));
+            }
+            Stmt::Lookup { set, key } => {
+                parts.push(format!("{} @{set}", key_text(key, l4)));
+            }
+            Stmt::Update { set, key } => {
+                parts.push(format!("update @{set} {{ {} }}", key_text(key, l4)));
+            }
+            Stmt::Limit { per_second, burst } => {
+                parts.push(format!("limit rate {per_second}/second burst {burst} packets"));
+            }
+            Stmt::Log { prefix, group } => {
+                parts.push(format!("log prefix \"{prefix}\" group {group}"));
+            }
+            Stmt::Counter => parts.push("counter packets 0 bytes 0".into()),
+            Stmt::Verdict(v) => parts.push(v.name().into()),
+        }
+    }
+    parts.join(" ")
+}
+
+fn render_chain(out: &mut String, family: Family, chain: &Chain) {
+    let _ = writeln!(out, "\tchain {} {{", chain.name);
+    let device = match &chain.device {
+        Some(d) => format!(" device \"{d}\""),
+        None => String::new(),
+    };
+    let prio = if chain.priority == 0 {
+        "filter".to_string()
+    } else {
+        chain.priority.to_string()
+    };
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook {}{device} priority {prio}; policy {};",
+        chain.hook.name(),
+        chain.policy.name()
+    );
+    for r in &chain.rules {
+        let _ = writeln!(out, "\t\t{}", render_rule(family, r));
+    }
+    out.push_str("\t}\n");
+}
+
+/// The table as nft text.
+pub fn render(table: &Table) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table {} {} {{", table.family.name(), table.name);
+    let _ = writeln!(out, "\tcomment \"{}\"", table.comment);
+    let mut first = true;
+    for set in &table.sets {
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        render_set(&mut out, set);
+    }
+    for chain in &table.chains {
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        render_chain(&mut out, table.family, chain);
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_print_as_nft_does() {
+        assert_eq!(span_text(Field::Ipv4Addr, Span::new(0x0a000500, 0x0a0005ff)), "10.0.5.0/24");
+        assert_eq!(span_text(Field::Ipv4Addr, Span::single(0x0a000001)), "10.0.0.1");
+        assert_eq!(span_text(Field::Ipv4Addr, Span::new(0, u32::MAX as u128)), "0.0.0.0/0");
+        assert_eq!(span_text(Field::Ipv4Addr, Span::new(0x0a010001, 0x0a010007)), "10.1.0.1-10.1.0.7");
+        assert_eq!(span_text(Field::Ipv6Addr, Span::new(0, u128::MAX)), "::/0");
+        assert_eq!(span_text(Field::InetProto, Span::new(0, 255)), "0-255");
+        assert_eq!(span_text(Field::InetProto, Span::single(58)), "ipv6-icmp");
+        assert_eq!(span_text(Field::InetService, Span::new(443, 445)), "443-445");
+        assert_eq!(duration_text(300), "5m");
+        assert_eq!(duration_text(3690), "1h1m30s");
+    }
+}
