@@ -10,6 +10,8 @@ Subcommands:
   render    print the nft ruleset a conflist entry and annotations would install
   install   chain egress-guard into the node's CNI configuration (DaemonSet)
   agent     node agent: deny telemetry, metrics, drift repair, garbage collection
+  status    table of the guarded pods on this node
+  report    pods that ask for a guard but cannot have one (from the API server)
   version   print the version";
 
 fn main() -> ExitCode {
@@ -22,6 +24,8 @@ fn main() -> ExitCode {
         Some("render") => egress_guard::cli::render_command(rest),
         Some("install") => egress_guard::install::run(rest),
         Some("agent") => egress_guard::agent::run(rest),
+        Some("status") => egress_guard::agent::status(rest),
+        Some("report") => egress_guard::agent::report(rest),
         Some("version") | Some("--version") => {
             println!("egress-guard {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -7,3 +7,15 @@ pub fn run(_args: &[String]) -> ExitCode {
     eprintln!("egress-guard agent: not implemented yet");
     ExitCode::from(2)
 }
+
+/// Entry point of the `status` subcommand.
+pub fn status(_args: &[String]) -> ExitCode {
+    eprintln!("egress-guard status: not implemented yet");
+    ExitCode::from(2)
+}
+
+/// Entry point of the `report` subcommand.
+pub fn report(_args: &[String]) -> ExitCode {
+    eprintln!("egress-guard report: not implemented yet");
+    ExitCode::from(2)
+}

@@ -186,6 +186,7 @@ struct StateFile<'a> {
     device: Option<&'a str>,
     policy: String,
     entries: Vec<String>,
+    nflog_group: u16,
     created: String,
 }
 
@@ -321,6 +322,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             device: device.as_deref(),
             policy: policy.digest(),
             entries: policy.entries.iter().map(|e| e.to_string()).collect(),
+            nflog_group: ctx.conf.nflog_group,
             created: rfc3339(std::time::SystemTime::now()),
         },
     );

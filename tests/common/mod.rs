@@ -1,0 +1,149 @@
+//! Shared support for root integration tests: network namespaces that clean themselves up, a
+//! node built from namespaces (node, "internet", orchestrator, metadata address), a CNI chain
+//! executor that behaves like libcni, and traffic probes that run inside a namespace.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod chain;
+pub mod node;
+pub mod probe;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Returns false (after printing why) when root tests cannot run here.
+pub fn can_run_root_tests(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP {test}: needs root (network namespaces, nf_tables)");
+        return false;
+    }
+    for tool in ["ip", "nft"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            eprintln!("SKIP {test}: `{tool}` is not installed (apt-get install iproute2 nftables)");
+            return false;
+        }
+    }
+    if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
+        eprintln!("SKIP {test}: reference CNI plugins missing (apt-get install containernetworking-plugins)");
+        return false;
+    }
+    true
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short prefix unique to this process and call, for namespace names.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("eg{}{}{}", tag, std::process::id() % 100_000, n)
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `ip ...` inside a namespace.
+pub fn ip(ns: &str, args: &str) -> String {
+    let mut v = vec!["ip", "-n", ns];
+    v.extend(args.split_whitespace());
+    run(&v)
+}
+
+/// Runs a command inside a namespace.
+pub fn exec_in(ns: &str, args: &[&str]) -> String {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+/// A network namespace made by the test; deleted on drop (links inside go with it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run(&["ip", "netns", "add", name]);
+        ip(name, "link set lo up");
+        Netns { name: name.to_string() }
+    }
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+    pub fn join(&self, p: &str) -> String {
+        self.path.join(p).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The plugin binary under test.
+pub fn plugin_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_egress-guard")
+}
+
+/// `nft list table` output made comparable with `render`: dynamic set contents and counter
+/// values depend on traffic, so they are normalised.
+pub fn normalise_listing(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if skipping {
+            if t.contains('}') {
+                skipping = false;
+            }
+            continue;
+        }
+        if t.starts_with("elements = {") && line.contains("expires") {
+            skipping = !t.contains('}');
+            continue;
+        }
+        let mut l = line.to_string();
+        if let Some(i) = l.find("counter packets ") {
+            let rest = &l[i..];
+            let end = rest.find(" bytes ").map(|j| {
+                let after = &rest[j + 7..];
+                j + 7 + after.find(' ').unwrap_or(after.len())
+            });
+            if let Some(end) = end {
+                l = format!("{}counter packets 0 bytes 0{}", &l[..i], &rest[end..]);
+            }
+        }
+        out.push(l);
+    }
+    out.join("\n") + "\n"
+}

@@ -1,0 +1,290 @@
+//! Traffic inside namespaces: echo servers that record what reaches them, and probes (TCP, UDP,
+//! ICMP echo, a hand-crafted raw TCP SYN) that run on a thread moved into a pod's namespace.
+//! Every probe is bounded in time; a probe "passes" only when a reply comes back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
+    // SAFETY: valid fd; affects only the calling (test-owned) thread.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a new thread inside namespace `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+    .join()
+    .expect("probe thread panicked")
+}
+
+/// A server in a namespace; stops on drop. `seen` holds what reached it.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn spawn(ns: &str, body: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<String>>>, std::sync::mpsc::Sender<()>) + Send + 'static) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, sn, ns) = (stop.clone(), seen.clone(), ns.to_string());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            enter(&ns);
+            body(s, sn, tx);
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        Server { stop, seen, handle: Some(handle) }
+    }
+
+    /// TCP echo server on [::]:port (IPv4 and IPv6): echoes one line per connection.
+    pub fn tcp(ns: &str, port: u16) -> Server {
+        Server::spawn(ns, move |stop, seen, ready| {
+            let l = TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("bind tcp {port}: {e}"));
+            l.set_nonblocking(true).unwrap();
+            ready.send(()).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                        let mut line = String::new();
+                        if BufReader::new(c.try_clone().unwrap()).read_line(&mut line).is_ok() {
+                            seen.lock().unwrap().push(line.trim().to_string());
+                            let _ = c.write_all(line.as_bytes());
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    }
+
+    /// UDP echo server on [::]:port.
+    pub fn udp(ns: &str, port: u16) -> Server {
+        Server::spawn(ns, move |stop, seen, ready| {
+            let s = UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            ready.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    seen.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+        })
+    }
+
+    /// Records every IPv4 TCP segment arriving in the namespace as "tcp SPORT>DPORT".
+    pub fn raw_tcp_sniffer(ns: &str) -> Server {
+        Server::spawn(ns, move |stop, seen, ready| {
+            // SAFETY: plain socket call; checked below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+            assert!(fd >= 0);
+            set_timeout(fd, Duration::from_millis(50));
+            ready.send(()).unwrap();
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                // SAFETY: buf is valid for writes of its length.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 20 {
+                    let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                    if (n as usize) >= ihl + 4 {
+                        let sport = u16::from_be_bytes([buf[ihl], buf[ihl + 1]]);
+                        let dport = u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]);
+                        seen.lock().unwrap().push(format!("tcp {sport}>{dport}"));
+                    }
+                }
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        })
+    }
+
+    pub fn saw(&self, marker: &str) -> bool {
+        self.seen.lock().unwrap().iter().any(|s| s == marker)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn set_timeout(fd: i32, d: Duration) {
+    let tv = libc::timeval { tv_sec: d.as_secs() as _, tv_usec: d.subsec_micros() as _ };
+    // SAFETY: tv is valid for the call.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+    }
+}
+
+/// Connects from `ns` to `addr`, sends `marker`, expects it echoed back.
+pub fn tcp(ns: &str, addr: &str, port: u16, marker: &str) -> bool {
+    let target = SocketAddr::new(addr.parse().unwrap(), port);
+    let marker = marker.to_string();
+    in_ns(ns, move || {
+        let Ok(mut c) = TcpStream::connect_timeout(&target, PROBE_TIMEOUT) else { return false };
+        c.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        if c.write_all(format!("{marker}\n").as_bytes()).is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).is_ok() && line.trim() == marker
+    })
+}
+
+/// Sends a UDP datagram from `ns` and expects it echoed back (two tries).
+pub fn udp(ns: &str, addr: &str, port: u16, marker: &str) -> bool {
+    let ip: IpAddr = addr.parse().unwrap();
+    let target = SocketAddr::new(ip, port);
+    let marker = marker.to_string();
+    in_ns(ns, move || {
+        let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(PROBE_TIMEOUT / 2)).unwrap();
+        let mut buf = [0u8; 1500];
+        for _ in 0..2 {
+            let _ = s.send_to(marker.as_bytes(), target);
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                if &buf[..n] == marker.as_bytes() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sockaddr(ip: IpAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match ip {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: as above for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_addr.s6_addr = a.octets();
+            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+/// ICMP/ICMPv6 echo from `ns` to `dst`; true if a matching echo reply arrives.
+pub fn ping(ns: &str, dst: &str) -> bool {
+    let ip: IpAddr = dst.parse().unwrap();
+    in_ns(ns, move || {
+        let (fam, proto, req, rep) = match ip {
+            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
+        };
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(fam, libc::SOCK_RAW, proto) };
+        assert!(fd >= 0, "raw icmp socket: {}", std::io::Error::last_os_error());
+        set_timeout(fd, Duration::from_millis(100));
+        let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
+        let mut pkt = vec![req, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
+        pkt.extend_from_slice(b"egress-guard-ping");
+        if ip.is_ipv4() {
+            let c = checksum(&pkt);
+            pkt[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        let (ss, len) = sockaddr(ip);
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        let mut ok = false;
+        // SAFETY: pkt and ss are valid for the call.
+        unsafe { libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, (&ss as *const libc::sockaddr_storage).cast(), len) };
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline && !ok {
+            // SAFETY: buf is valid for writes.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let n = n as usize;
+            let off = if ip.is_ipv4() { ((buf[0] & 0x0f) as usize) * 4 } else { 0 };
+            if n >= off + 8 && buf[off] == rep && u16::from_be_bytes([buf[off + 4], buf[off + 5]]) == id {
+                ok = true;
+            }
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        ok
+    })
+}
+
+/// Sends a hand-built IPv4 TCP SYN (IP header included) from `ns`; fire and forget.
+pub fn raw_tcp_syn(ns: &str, src: &str, dst: &str, sport: u16, dport: u16) {
+    let (s, d): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    in_ns(ns, move || {
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02;
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&s.octets());
+        pseudo.extend_from_slice(&d.octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(&tcp);
+        let c = checksum(&pseudo);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0];
+        ip.extend_from_slice(&s.octets());
+        ip.extend_from_slice(&d.octets());
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip.extend_from_slice(&tcp);
+        let (ss, len) = sockaddr(IpAddr::V4(d));
+        for _ in 0..3 {
+            // SAFETY: buffers valid for the call.
+            unsafe { libc::sendto(fd, ip.as_ptr().cast(), ip.len(), 0, (&ss as *const libc::sockaddr_storage).cast(), len) };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    });
+    std::thread::sleep(Duration::from_millis(200));
+}

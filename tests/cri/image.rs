@@ -1,0 +1,123 @@
+//! The sandbox ("pause") image, made locally because no registry is reachable: a static
+//! program from pause.c in a one-layer OCI image layout, packed as a tar for `ctr images import`.
+use serde_json::json;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::cri::node::run;
+
+pub const IMAGE: &str = "localhost/egress-guard-cri/pause:1";
+
+/// Stores `path` as a blob of the layout under `oci`; returns (digest, size).
+fn blob(oci: &Path, path: &Path) -> Result<(String, u64), String> {
+    let p = path.to_str().ok_or("non-utf8 path")?;
+    let sum = run("sha256sum", &[p])?;
+    let hex = sum
+        .split_whitespace()
+        .next()
+        .ok_or("sha256sum printed nothing")?
+        .to_string();
+    let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
+    fs::copy(path, oci.join("blobs/sha256").join(&hex)).map_err(|e| format!("copy blob: {e}"))?;
+    Ok((format!("sha256:{hex}"), size))
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), String> {
+    fs::write(path, v.to_string()).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Builds the image tarball under `work` and returns its path.
+pub fn build(work: &Path) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri/pause.c");
+    let rootfs = work.join("rootfs");
+    let oci = work.join("oci");
+    fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+    fs::create_dir_all(oci.join("blobs/sha256")).map_err(|e| e.to_string())?;
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    run(
+        "gcc",
+        &[
+            "-static",
+            "-O2",
+            "-s",
+            "-o",
+            &s(&rootfs.join("pause")),
+            &s(&src),
+        ],
+    )?;
+    let layer = work.join("layer.tar");
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "--mtime=@0",
+            "-C",
+            &s(&rootfs),
+            "-cf",
+            &s(&layer),
+            "pause",
+        ],
+    )?;
+    let (layer_digest, layer_size) = blob(&oci, &layer)?;
+    let config = work.join("config.json");
+    write_json(
+        &config,
+        &json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/pause"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        }),
+    )?;
+    let (config_digest, config_size) = blob(&oci, &config)?;
+    let manifest = work.join("manifest.json");
+    write_json(
+        &manifest,
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest, "size": layer_size}],
+        }),
+    )?;
+    let (manifest_digest, manifest_size) = blob(&oci, &manifest)?;
+    let tag = IMAGE.rsplit(':').next().unwrap_or("latest");
+    write_json(
+        &oci.join("index.json"),
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest_size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {"io.containerd.image.name": IMAGE,
+                                "org.opencontainers.image.ref.name": tag},
+            }],
+        }),
+    )?;
+    write_json(
+        &oci.join("oci-layout"),
+        &json!({"imageLayoutVersion": "1.0.0"}),
+    )?;
+    let tarball = work.join("pause-oci.tar");
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "-C",
+            &s(&oci),
+            "-cf",
+            &s(&tarball),
+            "oci-layout",
+            "index.json",
+            "blobs",
+        ],
+    )?;
+    Ok(tarball)
+}

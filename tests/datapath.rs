@@ -1,0 +1,326 @@
+//! Real packets through real reference CNI chains (bridge and ptp, dual-stack) on a node built
+//! from network namespaces. Every "blocked" expectation is paired with an unguarded control pod
+//! that reaches the same target in the same run, so a broken network cannot pass as blocked.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::chain::{Attachment, Chain};
+use common::node::*;
+use common::probe::{self, Server};
+use common::{can_run_root_tests, exec_in, normalise_listing, plugin_bin, run, Netns};
+use serde_json::{json, Value};
+
+/// Collects expectations and reports all failures at once.
+#[derive(Default)]
+struct Report {
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn expect(&mut self, what: &str, want: bool, got: bool) {
+        if want != got {
+            self.failures.push(format!("{what}: expected {}, got {}", pass(want), pass(got)));
+        }
+    }
+    /// `what` must pass from `control` and fail from `guarded`.
+    fn blocked(&mut self, what: &str, control: bool, guarded: bool) {
+        self.expect(&format!("{what} (unguarded control)"), true, control);
+        self.expect(&format!("{what} (guarded pod)"), false, guarded);
+    }
+    fn finish(self) {
+        assert!(self.failures.is_empty(), "{} failure(s):\n  {}", self.failures.len(), self.failures.join("\n  "));
+    }
+}
+
+fn pass(b: bool) -> &'static str {
+    if b {
+        "pass"
+    } else {
+        "blocked"
+    }
+}
+
+fn annotations(mode: &str, allow: &str) -> Value {
+    json!({"egress-guard.io/mode": mode, "egress-guard.io/allow": allow, "kubernetes.io/config.source": "api"})
+}
+
+fn host_veth(result: &Value) -> String {
+    result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i.get("sandbox").is_none() && i["name"].as_str().unwrap_or("").starts_with("veth"))
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no host veth in {result}"))
+}
+
+fn node_tables(node: &str) -> String {
+    exec_in(node, &["nft", "list", "tables"])
+}
+
+struct Servers {
+    _all: Vec<Server>,
+}
+
+/// Echo servers on every target: internet, orchestrator, node (incl. metadata address), pods.
+fn start_servers(n: &Node, pods: &[&Netns]) -> Servers {
+    let mut all = vec![
+        Server::tcp(&n.inet.name, 80),
+        Server::udp(&n.inet.name, 53),
+        Server::tcp(&n.orch.name, 8443),
+        Server::tcp(&n.orch.name, 8444),
+        Server::tcp(&n.node.name, 9000),
+        Server::udp(&n.node.name, 9000),
+    ];
+    for p in pods {
+        all.push(Server::tcp(&p.name, 8080));
+        all.push(Server::udp(&p.name, 5353));
+    }
+    Servers { _all: all }
+}
+
+fn add(chain: &Chain, a: &Attachment) -> Value {
+    chain.add(a).unwrap_or_else(|e| panic!("ADD {} failed: {e:?}", a.pod))
+}
+
+/// The escape list of the design, from a guarded pod and an unguarded control.
+fn check_escapes(r: &mut Report, guarded: &str, control: &str, other_pod4: &str, other_pod6: &str) {
+    let both = |r: &mut Report, what: &str, f: &dyn Fn(&str) -> bool| {
+        let c = f(control);
+        let g = f(guarded);
+        r.blocked(what, c, g);
+    };
+    both(r, "TCP to internet 198.51.100.10:80", &|p| probe::tcp(p, INET4, 80, "x"));
+    both(r, "TCP to internet [2001:db8:100::10]:80", &|p| probe::tcp(p, INET6, 80, "x"));
+    both(r, "UDP to internet 198.51.100.10:53", &|p| probe::udp(p, INET4, 53, "q"));
+    both(r, "UDP to internet [2001:db8:100::10]:53", &|p| probe::udp(p, INET6, 53, "q"));
+    both(r, "ICMP echo to internet", &|p| probe::ping(p, INET4));
+    both(r, "ICMPv6 echo to internet", &|p| probe::ping(p, INET6));
+    both(r, "TCP to node 10.22.0.1:9000", &|p| probe::tcp(p, POD_GW4, 9000, "k"));
+    both(r, "UDP to node 10.22.0.1:9000", &|p| probe::udp(p, POD_GW4, 9000, "k"));
+    both(r, "TCP to node's other address 198.51.100.1:9000", &|p| probe::tcp(p, NODE_INET4, 9000, "k"));
+    both(r, "ICMP echo to node", &|p| probe::ping(p, POD_GW4));
+    both(r, "TCP to metadata 169.254.169.254:9000", &|p| probe::tcp(p, METADATA, 9000, "m"));
+    both(r, "TCP to another pod", &|p| probe::tcp(p, other_pod4, 8080, "p"));
+    both(r, "TCP to another pod over IPv6", &|p| probe::tcp(p, other_pod6, 8080, "p"));
+    both(r, "UDP to another pod", &|p| probe::udp(p, other_pod4, 5353, "p"));
+    both(r, "TCP to orchestrator's non-allowlisted port 8444", &|p| probe::tcp(p, ORCH4, 8444, "o"));
+}
+
+/// Raw crafted SYNs: seen by a sniffer in the internet namespace from the control, not the pod.
+fn check_raw(r: &mut Report, n: &Node, guarded: &str, control: &str) {
+    let sniff = Server::raw_tcp_sniffer(&n.inet.name);
+    let g4 = pod_addr(guarded, false);
+    let c4 = pod_addr(control, false);
+    probe::raw_tcp_syn(control, &c4, INET4, 40001, 7777);
+    probe::raw_tcp_syn(guarded, &g4, INET4, 40002, 7777);
+    r.blocked("raw crafted TCP SYN to internet", sniff.saw("tcp 40001>7777"), sniff.saw("tcp 40002>7777"));
+}
+
+fn check_allowed_and_inbound(r: &mut Report, n: &Node, guarded: &str) {
+    let g4 = pod_addr(guarded, false);
+    let g6 = pod_addr(guarded, true);
+    r.expect("TCP to allowlisted orchestrator 10.0.5.10:8443", true, probe::tcp(guarded, ORCH4, 8443, "ok"));
+    r.expect("TCP to allowlisted orchestrator [fd00:5::10]:8443", true, probe::tcp(guarded, ORCH6, 8443, "ok"));
+    r.expect("orchestrator -> pod TCP request/response", true, probe::tcp(&n.orch.name, &g4, 8080, "req"));
+    r.expect("orchestrator -> pod TCP request/response over IPv6", true, probe::tcp(&n.orch.name, &g6, 8080, "req6"));
+    r.expect("orchestrator -> pod UDP request/response", true, probe::udp(&n.orch.name, &g4, 5353, "dns"));
+    r.expect("orchestrator -> pod ping", true, probe::ping(&n.orch.name, &g4));
+    r.expect("orchestrator -> pod ping over IPv6", true, probe::ping(&n.orch.name, &g6));
+    r.expect("node (kubelet probe) -> pod TCP", true, probe::tcp(&n.node.name, &g4, 8080, "healthz"));
+}
+
+fn render_for(n: &Node, entry: &Value, ann: &Value, namespace: &str, cid: &str, device: &str) -> String {
+    let cfg = n.tmp.join("entry.json");
+    let anns = n.tmp.join("ann.json");
+    std::fs::write(&cfg, entry.to_string()).unwrap();
+    std::fs::write(&anns, ann.to_string()).unwrap();
+    run(&[plugin_bin(), "render", "--config", &cfg, "--annotations", &anns, "--namespace", namespace, "--container-id", cid, "--device", device])
+}
+
+fn run_escape_suite(kind: &str) {
+    let n = Node::new(kind);
+    let guarded = n.pod_netns("g");
+    let other = n.pod_netns("x");
+    let control = n.pod_netns("c");
+    let entry = n.guard_entry(json!({}));
+    let conflist = if kind == "ptp" { n.ptp_conflist(entry.clone()) } else { n.bridge_conflist(entry.clone()) };
+    let chain = Chain::new(&n.node.name, conflist);
+    let ann = annotations("enforce", "@orchestrator");
+    let cid = format!("{}guarded", n.prefix);
+    let g = Attachment::new(&cid, &guarded.path(), "ml", "llm-0", ann.clone());
+    let x = Attachment::new(&format!("{}other", n.prefix), &other.path(), "ml", "other", json!({}));
+    let c = Attachment::new(&format!("{}control", n.prefix), &control.path(), "ml", "control", json!({}));
+    let gres = add(&chain, &g);
+    let xres = add(&chain, &x);
+    let cres = add(&chain, &c);
+    for p in [&guarded, &other, &control] {
+        wait_ipv6_ready(&p.name);
+    }
+    wait_ipv6_ready(&n.node.name);
+    let _servers = start_servers(&n, &[&guarded, &other]);
+    let other4 = pod_addr(&other.name, false);
+    let other6 = pod_addr(&other.name, true);
+
+    let mut r = Report::default();
+    check_allowed_and_inbound(&mut r, &n, &guarded.name);
+    check_escapes(&mut r, &guarded.name, &control.name, &other4, &other6);
+    check_raw(&mut r, &n, &guarded.name, &control.name);
+
+    // What the kernel holds is what `render` promised.
+    let table = format!("egress_guard_{cid}");
+    let listing = exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
+    let rendered = render_for(&n, &entry, &ann, "ml", &cid, &host_veth(&gres));
+    r.expect("nft list table matches render", true, normalise_listing(&listing) == rendered);
+    if normalise_listing(&listing) != rendered {
+        eprintln!("--- render\n{rendered}--- nft list\n{listing}");
+    }
+    r.expect("CHECK passes on an intact ruleset", true, chain.check(&g, &gres).is_ok());
+
+    // CAP_NET_ADMIN inside the pod cannot open egress under host placement.
+    exec_in(&guarded.name, &["nft", "flush", "ruleset"]);
+    r.expect("TCP to internet after `nft flush ruleset` in the pod", false, probe::tcp(&guarded.name, INET4, 80, "x"));
+
+    // DEL in reverse order removes everything of ours; a second DEL (as on RemovePodSandbox:
+    // no netns, no prevResult) succeeds.
+    for (a, res, ns) in [(&g, &gres, &guarded), (&x, &xres, &other), (&c, &cres, &control)] {
+        chain.del(a, &ns.path(), Some(res)).unwrap_or_else(|e| panic!("DEL {}: {e:?}", a.pod));
+        chain.del(a, "", None).unwrap_or_else(|e| panic!("second DEL {}: {e:?}", a.pod));
+    }
+    let left = node_tables(&n.node.name);
+    r.expect("no egress_guard table left after DEL", false, left.contains("egress_guard_"));
+    r.expect("no state file left after DEL", false, std::fs::read_dir(n.tmp.join("state")).map(|d| d.count() > 0).unwrap_or(false));
+    r.finish();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+fn bridge_chain_blocks_every_escape_and_allows_the_allowlist() {
+    if !can_run_root_tests("bridge_chain_blocks_every_escape_and_allows_the_allowlist") {
+        return;
+    }
+    run_escape_suite("bridge");
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+fn ptp_chain_blocks_every_escape_and_allows_the_allowlist() {
+    if !can_run_root_tests("ptp_chain_blocks_every_escape_and_allows_the_allowlist") {
+        return;
+    }
+    run_escape_suite("ptp");
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+fn audit_mode_passes_traffic_and_counts_it() {
+    if !can_run_root_tests("audit_mode_passes_traffic_and_counts_it") {
+        return;
+    }
+    let n = Node::new("aud");
+    let pod = n.pod_netns("a");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let cid = format!("{}audit", n.prefix);
+    let a = Attachment::new(&cid, &pod.path(), "ml", "learner", annotations("audit", ""));
+    let res = add(&chain, &a);
+    let _s = Server::tcp(&n.inet.name, 80);
+    assert!(probe::tcp(&pod.name, INET4, 80, "audited"), "audit mode must not drop");
+    let listing = exec_in(&n.node.name, &["nft", "list", "chain", "netdev", &format!("egress_guard_{cid}"), "from_pod"]);
+    assert!(listing.contains("policy accept"), "{listing}");
+    let counted = listing
+        .lines()
+        .find(|l| l.contains("counter packets") && l.trim_end().ends_with("accept"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(counted > 0, "audited packets were not counted:\n{listing}");
+    assert!(listing.contains("log prefix \"eg:audit:"), "{listing}");
+    chain.del(&a, &pod.path(), Some(&res)).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+fn malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing() {
+    if !can_run_root_tests("malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing") {
+        return;
+    }
+    let n = Node::new("bad");
+    let pod = n.pod_netns("b");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let a = Attachment::new(&format!("{}bad", n.prefix), &pod.path(), "model-serving", "llm-1", json!({"egress-guard.io/allow": "10.0.5.0/24 tcp 99999"}));
+    let err = chain.add(&a).expect_err("ADD must fail");
+    assert_eq!(err.plugin, "egress-guard");
+    assert_eq!(err.code, Some(100), "{err:?}");
+    for needle in ["model-serving/llm-1", "egress-guard.io/allow", "99999"] {
+        assert!(err.msg.contains(needle), "message lacks {needle}: {}", err.msg);
+    }
+    assert!(!node_tables(&n.node.name).contains("egress_guard_"));
+    // The runtime then cleans up with DEL, which must succeed.
+    chain.del(&a, &pod.path(), None).unwrap();
+
+    // A typo in a key fails too, naming the key.
+    let typo = Attachment::new(&format!("{}typo", n.prefix), &pod.path(), "ml", "llm-2", json!({"egress-guard.io/mdoe": "enforce"}));
+    let err = chain.add(&typo).expect_err("typo must fail");
+    assert!(err.msg.contains("egress-guard.io/mdoe"), "{}", err.msg);
+    chain.del(&typo, &pod.path(), None).unwrap();
+    assert!(!node_tables(&n.node.name).contains("egress_guard_"));
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+fn enforced_namespace_guards_without_annotations() {
+    if !can_run_root_tests("enforced_namespace_guards_without_annotations") {
+        return;
+    }
+    let n = Node::new("ens");
+    let pod = n.pod_netns("e");
+    let control = n.pod_netns("c");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let a = Attachment::new(&format!("{}ens", n.prefix), &pod.path(), "model-serving", "llm", json!({"egress-guard.io/mode": "off"}));
+    let c = Attachment::new(&format!("{}ctl", n.prefix), &control.path(), "default", "ctl", json!({}));
+    let res = add(&chain, &a);
+    let cres = add(&chain, &c);
+    let _s = Server::tcp(&n.inet.name, 80);
+    let mut r = Report::default();
+    r.blocked("mode off annotation in an enforced namespace", probe::tcp(&control.name, INET4, 80, "c"), probe::tcp(&pod.name, INET4, 80, "g"));
+    r.finish();
+    chain.del(&a, &pod.path(), Some(&res)).unwrap();
+    chain.del(&c, &control.path(), Some(&cres)).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+fn pod_placement_guards_inside_the_pod() {
+    if !can_run_root_tests("pod_placement_guards_inside_the_pod") {
+        return;
+    }
+    let n = Node::new("pp");
+    let pod = n.pod_netns("p");
+    let control = n.pod_netns("c");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({"placement": "pod"}))));
+    let cid = format!("{}pod", n.prefix);
+    let a = Attachment::new(&cid, &pod.path(), "ml", "llm", annotations("enforce", "@orchestrator"));
+    let c = Attachment::new(&format!("{}ctl", n.prefix), &control.path(), "ml", "ctl", json!({}));
+    let res = add(&chain, &a);
+    let cres = add(&chain, &c);
+    for ns in [&pod.name, &control.name, &n.node.name] {
+        wait_ipv6_ready(ns);
+    }
+    let _servers = start_servers(&n, &[&pod]);
+    let mut r = Report::default();
+    let in_pod = exec_in(&pod.name, &["nft", "list", "tables"]);
+    r.expect("table lives in the pod netns", true, in_pod.contains(&format!("inet egress_guard_{cid}")));
+    r.expect("no table in the host netns", false, node_tables(&n.node.name).contains("egress_guard_"));
+    r.blocked("TCP to internet", probe::tcp(&control.name, INET4, 80, "c"), probe::tcp(&pod.name, INET4, 80, "g"));
+    r.blocked("TCP to internet over IPv6", probe::tcp(&control.name, INET6, 80, "c"), probe::tcp(&pod.name, INET6, 80, "g"));
+    r.blocked("TCP to node", probe::tcp(&control.name, POD_GW4, 9000, "c"), probe::tcp(&pod.name, POD_GW4, 9000, "g"));
+    check_allowed_and_inbound(&mut r, &n, &pod.name);
+    r.expect("CHECK passes", true, chain.check(&a, &res).is_ok());
+    // The documented weakness of pod placement: CAP_NET_ADMIN in the pod can remove it.
+    exec_in(&pod.name, &["nft", "flush", "ruleset"]);
+    r.expect("CHECK reports the removed table", true, chain.check(&a, &res).is_err());
+    r.finish();
+    chain.del(&a, &pod.path(), Some(&res)).unwrap();
+    chain.del(&c, &control.path(), Some(&cres)).unwrap();
+}
