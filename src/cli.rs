@@ -13,11 +13,20 @@ use crate::policy::{parse_annotations, Policy};
 use crate::ruleset::{compile, render, Attach, Target};
 
 /// Looks a pod up in the API server and returns its annotations.
-pub fn fetch_pod_annotations(kubeconfig: &Path, namespace: &str, name: &str) -> Result<Vec<(String, String)>, String> {
-    let client = crate::kube::Client::from_kubeconfig(kubeconfig, std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+pub fn fetch_pod_annotations(
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let client =
+        crate::kube::Client::from_kubeconfig(kubeconfig, std::time::Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
     let pod = client.get_pod(namespace, name).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    if let Some(obj) = pod.pointer("/metadata/annotations").and_then(|a| a.as_object()) {
+    if let Some(obj) = pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.as_object())
+    {
         for (k, v) in obj {
             if let Some(s) = v.as_str() {
                 out.push((k.clone(), s.to_string()));
@@ -40,7 +49,12 @@ pub fn run_plugin() -> ExitCode {
     if let Ok(conf) = NetConf::parse(&stdin) {
         kernel.peer_hint = conf.host_interface_hint();
     }
-    let outcome = run(Invocation { kernel: &mut kernel, env: &env, stdin: &stdin, fetch_pod: &fetch_pod_annotations });
+    let outcome = run(Invocation {
+        kernel: &mut kernel,
+        env: &env,
+        stdin: &stdin,
+        fetch_pod: &fetch_pod_annotations,
+    });
     crate::logging::write_record(outcome.log_file.as_deref(), &outcome.record);
     let mut out = std::io::stdout().lock();
     match outcome.result {
@@ -56,7 +70,8 @@ pub fn run_plugin() -> ExitCode {
     }
 }
 
-const RENDER_USAGE: &str = "usage: egress-guard render --config FILE [--annotations FILE] [--annotation KEY=VALUE]...
+const RENDER_USAGE: &str =
+    "usage: egress-guard render --config FILE [--annotations FILE] [--annotation KEY=VALUE]...
                            [--namespace NS] [--container-id ID] [--device IFNAME | --placement pod]
   --config       the egress-guard conflist entry, or a whole conflist holding one
   --annotations  a JSON object of pod annotations";
@@ -85,23 +100,35 @@ fn render_inner(args: &[String]) -> Result<String, String> {
     let mut annotations: Vec<(String, String)> = Vec::new();
     let mut namespace = None;
     let mut cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string();
-    let mut attach = Attach::Host { device: "veth0".to_string() };
+    let mut attach = Attach::Host {
+        device: "veth0".to_string(),
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value\n{RENDER_USAGE}"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n{RENDER_USAGE}"))
+        };
         match a.as_str() {
             "--config" => config = Some(val()?),
             "--annotations" => {
                 let v = read_json(&val()?)?;
-                let obj = v.as_object().ok_or("--annotations must hold a JSON object")?;
+                let obj = v
+                    .as_object()
+                    .ok_or("--annotations must hold a JSON object")?;
                 for (k, v) in obj {
-                    let s = v.as_str().ok_or_else(|| format!("annotation \"{k}\" must be a string"))?;
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| format!("annotation \"{k}\" must be a string"))?;
                     annotations.push((k.clone(), s.to_string()));
                 }
             }
             "--annotation" => {
                 let kv = val()?;
-                let (k, v) = kv.split_once('=').ok_or_else(|| format!("--annotation \"{kv}\" is not KEY=VALUE"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--annotation \"{kv}\" is not KEY=VALUE"))?;
                 annotations.push((k.to_string(), v.to_string()));
             }
             "--namespace" => namespace = Some(val()?),
@@ -129,12 +156,20 @@ fn render_inner(args: &[String]) -> Result<String, String> {
     let bytes = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
     let conf = NetConf::parse(&bytes).map_err(|e| e.to_string())?;
     let ann = parse_annotations(&annotations).map_err(|e| e.to_string())?;
-    let policy = Policy::resolve(&conf.settings, namespace.as_deref(), &ann).map_err(|e| e.to_string())?;
-    let target = Target { container_id: cid, attach, log_group: conf.nflog_group };
+    let policy =
+        Policy::resolve(&conf.settings, namespace.as_deref(), &ann).map_err(|e| e.to_string())?;
+    let target = Target {
+        container_id: cid,
+        attach,
+        log_group: conf.nflog_group,
+    };
     let mut extra = BTreeMap::new();
     extra.insert("mode", policy.mode.to_string());
     match compile(&policy, &target) {
         Some(t) => Ok(render(&t)),
-        None => Ok(format!("# mode {}: nothing is installed for this pod\n", extra["mode"])),
+        None => Ok(format!(
+            "# mode {}: nothing is installed for this pod\n",
+            extra["mode"]
+        )),
     }
 }

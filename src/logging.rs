@@ -70,7 +70,9 @@ impl log::Log for FileLogger {
             level: r.level().as_str(),
             msg: r.args().to_string(),
         };
-        let Ok(text) = serde_json::to_string(&line) else { return };
+        let Ok(text) = serde_json::to_string(&line) else {
+            return;
+        };
         match &self.path {
             Some(p) => {
                 if append_line(p, &text).is_err() {
@@ -87,8 +89,15 @@ static LOGGER: OnceLock<FileLogger> = OnceLock::new();
 
 /// Installs the logger once; later calls are ignored. Without a file, warnings go to stderr.
 pub fn init(path: Option<&Path>, level: log::LevelFilter) {
-    let level = if path.is_none() { level.min(log::LevelFilter::Warn) } else { level };
-    let logger = LOGGER.get_or_init(|| FileLogger { path: path.map(Path::to_path_buf), level });
+    let level = if path.is_none() {
+        level.min(log::LevelFilter::Warn)
+    } else {
+        level
+    };
+    let logger = LOGGER.get_or_init(|| FileLogger {
+        path: path.map(Path::to_path_buf),
+        level,
+    });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(logger.level);
     }
@@ -120,7 +129,10 @@ pub fn write_record(path: Option<&Path>, record: &VerbRecord) {
     match serde_json::to_string(record) {
         Ok(text) => {
             if let Err(e) = append_line(path, &text) {
-                eprintln!("egress-guard: cannot write log file {}: {e}", path.display());
+                eprintln!(
+                    "egress-guard: cannot write log file {}: {e}",
+                    path.display()
+                );
             }
         }
         Err(e) => eprintln!("egress-guard: cannot encode log record: {e}"),

@@ -20,7 +20,11 @@ struct Report {
 impl Report {
     fn expect(&mut self, what: &str, want: bool, got: bool) {
         if want != got {
-            self.failures.push(format!("{what}: expected {}, got {}", pass(want), pass(got)));
+            self.failures.push(format!(
+                "{what}: expected {}, got {}",
+                pass(want),
+                pass(got)
+            ));
         }
     }
     /// `what` must pass from `control` and fail from `guarded`.
@@ -29,7 +33,12 @@ impl Report {
         self.expect(&format!("{what} (guarded pod)"), false, guarded);
     }
     fn finish(self) {
-        assert!(self.failures.is_empty(), "{} failure(s):\n  {}", self.failures.len(), self.failures.join("\n  "));
+        assert!(
+            self.failures.is_empty(),
+            "{} failure(s):\n  {}",
+            self.failures.len(),
+            self.failures.join("\n  ")
+        );
     }
 }
 
@@ -50,7 +59,9 @@ fn host_veth(result: &Value) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i.get("sandbox").is_none() && i["name"].as_str().unwrap_or("").starts_with("veth"))
+        .find(|i| {
+            i.get("sandbox").is_none() && i["name"].as_str().unwrap_or("").starts_with("veth")
+        })
         .map(|i| i["name"].as_str().unwrap().to_string())
         .unwrap_or_else(|| panic!("no host veth in {result}"))
 }
@@ -81,7 +92,9 @@ fn start_servers(n: &Node, pods: &[&Netns]) -> Servers {
 }
 
 fn add(chain: &Chain, a: &Attachment) -> Value {
-    chain.add(a).unwrap_or_else(|e| panic!("ADD {} failed: {e:?}", a.pod))
+    chain
+        .add(a)
+        .unwrap_or_else(|e| panic!("ADD {} failed: {e:?}", a.pod))
 }
 
 /// The escape list of the design, from a guarded pod and an unguarded control.
@@ -91,21 +104,45 @@ fn check_escapes(r: &mut Report, guarded: &str, control: &str, other_pod4: &str,
         let g = f(guarded);
         r.blocked(what, c, g);
     };
-    both(r, "TCP to internet 198.51.100.10:80", &|p| probe::tcp(p, INET4, 80, "x"));
-    both(r, "TCP to internet [2001:db8:100::10]:80", &|p| probe::tcp(p, INET6, 80, "x"));
-    both(r, "UDP to internet 198.51.100.10:53", &|p| probe::udp(p, INET4, 53, "q"));
-    both(r, "UDP to internet [2001:db8:100::10]:53", &|p| probe::udp(p, INET6, 53, "q"));
+    both(r, "TCP to internet 198.51.100.10:80", &|p| {
+        probe::tcp(p, INET4, 80, "x")
+    });
+    both(r, "TCP to internet [2001:db8:100::10]:80", &|p| {
+        probe::tcp(p, INET6, 80, "x")
+    });
+    both(r, "UDP to internet 198.51.100.10:53", &|p| {
+        probe::udp(p, INET4, 53, "q")
+    });
+    both(r, "UDP to internet [2001:db8:100::10]:53", &|p| {
+        probe::udp(p, INET6, 53, "q")
+    });
     both(r, "ICMP echo to internet", &|p| probe::ping(p, INET4));
     both(r, "ICMPv6 echo to internet", &|p| probe::ping(p, INET6));
-    both(r, "TCP to node 10.22.0.1:9000", &|p| probe::tcp(p, POD_GW4, 9000, "k"));
-    both(r, "UDP to node 10.22.0.1:9000", &|p| probe::udp(p, POD_GW4, 9000, "k"));
-    both(r, "TCP to node's other address 198.51.100.1:9000", &|p| probe::tcp(p, NODE_INET4, 9000, "k"));
+    both(r, "TCP to node 10.22.0.1:9000", &|p| {
+        probe::tcp(p, POD_GW4, 9000, "k")
+    });
+    both(r, "UDP to node 10.22.0.1:9000", &|p| {
+        probe::udp(p, POD_GW4, 9000, "k")
+    });
+    both(r, "TCP to node's other address 198.51.100.1:9000", &|p| {
+        probe::tcp(p, NODE_INET4, 9000, "k")
+    });
     both(r, "ICMP echo to node", &|p| probe::ping(p, POD_GW4));
-    both(r, "TCP to metadata 169.254.169.254:9000", &|p| probe::tcp(p, METADATA, 9000, "m"));
-    both(r, "TCP to another pod", &|p| probe::tcp(p, other_pod4, 8080, "p"));
-    both(r, "TCP to another pod over IPv6", &|p| probe::tcp(p, other_pod6, 8080, "p"));
-    both(r, "UDP to another pod", &|p| probe::udp(p, other_pod4, 5353, "p"));
-    both(r, "TCP to orchestrator's non-allowlisted port 8444", &|p| probe::tcp(p, ORCH4, 8444, "o"));
+    both(r, "TCP to metadata 169.254.169.254:9000", &|p| {
+        probe::tcp(p, METADATA, 9000, "m")
+    });
+    both(r, "TCP to another pod", &|p| {
+        probe::tcp(p, other_pod4, 8080, "p")
+    });
+    both(r, "TCP to another pod over IPv6", &|p| {
+        probe::tcp(p, other_pod6, 8080, "p")
+    });
+    both(r, "UDP to another pod", &|p| {
+        probe::udp(p, other_pod4, 5353, "p")
+    });
+    both(r, "TCP to orchestrator's non-allowlisted port 8444", &|p| {
+        probe::tcp(p, ORCH4, 8444, "o")
+    });
 }
 
 /// Raw crafted SYNs: seen by a sniffer in the internet namespace from the control, not the pod.
@@ -115,28 +152,84 @@ fn check_raw(r: &mut Report, n: &Node, guarded: &str, control: &str) {
     let c4 = pod_addr(control, false);
     probe::raw_tcp_syn(control, &c4, INET4, 40001, 7777);
     probe::raw_tcp_syn(guarded, &g4, INET4, 40002, 7777);
-    r.blocked("raw crafted TCP SYN to internet", sniff.saw("tcp 40001>7777"), sniff.saw("tcp 40002>7777"));
+    r.blocked(
+        "raw crafted TCP SYN to internet",
+        sniff.saw("tcp 40001>7777"),
+        sniff.saw("tcp 40002>7777"),
+    );
 }
 
 fn check_allowed_and_inbound(r: &mut Report, n: &Node, guarded: &str) {
     let g4 = pod_addr(guarded, false);
     let g6 = pod_addr(guarded, true);
-    r.expect("TCP to allowlisted orchestrator 10.0.5.10:8443", true, probe::tcp(guarded, ORCH4, 8443, "ok"));
-    r.expect("TCP to allowlisted orchestrator [fd00:5::10]:8443", true, probe::tcp(guarded, ORCH6, 8443, "ok"));
-    r.expect("orchestrator -> pod TCP request/response", true, probe::tcp(&n.orch.name, &g4, 8080, "req"));
-    r.expect("orchestrator -> pod TCP request/response over IPv6", true, probe::tcp(&n.orch.name, &g6, 8080, "req6"));
-    r.expect("orchestrator -> pod UDP request/response", true, probe::udp(&n.orch.name, &g4, 5353, "dns"));
-    r.expect("orchestrator -> pod ping", true, probe::ping(&n.orch.name, &g4));
-    r.expect("orchestrator -> pod ping over IPv6", true, probe::ping(&n.orch.name, &g6));
-    r.expect("node (kubelet probe) -> pod TCP", true, probe::tcp(&n.node.name, &g4, 8080, "healthz"));
+    r.expect(
+        "TCP to allowlisted orchestrator 10.0.5.10:8443",
+        true,
+        probe::tcp(guarded, ORCH4, 8443, "ok"),
+    );
+    r.expect(
+        "TCP to allowlisted orchestrator [fd00:5::10]:8443",
+        true,
+        probe::tcp(guarded, ORCH6, 8443, "ok"),
+    );
+    r.expect(
+        "orchestrator -> pod TCP request/response",
+        true,
+        probe::tcp(&n.orch.name, &g4, 8080, "req"),
+    );
+    r.expect(
+        "orchestrator -> pod TCP request/response over IPv6",
+        true,
+        probe::tcp(&n.orch.name, &g6, 8080, "req6"),
+    );
+    r.expect(
+        "orchestrator -> pod UDP request/response",
+        true,
+        probe::udp(&n.orch.name, &g4, 5353, "dns"),
+    );
+    r.expect(
+        "orchestrator -> pod ping",
+        true,
+        probe::ping(&n.orch.name, &g4),
+    );
+    r.expect(
+        "orchestrator -> pod ping over IPv6",
+        true,
+        probe::ping(&n.orch.name, &g6),
+    );
+    r.expect(
+        "node (kubelet probe) -> pod TCP",
+        true,
+        probe::tcp(&n.node.name, &g4, 8080, "healthz"),
+    );
 }
 
-fn render_for(n: &Node, entry: &Value, ann: &Value, namespace: &str, cid: &str, device: &str) -> String {
+fn render_for(
+    n: &Node,
+    entry: &Value,
+    ann: &Value,
+    namespace: &str,
+    cid: &str,
+    device: &str,
+) -> String {
     let cfg = n.tmp.join("entry.json");
     let anns = n.tmp.join("ann.json");
     std::fs::write(&cfg, entry.to_string()).unwrap();
     std::fs::write(&anns, ann.to_string()).unwrap();
-    run(&[plugin_bin(), "render", "--config", &cfg, "--annotations", &anns, "--namespace", namespace, "--container-id", cid, "--device", device])
+    run(&[
+        plugin_bin(),
+        "render",
+        "--config",
+        &cfg,
+        "--annotations",
+        &anns,
+        "--namespace",
+        namespace,
+        "--container-id",
+        cid,
+        "--device",
+        device,
+    ])
 }
 
 fn run_escape_suite(kind: &str) {
@@ -145,13 +238,29 @@ fn run_escape_suite(kind: &str) {
     let other = n.pod_netns("x");
     let control = n.pod_netns("c");
     let entry = n.guard_entry(json!({}));
-    let conflist = if kind == "ptp" { n.ptp_conflist(entry.clone()) } else { n.bridge_conflist(entry.clone()) };
+    let conflist = if kind == "ptp" {
+        n.ptp_conflist(entry.clone())
+    } else {
+        n.bridge_conflist(entry.clone())
+    };
     let chain = Chain::new(&n.node.name, conflist);
     let ann = annotations("enforce", "@orchestrator");
     let cid = format!("{}guarded", n.prefix);
     let g = Attachment::new(&cid, &guarded.path(), "ml", "llm-0", ann.clone());
-    let x = Attachment::new(&format!("{}other", n.prefix), &other.path(), "ml", "other", json!({}));
-    let c = Attachment::new(&format!("{}control", n.prefix), &control.path(), "ml", "control", json!({}));
+    let x = Attachment::new(
+        &format!("{}other", n.prefix),
+        &other.path(),
+        "ml",
+        "other",
+        json!({}),
+    );
+    let c = Attachment::new(
+        &format!("{}control", n.prefix),
+        &control.path(),
+        "ml",
+        "control",
+        json!({}),
+    );
     let gres = add(&chain, &g);
     let xres = add(&chain, &x);
     let cres = add(&chain, &c);
@@ -172,30 +281,63 @@ fn run_escape_suite(kind: &str) {
     let table = format!("egress_guard_{cid}");
     let listing = exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
     let rendered = render_for(&n, &entry, &ann, "ml", &cid, &host_veth(&gres));
-    r.expect("nft list table matches render", true, normalise_listing(&listing) == rendered);
+    r.expect(
+        "nft list table matches render",
+        true,
+        normalise_listing(&listing) == rendered,
+    );
     if normalise_listing(&listing) != rendered {
         eprintln!("--- render\n{rendered}--- nft list\n{listing}");
     }
-    r.expect("CHECK passes on an intact ruleset", true, chain.check(&g, &gres).is_ok());
+    r.expect(
+        "CHECK passes on an intact ruleset",
+        true,
+        chain.check(&g, &gres).is_ok(),
+    );
 
     // CAP_NET_ADMIN inside the pod cannot open egress under host placement.
     exec_in(&guarded.name, &["nft", "flush", "ruleset"]);
-    r.expect("TCP to internet after `nft flush ruleset` in the pod", false, probe::tcp(&guarded.name, INET4, 80, "x"));
+    r.expect(
+        "TCP to internet after `nft flush ruleset` in the pod",
+        false,
+        probe::tcp(&guarded.name, INET4, 80, "x"),
+    );
 
     // DEL in reverse order removes everything of ours; a second DEL (as on RemovePodSandbox:
     // no netns, no prevResult) succeeds.
-    for (a, res, ns) in [(&g, &gres, &guarded), (&x, &xres, &other), (&c, &cres, &control)] {
-        chain.del(a, &ns.path(), Some(res)).unwrap_or_else(|e| panic!("DEL {}: {e:?}", a.pod));
-        chain.del(a, "", None).unwrap_or_else(|e| panic!("second DEL {}: {e:?}", a.pod));
+    for (a, res, ns) in [
+        (&g, &gres, &guarded),
+        (&x, &xres, &other),
+        (&c, &cres, &control),
+    ] {
+        chain
+            .del(a, &ns.path(), Some(res))
+            .unwrap_or_else(|e| panic!("DEL {}: {e:?}", a.pod));
+        chain
+            .del(a, "", None)
+            .unwrap_or_else(|e| panic!("second DEL {}: {e:?}", a.pod));
     }
     let left = node_tables(&n.node.name);
-    r.expect("no egress_guard table left after DEL", false, left.contains("egress_guard_"));
-    r.expect("no state file left after DEL", false, std::fs::read_dir(n.tmp.join("state")).map(|d| d.count() > 0).unwrap_or(false));
+    r.expect(
+        "no egress_guard table left after DEL",
+        false,
+        left.contains("egress_guard_"),
+    );
+    r.expect(
+        "no state file left after DEL",
+        false,
+        std::fs::read_dir(n.tmp.join("state"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false),
+    );
     r.finish();
 }
 
 #[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn bridge_chain_blocks_every_escape_and_allows_the_allowlist() {
     if !can_run_root_tests("bridge_chain_blocks_every_escape_and_allows_the_allowlist") {
         return;
@@ -204,7 +346,10 @@ fn bridge_chain_blocks_every_escape_and_allows_the_allowlist() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn ptp_chain_blocks_every_escape_and_allows_the_allowlist() {
     if !can_run_root_tests("ptp_chain_blocks_every_escape_and_allows_the_allowlist") {
         return;
@@ -213,7 +358,10 @@ fn ptp_chain_blocks_every_escape_and_allows_the_allowlist() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn audit_mode_passes_traffic_and_counts_it() {
     if !can_run_root_tests("audit_mode_passes_traffic_and_counts_it") {
         return;
@@ -225,8 +373,21 @@ fn audit_mode_passes_traffic_and_counts_it() {
     let a = Attachment::new(&cid, &pod.path(), "ml", "learner", annotations("audit", ""));
     let res = add(&chain, &a);
     let _s = Server::tcp(&n.inet.name, 80);
-    assert!(probe::tcp(&pod.name, INET4, 80, "audited"), "audit mode must not drop");
-    let listing = exec_in(&n.node.name, &["nft", "list", "chain", "netdev", &format!("egress_guard_{cid}"), "from_pod"]);
+    assert!(
+        probe::tcp(&pod.name, INET4, 80, "audited"),
+        "audit mode must not drop"
+    );
+    let listing = exec_in(
+        &n.node.name,
+        &[
+            "nft",
+            "list",
+            "chain",
+            "netdev",
+            &format!("egress_guard_{cid}"),
+            "from_pod",
+        ],
+    );
     assert!(listing.contains("policy accept"), "{listing}");
     let counted = listing
         .lines()
@@ -240,27 +401,48 @@ fn audit_mode_passes_traffic_and_counts_it() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing() {
-    if !can_run_root_tests("malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing") {
+    if !can_run_root_tests(
+        "malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing",
+    ) {
         return;
     }
     let n = Node::new("bad");
     let pod = n.pod_netns("b");
     let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
-    let a = Attachment::new(&format!("{}bad", n.prefix), &pod.path(), "model-serving", "llm-1", json!({"egress-guard.io/allow": "10.0.5.0/24 tcp 99999"}));
+    let a = Attachment::new(
+        &format!("{}bad", n.prefix),
+        &pod.path(),
+        "model-serving",
+        "llm-1",
+        json!({"egress-guard.io/allow": "10.0.5.0/24 tcp 99999"}),
+    );
     let err = chain.add(&a).expect_err("ADD must fail");
     assert_eq!(err.plugin, "egress-guard");
     assert_eq!(err.code, Some(100), "{err:?}");
     for needle in ["model-serving/llm-1", "egress-guard.io/allow", "99999"] {
-        assert!(err.msg.contains(needle), "message lacks {needle}: {}", err.msg);
+        assert!(
+            err.msg.contains(needle),
+            "message lacks {needle}: {}",
+            err.msg
+        );
     }
     assert!(!node_tables(&n.node.name).contains("egress_guard_"));
     // The runtime then cleans up with DEL, which must succeed.
     chain.del(&a, &pod.path(), None).unwrap();
 
     // A typo in a key fails too, naming the key.
-    let typo = Attachment::new(&format!("{}typo", n.prefix), &pod.path(), "ml", "llm-2", json!({"egress-guard.io/mdoe": "enforce"}));
+    let typo = Attachment::new(
+        &format!("{}typo", n.prefix),
+        &pod.path(),
+        "ml",
+        "llm-2",
+        json!({"egress-guard.io/mdoe": "enforce"}),
+    );
     let err = chain.add(&typo).expect_err("typo must fail");
     assert!(err.msg.contains("egress-guard.io/mdoe"), "{}", err.msg);
     chain.del(&typo, &pod.path(), None).unwrap();
@@ -268,7 +450,10 @@ fn malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn enforced_namespace_guards_without_annotations() {
     if !can_run_root_tests("enforced_namespace_guards_without_annotations") {
         return;
@@ -277,20 +462,39 @@ fn enforced_namespace_guards_without_annotations() {
     let pod = n.pod_netns("e");
     let control = n.pod_netns("c");
     let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
-    let a = Attachment::new(&format!("{}ens", n.prefix), &pod.path(), "model-serving", "llm", json!({"egress-guard.io/mode": "off"}));
-    let c = Attachment::new(&format!("{}ctl", n.prefix), &control.path(), "default", "ctl", json!({}));
+    let a = Attachment::new(
+        &format!("{}ens", n.prefix),
+        &pod.path(),
+        "model-serving",
+        "llm",
+        json!({"egress-guard.io/mode": "off"}),
+    );
+    let c = Attachment::new(
+        &format!("{}ctl", n.prefix),
+        &control.path(),
+        "default",
+        "ctl",
+        json!({}),
+    );
     let res = add(&chain, &a);
     let cres = add(&chain, &c);
     let _s = Server::tcp(&n.inet.name, 80);
     let mut r = Report::default();
-    r.blocked("mode off annotation in an enforced namespace", probe::tcp(&control.name, INET4, 80, "c"), probe::tcp(&pod.name, INET4, 80, "g"));
+    r.blocked(
+        "mode off annotation in an enforced namespace",
+        probe::tcp(&control.name, INET4, 80, "c"),
+        probe::tcp(&pod.name, INET4, 80, "g"),
+    );
     r.finish();
     chain.del(&a, &pod.path(), Some(&res)).unwrap();
     chain.del(&c, &control.path(), Some(&cres)).unwrap();
 }
 
 #[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root: cargo test --features root-tests")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
 fn pod_placement_guards_inside_the_pod() {
     if !can_run_root_tests("pod_placement_guards_inside_the_pod") {
         return;
@@ -298,10 +502,25 @@ fn pod_placement_guards_inside_the_pod() {
     let n = Node::new("pp");
     let pod = n.pod_netns("p");
     let control = n.pod_netns("c");
-    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({"placement": "pod"}))));
+    let chain = Chain::new(
+        &n.node.name,
+        n.bridge_conflist(n.guard_entry(json!({"placement": "pod"}))),
+    );
     let cid = format!("{}pod", n.prefix);
-    let a = Attachment::new(&cid, &pod.path(), "ml", "llm", annotations("enforce", "@orchestrator"));
-    let c = Attachment::new(&format!("{}ctl", n.prefix), &control.path(), "ml", "ctl", json!({}));
+    let a = Attachment::new(
+        &cid,
+        &pod.path(),
+        "ml",
+        "llm",
+        annotations("enforce", "@orchestrator"),
+    );
+    let c = Attachment::new(
+        &format!("{}ctl", n.prefix),
+        &control.path(),
+        "ml",
+        "ctl",
+        json!({}),
+    );
     let res = add(&chain, &a);
     let cres = add(&chain, &c);
     for ns in [&pod.name, &control.name, &n.node.name] {
@@ -310,16 +529,40 @@ fn pod_placement_guards_inside_the_pod() {
     let _servers = start_servers(&n, &[&pod]);
     let mut r = Report::default();
     let in_pod = exec_in(&pod.name, &["nft", "list", "tables"]);
-    r.expect("table lives in the pod netns", true, in_pod.contains(&format!("inet egress_guard_{cid}")));
-    r.expect("no table in the host netns", false, node_tables(&n.node.name).contains("egress_guard_"));
-    r.blocked("TCP to internet", probe::tcp(&control.name, INET4, 80, "c"), probe::tcp(&pod.name, INET4, 80, "g"));
-    r.blocked("TCP to internet over IPv6", probe::tcp(&control.name, INET6, 80, "c"), probe::tcp(&pod.name, INET6, 80, "g"));
-    r.blocked("TCP to node", probe::tcp(&control.name, POD_GW4, 9000, "c"), probe::tcp(&pod.name, POD_GW4, 9000, "g"));
+    r.expect(
+        "table lives in the pod netns",
+        true,
+        in_pod.contains(&format!("inet egress_guard_{cid}")),
+    );
+    r.expect(
+        "no table in the host netns",
+        false,
+        node_tables(&n.node.name).contains("egress_guard_"),
+    );
+    r.blocked(
+        "TCP to internet",
+        probe::tcp(&control.name, INET4, 80, "c"),
+        probe::tcp(&pod.name, INET4, 80, "g"),
+    );
+    r.blocked(
+        "TCP to internet over IPv6",
+        probe::tcp(&control.name, INET6, 80, "c"),
+        probe::tcp(&pod.name, INET6, 80, "g"),
+    );
+    r.blocked(
+        "TCP to node",
+        probe::tcp(&control.name, POD_GW4, 9000, "c"),
+        probe::tcp(&pod.name, POD_GW4, 9000, "g"),
+    );
     check_allowed_and_inbound(&mut r, &n, &pod.name);
     r.expect("CHECK passes", true, chain.check(&a, &res).is_ok());
     // The documented weakness of pod placement: CAP_NET_ADMIN in the pod can remove it.
     exec_in(&pod.name, &["nft", "flush", "ruleset"]);
-    r.expect("CHECK reports the removed table", true, chain.check(&a, &res).is_err());
+    r.expect(
+        "CHECK reports the removed table",
+        true,
+        chain.check(&a, &res).is_err(),
+    );
     r.finish();
     chain.del(&a, &pod.path(), Some(&res)).unwrap();
     chain.del(&c, &control.path(), Some(&cres)).unwrap();

@@ -32,14 +32,17 @@ pub enum ArgsError {
 fn valid_k8s_value(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 253
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 pub fn parse_cni_args(raw: &str) -> Result<PodIdentity, ArgsError> {
     let mut id = PodIdentity::default();
     let mut seen: Vec<String> = Vec::new();
     for item in raw.split(';').filter(|s| !s.is_empty()) {
-        let (k, v) = item.split_once('=').ok_or_else(|| ArgsError::NotPair(item.to_string()))?;
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| ArgsError::NotPair(item.to_string()))?;
         if seen.iter().any(|s| s == k) {
             return Err(ArgsError::Duplicate(k.to_string()));
         }
@@ -51,7 +54,10 @@ pub fn parse_cni_args(raw: &str) -> Result<PodIdentity, ArgsError> {
             _ => continue,
         };
         if !valid_k8s_value(v) {
-            return Err(ArgsError::BadValue { key: k.to_string(), value: v.to_string() });
+            return Err(ArgsError::BadValue {
+                key: k.to_string(),
+                value: v.to_string(),
+            });
         }
         *slot = Some(v.to_string());
     }
@@ -72,9 +78,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_item() {
-        assert!(parse_cni_args("K8S_POD_NAME").unwrap_err().to_string().contains("K8S_POD_NAME"));
-        assert!(parse_cni_args("K8S_POD_NAME=a;K8S_POD_NAME=b").unwrap_err().to_string().contains("more than once"));
-        assert!(parse_cni_args("K8S_POD_NAMESPACE=a b").unwrap_err().to_string().contains("\"a b\""));
-        assert!(parse_cni_args("K8S_POD_NAME=").unwrap_err().to_string().contains("K8S_POD_NAME"));
+        assert!(parse_cni_args("K8S_POD_NAME")
+            .unwrap_err()
+            .to_string()
+            .contains("K8S_POD_NAME"));
+        assert!(parse_cni_args("K8S_POD_NAME=a;K8S_POD_NAME=b")
+            .unwrap_err()
+            .to_string()
+            .contains("more than once"));
+        assert!(parse_cni_args("K8S_POD_NAMESPACE=a b")
+            .unwrap_err()
+            .to_string()
+            .contains("\"a b\""));
+        assert!(parse_cni_args("K8S_POD_NAME=")
+            .unwrap_err()
+            .to_string()
+            .contains("K8S_POD_NAME"));
     }
 }

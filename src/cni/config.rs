@@ -28,7 +28,10 @@ pub enum ConfigError {
 }
 
 fn field_err(field: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Field { field: field.to_string(), problem: problem.into() }
+    ConfigError::Field {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
 }
 
 /// Requested placement.
@@ -63,11 +66,17 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
-fn opt_str<'a>(obj: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, ConfigError> {
+fn opt_str<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(field_err(field, format!("must be a string, got {}", type_name(v)))),
+        Some(v) => Err(field_err(
+            field,
+            format!("must be a string, got {}", type_name(v)),
+        )),
     }
 }
 
@@ -77,26 +86,50 @@ fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, Con
     if v.is_null() {
         return Ok(out);
     }
-    let obj = v.as_object().ok_or_else(|| field_err("networks", format!("must be an object, got {}", type_name(v))))?;
+    let obj = v.as_object().ok_or_else(|| {
+        field_err(
+            "networks",
+            format!("must be an object, got {}", type_name(v)),
+        )
+    })?;
     for (name, list) in obj {
         let field = format!("networks.{name}");
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(field_err(&field, "has an invalid name (letters, digits, '-' and '_')"));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(field_err(
+                &field,
+                "has an invalid name (letters, digits, '-' and '_')",
+            ));
         }
         let items: Vec<&Value> = match list {
             Value::Array(a) => a.iter().collect(),
             Value::String(_) => vec![list],
-            other => return Err(field_err(&field, format!("must be an array of strings, got {}", type_name(other)))),
+            other => {
+                return Err(field_err(
+                    &field,
+                    format!("must be an array of strings, got {}", type_name(other)),
+                ))
+            }
         };
         let mut entries = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let s = item.as_str().ok_or_else(|| {
-                field_err(&format!("{field}[{i}]"), format!("must be a string, got {}", type_name(item)))
+                field_err(
+                    &format!("{field}[{i}]"),
+                    format!("must be a string, got {}", type_name(item)),
+                )
             })?;
             // A string may hold several entries separated by commas, like the annotation.
             for part in s.split(',') {
-                let e = parse_network_entry(part)
-                    .map_err(|e| field_err(&format!("{field}[{i}]"), format!("has value \"{}\": {e}", part.trim())))?;
+                let e = parse_network_entry(part).map_err(|e| {
+                    field_err(
+                        &format!("{field}[{i}]"),
+                        format!("has value \"{}\": {e}", part.trim()),
+                    )
+                })?;
                 entries.push(e);
             }
         }
@@ -105,20 +138,32 @@ fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, Con
     Ok(out)
 }
 
-fn parse_annotations(rc: &serde_json::Map<String, Value>) -> Result<Option<Vec<(String, String)>>, ConfigError> {
-    let Some(v) = rc.get(ANNOTATIONS_CAPABILITY) else { return Ok(None) };
+fn parse_annotations(
+    rc: &serde_json::Map<String, Value>,
+) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+    let Some(v) = rc.get(ANNOTATIONS_CAPABILITY) else {
+        return Ok(None);
+    };
     let field = format!("runtimeConfig.{ANNOTATIONS_CAPABILITY}");
     let obj = match v {
         Value::Null => return Ok(None),
         Value::Object(o) => o,
-        other => return Err(field_err(&field, format!("must be an object, got {}", type_name(other)))),
+        other => {
+            return Err(field_err(
+                &field,
+                format!("must be an object, got {}", type_name(other)),
+            ))
+        }
     };
     let mut out = Vec::with_capacity(obj.len());
     for (k, v) in obj {
         match v {
             Value::String(s) => out.push((k.clone(), s.clone())),
             other if k.to_ascii_lowercase().starts_with(crate::policy::PREFIX) => {
-                return Err(field_err(&format!("{field}[\"{k}\"]"), format!("must be a string, got {}", type_name(other))))
+                return Err(field_err(
+                    &format!("{field}[\"{k}\"]"),
+                    format!("must be a string, got {}", type_name(other)),
+                ))
             }
             _ => {}
         }
@@ -126,17 +171,29 @@ fn parse_annotations(rc: &serde_json::Map<String, Value>) -> Result<Option<Vec<(
     Ok(Some(out))
 }
 
-fn parse_attachments(rc: &serde_json::Map<String, Value>) -> Result<Option<Vec<Attachment>>, ConfigError> {
-    let Some(v) = rc.get(VALID_ATTACHMENTS) else { return Ok(None) };
+fn parse_attachments(
+    rc: &serde_json::Map<String, Value>,
+) -> Result<Option<Vec<Attachment>>, ConfigError> {
+    let Some(v) = rc.get(VALID_ATTACHMENTS) else {
+        return Ok(None);
+    };
     let field = VALID_ATTACHMENTS;
-    let arr = v.as_array().ok_or_else(|| field_err(field, format!("must be an array, got {}", type_name(v))))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| field_err(field, format!("must be an array, got {}", type_name(v))))?;
     let mut out = Vec::new();
     for (i, item) in arr.iter().enumerate() {
         let get = |k: &str| item.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let (Some(container_id), Some(ifname)) = (get("containerID"), get("ifname")) else {
-            return Err(field_err(&format!("{field}[{i}]"), "must have string fields \"containerID\" and \"ifname\""));
+            return Err(field_err(
+                &format!("{field}[{i}]"),
+                "must have string fields \"containerID\" and \"ifname\"",
+            ));
         };
-        out.push(Attachment { container_id, ifname });
+        out.push(Attachment {
+            container_id,
+            ifname,
+        });
     }
     Ok(Some(out))
 }
@@ -144,10 +201,14 @@ fn parse_attachments(rc: &serde_json::Map<String, Value>) -> Result<Option<Vec<A
 impl NetConf {
     pub fn parse(bytes: &[u8]) -> Result<NetConf, ConfigError> {
         if let Err(e) = std::str::from_utf8(bytes) {
-            return Err(ConfigError::Utf8 { offset: e.valid_up_to() });
+            return Err(ConfigError::Utf8 {
+                offset: e.valid_up_to(),
+            });
         }
         let v = parse_strict(bytes).map_err(ConfigError::Json)?;
-        let obj = v.as_object().ok_or_else(|| ConfigError::NotObject(type_name(&v)))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ConfigError::NotObject(type_name(&v)))?;
 
         let cni_version = opt_str(obj, "cniVersion")?.unwrap_or("0.4.0").to_string();
         let name = opt_str(obj, "name")?.unwrap_or("").to_string();
@@ -158,7 +219,12 @@ impl NetConf {
         }
         let default_mode = match opt_str(obj, "defaultMode")? {
             None => Mode::Off,
-            Some(s) => Mode::parse(s).ok_or_else(|| field_err("defaultMode", format!("has value \"{s}\" (expected off, audit or enforce)")))?,
+            Some(s) => Mode::parse(s).ok_or_else(|| {
+                field_err(
+                    "defaultMode",
+                    format!("has value \"{s}\" (expected off, audit or enforce)"),
+                )
+            })?,
         };
         let enforce_namespaces = match obj.get("enforceNamespaces") {
             None | Some(Value::Null) => Vec::new(),
@@ -167,18 +233,31 @@ impl NetConf {
                 .enumerate()
                 .map(|(i, x)| {
                     x.as_str().map(str::to_string).ok_or_else(|| {
-                        field_err(&format!("enforceNamespaces[{i}]"), format!("must be a string, got {}", type_name(x)))
+                        field_err(
+                            &format!("enforceNamespaces[{i}]"),
+                            format!("must be a string, got {}", type_name(x)),
+                        )
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            Some(other) => return Err(field_err("enforceNamespaces", format!("must be an array of strings, got {}", type_name(other)))),
+            Some(other) => {
+                return Err(field_err(
+                    "enforceNamespaces",
+                    format!("must be an array of strings, got {}", type_name(other)),
+                ))
+            }
         };
         let networks = parse_networks(obj.get("networks"))?;
         let placement = match opt_str(obj, "placement")? {
             None | Some("auto") => PlacementPref::Auto,
             Some("host") => PlacementPref::Host,
             Some("pod") => PlacementPref::Pod,
-            Some(s) => return Err(field_err("placement", format!("has value \"{s}\" (expected auto, host or pod)"))),
+            Some(s) => {
+                return Err(field_err(
+                    "placement",
+                    format!("has value \"{s}\" (expected auto, host or pod)"),
+                ))
+            }
         };
         let log_level = match opt_str(obj, "logLevel")? {
             None => log::LevelFilter::Info,
@@ -189,7 +268,12 @@ impl NetConf {
                 "info" => log::LevelFilter::Info,
                 "debug" => log::LevelFilter::Debug,
                 "trace" => log::LevelFilter::Trace,
-                _ => return Err(field_err("logLevel", format!("has value \"{s}\" (expected error, warn, info, debug or trace)"))),
+                _ => {
+                    return Err(field_err(
+                        "logLevel",
+                        format!("has value \"{s}\" (expected error, warn, info, debug or trace)"),
+                    ))
+                }
             },
         };
         let nflog_group = match obj.get("nflogGroup") {
@@ -198,12 +282,20 @@ impl NetConf {
                 .as_u64()
                 .filter(|n| *n <= u16::MAX as u64)
                 .map(|n| n as u16)
-                .ok_or_else(|| field_err("nflogGroup", format!("has value {v} (expected a number from 0 to 65535)")))?,
+                .ok_or_else(|| {
+                    field_err(
+                        "nflogGroup",
+                        format!("has value {v} (expected a number from 0 to 65535)"),
+                    )
+                })?,
         };
         let path = |f: &str| -> Result<Option<PathBuf>, ConfigError> {
             match opt_str(obj, f)? {
                 None | Some("") => Ok(None),
-                Some(s) if !s.starts_with('/') => Err(field_err(f, format!("has value \"{s}\" (expected an absolute path)"))),
+                Some(s) if !s.starts_with('/') => Err(field_err(
+                    f,
+                    format!("has value \"{s}\" (expected an absolute path)"),
+                )),
                 Some(s) => Ok(Some(PathBuf::from(s))),
             }
         };
@@ -213,12 +305,22 @@ impl NetConf {
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(other) => return Err(field_err("prevResult", format!("must be an object, got {}", type_name(other)))),
+            Some(other) => {
+                return Err(field_err(
+                    "prevResult",
+                    format!("must be an object, got {}", type_name(other)),
+                ))
+            }
         };
         let (annotations, valid_attachments) = match obj.get("runtimeConfig") {
             None | Some(Value::Null) => (None, None),
             Some(Value::Object(rc)) => (parse_annotations(rc)?, parse_attachments(rc)?),
-            Some(other) => return Err(field_err("runtimeConfig", format!("must be an object, got {}", type_name(other)))),
+            Some(other) => {
+                return Err(field_err(
+                    "runtimeConfig",
+                    format!("must be an object, got {}", type_name(other)),
+                ))
+            }
         };
         // GC receives the list at the top level in CNI 1.1.
         let valid_attachments = match valid_attachments {
@@ -230,7 +332,11 @@ impl NetConf {
             name,
             prev_result,
             annotations,
-            settings: Settings { default_mode, enforce_namespaces, networks },
+            settings: Settings {
+                default_mode,
+                enforce_namespaces,
+                networks,
+            },
             placement,
             log_file,
             log_level,
@@ -248,7 +354,12 @@ impl NetConf {
             .get("interfaces")?
             .as_array()?
             .iter()
-            .filter(|i| i.get("sandbox").and_then(|s| s.as_str()).map(str::is_empty).unwrap_or(true))
+            .filter(|i| {
+                i.get("sandbox")
+                    .and_then(|s| s.as_str())
+                    .map(str::is_empty)
+                    .unwrap_or(true)
+            })
             .find_map(|i| i.get("name")?.as_str().map(str::to_string))
     }
 }
@@ -270,7 +381,10 @@ mod tests {
           "prevResult": {"cniVersion":"1.0.0","interfaces":[{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}]}
         }"#).unwrap();
         assert_eq!(c.settings.networks["dns"].len(), 2);
-        assert_eq!(c.settings.enforce_namespaces, vec!["model-serving".to_string()]);
+        assert_eq!(
+            c.settings.enforce_namespaces,
+            vec!["model-serving".to_string()]
+        );
         assert_eq!(c.annotations.as_ref().unwrap().len(), 2);
         assert_eq!(c.host_interface_hint().as_deref(), Some("veth1"));
         assert_eq!(c.placement, PlacementPref::Auto);
@@ -279,28 +393,56 @@ mod tests {
     #[test]
     fn field_errors_name_field_and_value() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"defaultMode":"enforced"}"#, "\"defaultMode\" has value \"enforced\""),
-            (r#"{"defaultMode":5}"#, "\"defaultMode\" must be a string, got a number"),
-            (r#"{"enforceNamespaces":"a"}"#, "\"enforceNamespaces\" must be an array"),
+            (
+                r#"{"defaultMode":"enforced"}"#,
+                "\"defaultMode\" has value \"enforced\"",
+            ),
+            (
+                r#"{"defaultMode":5}"#,
+                "\"defaultMode\" must be a string, got a number",
+            ),
+            (
+                r#"{"enforceNamespaces":"a"}"#,
+                "\"enforceNamespaces\" must be an array",
+            ),
             (r#"{"enforceNamespaces":[1]}"#, "enforceNamespaces[0]"),
-            (r#"{"networks":{"dns":["10.96.0.10 udp 0"]}}"#, "networks.dns[0]"),
+            (
+                r#"{"networks":{"dns":["10.96.0.10 udp 0"]}}"#,
+                "networks.dns[0]",
+            ),
             (r#"{"networks":{"dns":["@x"]}}"#, "\"@x\""),
             (r#"{"networks":[]}"#, "\"networks\" must be an object"),
-            (r#"{"placement":"node"}"#, "\"placement\" has value \"node\""),
+            (
+                r#"{"placement":"node"}"#,
+                "\"placement\" has value \"node\"",
+            ),
             (r#"{"logLevel":"loud"}"#, "\"logLevel\" has value \"loud\""),
-            (r#"{"logFile":"relative.log"}"#, "\"logFile\" has value \"relative.log\""),
+            (
+                r#"{"logFile":"relative.log"}"#,
+                "\"logFile\" has value \"relative.log\"",
+            ),
             (r#"{"nflogGroup":70000}"#, "\"nflogGroup\" has value 70000"),
             (r#"{"prevResult":[]}"#, "\"prevResult\" must be an object"),
-            (r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/mode":1}}}"#, "egress-guard.io/mode"),
-            (r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/allow":"a","egress-guard.io/allow":"b"}}}"#, "duplicate key \"egress-guard.io/allow\""),
+            (
+                r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/mode":1}}}"#,
+                "egress-guard.io/mode",
+            ),
+            (
+                r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/allow":"a","egress-guard.io/allow":"b"}}}"#,
+                "duplicate key \"egress-guard.io/allow\"",
+            ),
             (r#"[1]"#, "must be a JSON object"),
             (r#"{"#, "not valid JSON"),
         ];
         for (input, needle) in cases {
-            let err = NetConf::parse(input.as_bytes()).expect_err(input).to_string();
+            let err = NetConf::parse(input.as_bytes())
+                .expect_err(input)
+                .to_string();
             assert!(err.contains(needle), "{input}: {err:?} lacks {needle:?}");
         }
-        let err = NetConf::parse(b"{\"name\":\"\xff\"}").unwrap_err().to_string();
+        let err = NetConf::parse(b"{\"name\":\"\xff\"}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("UTF-8"), "{err}");
     }
 }

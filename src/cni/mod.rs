@@ -46,7 +46,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: String::new() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
         self.details = details.into();
@@ -54,7 +58,8 @@ impl CniError {
     }
     /// The error as CNI error JSON.
     pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
-        let mut v = serde_json::json!({ "cniVersion": cni_version, "code": self.code, "msg": self.msg });
+        let mut v =
+            serde_json::json!({ "cniVersion": cni_version, "code": self.code, "msg": self.msg });
         if !self.details.is_empty() {
             v["details"] = serde_json::Value::String(self.details.clone());
         }
@@ -135,7 +140,9 @@ pub fn version_at_least(v: &str, min: &str) -> bool {
 pub fn valid_container_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         && id.as_bytes()[0].is_ascii_alphanumeric()
 }
 

@@ -8,7 +8,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::config::{NetConf, PlacementPref};
-use super::{code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb, SUPPORTED_VERSIONS};
+use super::{
+    code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb,
+    SUPPORTED_VERSIONS,
+};
 use crate::kernel::{HostPeer, Kernel, KernelError, Where};
 use crate::logging::{rfc3339, VerbRecord};
 use crate::policy::{parse_annotations, Mode, Policy};
@@ -50,7 +53,10 @@ fn who(pod: &PodIdentity, cid: &str) -> String {
 fn require<'e>(value: &'e Option<String>, var: &str) -> Result<&'e str, CniError> {
     match value.as_deref() {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(CniError::new(code::INVALID_ENV, format!("environment variable {var} is not set"))),
+        _ => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("environment variable {var} is not set"),
+        )),
     }
 }
 
@@ -68,7 +74,10 @@ fn container_id(env: &Env) -> Result<&str, CniError> {
 fn ifname(env: &Env) -> Result<&str, CniError> {
     let name = require(&env.ifname, "CNI_IFNAME")?;
     if name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
-        return Err(CniError::new(code::INVALID_ENV, format!("CNI_IFNAME \"{name}\" is not a valid interface name")));
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_IFNAME \"{name}\" is not a valid interface name"),
+        ));
     }
     Ok(name)
 }
@@ -88,7 +97,10 @@ fn kernel_error(whom: &str, what: &str, e: &KernelError) -> CniError {
 }
 
 /// Annotations from runtimeConfig, else from the API server when a kubeconfig is configured.
-fn pod_annotations<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Vec<(String, String)>, CniError> {
+fn pod_annotations<K: Kernel>(
+    ctx: &Ctx<'_, K>,
+    whom: &str,
+) -> Result<Vec<(String, String)>, CniError> {
     if let Some(a) = &ctx.conf.annotations {
         return Ok(a.clone());
     }
@@ -107,7 +119,10 @@ fn pod_annotations<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Vec<(Strin
         Err(e) => {
             let enforced = ctx.conf.settings.enforce_namespaces.iter().any(|n| n == ns);
             if enforced || ctx.conf.settings.default_mode != Mode::Off {
-                Err(CniError::new(code::API_LOOKUP, format!("{whom}: reading the pod from the API server failed: {e}")))
+                Err(CniError::new(
+                    code::API_LOOKUP,
+                    format!("{whom}: reading the pod from the API server failed: {e}"),
+                ))
             } else {
                 log::warn!("{whom}: reading the pod from the API server failed, treating it as unannotated: {e}");
                 Ok(Vec::new())
@@ -118,7 +133,8 @@ fn pod_annotations<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Vec<(Strin
 
 fn resolve_policy<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Policy, CniError> {
     let raw = pod_annotations(ctx, whom)?;
-    let ann = parse_annotations(&raw).map_err(|e| CniError::new(code::INVALID_POLICY, format!("{whom}: {e}")))?;
+    let ann = parse_annotations(&raw)
+        .map_err(|e| CniError::new(code::INVALID_POLICY, format!("{whom}: {e}")))?;
     let policy = Policy::resolve(&ctx.conf.settings, ctx.pod.namespace.as_deref(), &ann)
         .map_err(|e| CniError::new(code::INVALID_POLICY, format!("{whom}: {e}")))?;
     if policy.overrode_annotation(&ann) {
@@ -131,7 +147,12 @@ fn resolve_policy<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Policy, Cni
 }
 
 /// Where the ruleset goes, from the configured preference, the kernel and the interface type.
-fn choose_attach<K: Kernel>(ctx: &mut Ctx<'_, K>, whom: &str, netns: &str, ifname: &str) -> Result<(Attach, Option<String>), CniError> {
+fn choose_attach<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    whom: &str,
+    netns: &str,
+    ifname: &str,
+) -> Result<(Attach, Option<String>), CniError> {
     if ctx.conf.placement == PlacementPref::Pod {
         return Ok((Attach::Pod, None));
     }
@@ -158,7 +179,12 @@ fn choose_attach<K: Kernel>(ctx: &mut Ctx<'_, K>, whom: &str, netns: &str, ifnam
 /// Our tables in the host netns that must go before this pod's table is created: one with the
 /// same name (a repeated ADD) and any left bound to the same device name by a pod that died
 /// without DEL (netdev chains re-attach to a new device of the same name).
-fn stale_host_tables<K: Kernel>(ctx: &mut Ctx<'_, K>, whom: &str, name: &str, device: Option<&str>) -> Result<Vec<String>, CniError> {
+fn stale_host_tables<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    whom: &str,
+    name: &str,
+    device: Option<&str>,
+) -> Result<Vec<String>, CniError> {
     let tables = ctx
         .kernel
         .tables(Where::Host, Family::Netdev)
@@ -167,7 +193,13 @@ fn stale_host_tables<K: Kernel>(ctx: &mut Ctx<'_, K>, whom: &str, name: &str, de
     Ok(tables
         .into_iter()
         .filter(|t| t.name.starts_with(TABLE_PREFIX))
-        .filter(|t| t.name == name || dev_token.as_ref().map(|d| t.comment.split_whitespace().any(|w| w == d)).unwrap_or(false))
+        .filter(|t| {
+            t.name == name
+                || dev_token
+                    .as_ref()
+                    .map(|d| t.comment.split_whitespace().any(|w| w == d))
+                    .unwrap_or(false)
+        })
         .map(|t| t.name)
         .collect())
 }
@@ -240,7 +272,10 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 Ok(HostPeer::Veth { name: dev, .. }) => {
                     let stale = stale_host_tables(ctx, &whom, &name, Some(&dev))?;
                     if !stale.is_empty() {
-                        log::info!("{whom}: removing stale table(s) {} bound to {dev}", stale.join(", "));
+                        log::info!(
+                            "{whom}: removing stale table(s) {} bound to {dev}",
+                            stale.join(", ")
+                        );
                         ctx.kernel
                             .install(Where::Host, Family::Netdev, &stale, None)
                             .map_err(|e| kernel_error(&whom, "removing stale tables", &e))?;
@@ -250,7 +285,10 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 Err(e) => log::warn!("{whom}: mode off; host interface lookup failed: {e}"),
             }
         }
-        log::info!("{whom}: mode off ({:?}), nothing installed", policy.mode_source);
+        log::info!(
+            "{whom}: mode off ({:?}), nothing installed",
+            policy.mode_source
+        );
         return Ok(Some(prev));
     }
 
@@ -258,7 +296,11 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         log::debug!("{whom}: prevResult names host interface {hint}");
     }
     let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
-    let target = Target { container_id: cid.clone(), attach: attach.clone(), log_group: ctx.conf.nflog_group };
+    let target = Target {
+        container_id: cid.clone(),
+        attach: attach.clone(),
+        log_group: ctx.conf.nflog_group,
+    };
     let Some(table) = compile(&policy, &target) else {
         return Ok(Some(prev));
     };
@@ -294,7 +336,11 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 .kernel
                 .tables(at, Family::Inet)
                 .map_err(|e| kernel_error(&whom, "listing tables in the pod", &e))?;
-            let replace: Vec<String> = existing.into_iter().filter(|t| t.name == name).map(|t| t.name).collect();
+            let replace: Vec<String> = existing
+                .into_iter()
+                .filter(|t| t.name == name)
+                .map(|t| t.name)
+                .collect();
             log::debug!(
                 "{whom}: installing table inet {} in pod netns {netns}: {} rules, {} set elements",
                 table.name,
@@ -326,7 +372,12 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             created: rfc3339(std::time::SystemTime::now()),
         },
     );
-    log::info!("{whom}: {} egress policy installed ({} entries, {} placement)", policy.mode, policy.entries.len(), target.placement().as_str());
+    log::info!(
+        "{whom}: {} egress policy installed ({} entries, {} placement)",
+        policy.mode,
+        policy.entries.len(),
+        target.placement().as_str()
+    );
     Ok(Some(prev))
 }
 
@@ -340,7 +391,10 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
         .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
     let mut removed_pod = false;
     if let Some(netns) = ctx.env.netns.as_deref().filter(|n| !n.is_empty()) {
-        match ctx.kernel.remove(Where::Netns(Path::new(netns)), Family::Inet, &name) {
+        match ctx
+            .kernel
+            .remove(Where::Netns(Path::new(netns)), Family::Inet, &name)
+        {
             Ok(r) => removed_pod = r,
             Err(e) if e.netns_missing() => {}
             Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
@@ -366,13 +420,22 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
             .read(Where::Host, Family::Netdev, &name)
             .map_err(|e| kernel_error(&whom, "reading the host table", &e))?;
         if present.is_some() {
-            return Err(CniError::new(code::DRIFT, format!("{whom}: mode is off but table netdev {name} is installed")));
+            return Err(CniError::new(
+                code::DRIFT,
+                format!("{whom}: mode is off but table netdev {name} is installed"),
+            ));
         }
         return Ok(None);
     }
     let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
-    let target = Target { container_id: cid.clone(), attach: attach.clone(), log_group: ctx.conf.nflog_group };
-    let Some(table) = compile(&policy, &target) else { return Ok(None) };
+    let target = Target {
+        container_id: cid.clone(),
+        attach: attach.clone(),
+        log_group: ctx.conf.nflog_group,
+    };
+    let Some(table) = compile(&policy, &target) else {
+        return Ok(None);
+    };
     rec.placement = Some(target.placement().as_str().to_string());
     rec.table = Some(format!("{} {}", table.family.name(), table.name));
     rec.device = device;
@@ -386,26 +449,43 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
         .map_err(|e| kernel_error(&whom, "reading the installed table", &e))?;
     let expected = crate::netlink::nft::expected_snapshot(&table);
     let problems = match actual {
-        None => vec![format!("table {} {} is missing", table.family.name(), table.name)],
+        None => vec![format!(
+            "table {} {} is missing",
+            table.family.name(),
+            table.name
+        )],
         Some(a) => expected.diff(&a),
     };
     if problems.is_empty() {
         return Ok(None);
     }
-    Err(CniError::new(code::DRIFT, format!("{whom}: installed egress policy differs from the pod's policy: {}", problems.join("; "))))
+    Err(CniError::new(
+        code::DRIFT,
+        format!(
+            "{whom}: installed egress policy differs from the pod's policy: {}",
+            problems.join("; ")
+        ),
+    ))
 }
 
 fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
     let Some(valid) = ctx.conf.valid_attachments.clone() else {
-        return Err(CniError::new(code::INVALID_CONFIG, "GC needs \"cni.dev/valid-attachments\" in the configuration"));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs \"cni.dev/valid-attachments\" in the configuration",
+        ));
     };
-    let keep: std::collections::BTreeSet<String> = valid.iter().map(|a| table_name(&a.container_id)).collect();
+    let keep: std::collections::BTreeSet<String> =
+        valid.iter().map(|a| table_name(&a.container_id)).collect();
     let tables = ctx
         .kernel
         .tables(Where::Host, Family::Netdev)
         .map_err(|e| kernel_error("GC", "listing tables", &e))?;
     let mut removed = Vec::new();
-    for t in tables.into_iter().filter(|t| t.name.starts_with(TABLE_PREFIX) && !keep.contains(&t.name)) {
+    for t in tables
+        .into_iter()
+        .filter(|t| t.name.starts_with(TABLE_PREFIX) && !keep.contains(&t.name))
+    {
         ctx.kernel
             .remove(Where::Host, Family::Netdev, &t.name)
             .map_err(|e| kernel_error("GC", &format!("removing table {}", t.name), &e))?;
@@ -421,11 +501,18 @@ fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<V
             }
         }
     }
-    log::info!("GC removed {} table(s): {}", removed.len(), removed.join(", "));
+    log::info!(
+        "GC removed {} table(s): {}",
+        removed.len(),
+        removed.join(", ")
+    );
     Ok(None)
 }
 
-fn status<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
+fn status<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    _rec: &mut VerbRecord,
+) -> Result<Option<Value>, CniError> {
     ctx.kernel
         .tables(Where::Host, Family::Netdev)
         .map_err(|e| CniError::new(code::NOT_AVAILABLE, format!("nf_tables is not usable: {e}")))?;
@@ -450,19 +537,33 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> Outcome {
     };
     outcome.result = (|| {
         let verb = Verb::parse(&inv.env.command).ok_or_else(|| {
-            CniError::new(code::INVALID_ENV, format!("CNI_COMMAND \"{}\" is not one of ADD, DEL, CHECK, GC, STATUS, VERSION", inv.env.command))
+            CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "CNI_COMMAND \"{}\" is not one of ADD, DEL, CHECK, GC, STATUS, VERSION",
+                    inv.env.command
+                ),
+            )
         })?;
         if verb == Verb::Version {
             let v = super::json::parse_strict(inv.stdin)
                 .ok()
-                .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+                .and_then(|v| {
+                    v.get("cniVersion")
+                        .and_then(|s| s.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| "1.1.0".to_string());
             outcome.cni_version = v.clone();
-            return Ok(Some(json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })));
+            return Ok(Some(
+                json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS }),
+            ));
         }
         let conf = NetConf::parse(inv.stdin).map_err(|e| {
             let c = match e {
-                super::config::ConfigError::Json(_) | super::config::ConfigError::Utf8 { .. } => code::DECODE_FAILURE,
+                super::config::ConfigError::Json(_) | super::config::ConfigError::Utf8 { .. } => {
+                    code::DECODE_FAILURE
+                }
                 _ => code::INVALID_CONFIG,
             };
             CniError::new(c, e.to_string())
@@ -474,7 +575,11 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> Outcome {
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
-                format!("cniVersion \"{}\" is not supported (supported: {})", conf.cni_version, SUPPORTED_VERSIONS.join(", ")),
+                format!(
+                    "cniVersion \"{}\" is not supported (supported: {})",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
             ));
         }
         let needs = match verb {
@@ -486,7 +591,11 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> Outcome {
             if !version_at_least(&conf.cni_version, min) {
                 return Err(CniError::new(
                     code::INCOMPATIBLE_VERSION,
-                    format!("{} needs cniVersion {min} or later, got \"{}\"", verb.as_str(), conf.cni_version),
+                    format!(
+                        "{} needs cniVersion {min} or later, got \"{}\"",
+                        verb.as_str(),
+                        conf.cni_version
+                    ),
                 ));
             }
         }
@@ -495,7 +604,13 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> Outcome {
         rec.pod_namespace = pod.namespace.clone();
         rec.pod_name = pod.name.clone();
         rec.pod_uid = pod.uid.clone();
-        let mut ctx = Ctx { kernel: inv.kernel, env: inv.env, conf, pod, fetch_pod: inv.fetch_pod };
+        let mut ctx = Ctx {
+            kernel: inv.kernel,
+            env: inv.env,
+            conf,
+            pod,
+            fetch_pod: inv.fetch_pod,
+        };
         match verb {
             Verb::Add => add(&mut ctx, &mut rec),
             Verb::Del => del(&mut ctx, &mut rec),

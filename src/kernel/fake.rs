@@ -30,22 +30,40 @@ pub struct RecordingKernel {
 }
 
 fn key(at: Where<'_>, family: Family, name: &str) -> Key {
-    Key { at: at.describe(), family: family.name(), name: name.to_string() }
+    Key {
+        at: at.describe(),
+        family: family.name(),
+        name: name.to_string(),
+    }
 }
 
 impl RecordingKernel {
     pub fn new() -> Self {
-        RecordingKernel { netdev_egress: true, ..Default::default() }
+        RecordingKernel {
+            netdev_egress: true,
+            ..Default::default()
+        }
     }
     /// The rendered text of an installed table.
     pub fn rendered(&self, at: Where<'_>, family: Family, name: &str) -> Option<&str> {
-        self.tables.get(&key(at, family, name)).map(|(_, r)| r.as_str())
+        self.tables
+            .get(&key(at, family, name))
+            .map(|(_, r)| r.as_str())
     }
     pub fn table_names(&self) -> Vec<String> {
-        self.tables.keys().map(|k| format!("{} {} {}", k.at, k.family, k.name)).collect()
+        self.tables
+            .keys()
+            .map(|k| format!("{} {} {}", k.at, k.family, k.name))
+            .collect()
     }
     /// Mutates an installed table's snapshot (to simulate drift).
-    pub fn tamper(&mut self, at: Where<'_>, family: Family, name: &str, f: impl FnOnce(&mut Snapshot)) {
+    pub fn tamper(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+        f: impl FnOnce(&mut Snapshot),
+    ) {
         if let Some((s, _)) = self.tables.get_mut(&key(at, family, name)) {
             f(s);
         }
@@ -53,7 +71,13 @@ impl RecordingKernel {
 }
 
 impl Kernel for RecordingKernel {
-    fn install(&mut self, at: Where<'_>, family: Family, replace: &[String], table: Option<&Table>) -> Result<usize, KernelError> {
+    fn install(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        replace: &[String],
+        table: Option<&Table>,
+    ) -> Result<usize, KernelError> {
         self.calls.push(format!(
             "install {} {} replace=[{}] table={}",
             at.describe(),
@@ -62,18 +86,30 @@ impl Kernel for RecordingKernel {
             table.map(|t| t.name.as_str()).unwrap_or("-")
         ));
         if let Some(errno) = self.fail_install.take() {
-            return Err(KernelError::netlink("install", at, NetlinkError::kernel("fake", errno, None)));
+            return Err(KernelError::netlink(
+                "install",
+                at,
+                NetlinkError::kernel("fake", errno, None),
+            ));
         }
         let mut next = self.tables.clone();
         for name in replace {
             if next.remove(&key(at, family, name)).is_none() {
-                return Err(KernelError::netlink("install", at, NetlinkError::kernel("fake", libc::ENOENT, None)));
+                return Err(KernelError::netlink(
+                    "install",
+                    at,
+                    NetlinkError::kernel("fake", libc::ENOENT, None),
+                ));
             }
         }
         if let Some(t) = table {
             let k = key(at, family, &t.name);
             if next.contains_key(&k) {
-                return Err(KernelError::netlink("install", at, NetlinkError::kernel("fake", libc::EEXIST, None)));
+                return Err(KernelError::netlink(
+                    "install",
+                    at,
+                    NetlinkError::kernel("fake", libc::EEXIST, None),
+                ));
             }
             next.insert(k, (expected_snapshot(t), render(t)));
         }
@@ -82,7 +118,8 @@ impl Kernel for RecordingKernel {
     }
 
     fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
-        self.calls.push(format!("remove {} {} {name}", at.describe(), family.name()));
+        self.calls
+            .push(format!("remove {} {} {name}", at.describe(), family.name()));
         Ok(self.tables.remove(&key(at, family, name)).is_some())
     }
 
@@ -92,18 +129,33 @@ impl Kernel for RecordingKernel {
             .tables
             .iter()
             .filter(|(k, _)| k.at == a && k.family == family.name())
-            .map(|(k, (s, _))| TableInfo { name: k.name.clone(), comment: s.comment.clone() })
+            .map(|(k, (s, _))| TableInfo {
+                name: k.name.clone(),
+                comment: s.comment.clone(),
+            })
             .collect())
     }
 
-    fn read(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<Option<Snapshot>, KernelError> {
-        Ok(self.tables.get(&key(at, family, name)).map(|(s, _)| s.clone()))
+    fn read(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Snapshot>, KernelError> {
+        Ok(self
+            .tables
+            .get(&key(at, family, name))
+            .map(|(s, _)| s.clone()))
     }
 
     fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
-        self.calls.push(format!("peer {} {ifname}", netns.display()));
+        self.calls
+            .push(format!("peer {} {ifname}", netns.display()));
         self.peers.get(netns).cloned().ok_or_else(|| {
-            KernelError::Peer(super::PeerError::NoInterface { ifname: ifname.to_string(), netns: netns.to_path_buf() })
+            KernelError::Peer(super::PeerError::NoInterface {
+                ifname: ifname.to_string(),
+                netns: netns.to_path_buf(),
+            })
         })
     }
 

@@ -103,7 +103,6 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,26 +83,39 @@ pub fn find_host_peer(
         return Ok(HostPeer::None { kind });
     }
     let (Some(peer_index), Some(peer_nsid)) = (pod_link.link, pod_link.link_netnsid) else {
-        return Ok(HostPeer::None { kind: "veth with its peer in the same namespace".into() });
+        return Ok(HostPeer::None {
+            kind: "veth with its peer in the same namespace".into(),
+        });
     };
     if host_id_in_pod != Some(peer_nsid) {
-        return Ok(HostPeer::None { kind: "veth whose peer is in another namespace".into() });
+        return Ok(HostPeer::None {
+            kind: "veth whose peer is in another namespace".into(),
+        });
     }
     let candidate = rtnl::link_by_index(host_sock, peer_index).map_err(nl(ifname))?;
     let pod_id_in_host = rtnl::nsid_of(host_sock, pod_ns.as_raw_fd()).map_err(nl(ifname))?;
     if let Some(h) = candidate.filter(|h| is_peer(h, &pod_link, pod_id_in_host)) {
-        return Ok(HostPeer::Veth { name: h.name, index: h.index });
+        return Ok(HostPeer::Veth {
+            name: h.name,
+            index: h.index,
+        });
     }
     if let Some(name) = hint {
         if let Some(h) = rtnl::link_by_name(host_sock, name).map_err(nl(ifname))? {
             if is_peer(&h, &pod_link, pod_id_in_host) {
-                return Ok(HostPeer::Veth { name: h.name, index: h.index });
+                return Ok(HostPeer::Veth {
+                    name: h.name,
+                    index: h.index,
+                });
             }
         }
     }
     for h in rtnl::list_links(host_sock).map_err(nl(ifname))? {
         if is_peer(&h, &pod_link, pod_id_in_host) {
-            return Ok(HostPeer::Veth { name: h.name, index: h.index });
+            return Ok(HostPeer::Veth {
+                name: h.name,
+                index: h.index,
+            });
         }
     }
     Err(PeerError::PeerNotFound {

@@ -45,7 +45,8 @@ impl NetlinkKernel {
             Where::Netns(path) => {
                 let mut sock = {
                     let _inside = NetnsGuard::enter(path)?;
-                    Socket::open(NETLINK_NETFILTER).map_err(|e| KernelError::netlink(what, at, e))?
+                    Socket::open(NETLINK_NETFILTER)
+                        .map_err(|e| KernelError::netlink(what, at, e))?
                 };
                 f(&mut sock).map_err(|e| KernelError::netlink(what, at, e))
             }
@@ -71,7 +72,10 @@ impl Kernel for NetlinkKernel {
     ) -> Result<usize, KernelError> {
         let mut ops: Vec<Op<'_>> = replace
             .iter()
-            .map(|name| Op::DeleteTable { family, name: name.clone() })
+            .map(|name| Op::DeleteTable {
+                family,
+                name: name.clone(),
+            })
             .collect();
         if let Some(t) = table {
             ops.push(Op::CreateTable(t));
@@ -89,11 +93,19 @@ impl Kernel for NetlinkKernel {
     fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
         let what = format!("removing table {} {name}", family.name());
         let result = self.with_nft(at, &what, |s| {
-            nft::run_batch(s, &[Op::DeleteTable { family, name: name.to_string() }])
+            nft::run_batch(
+                s,
+                &[Op::DeleteTable {
+                    family,
+                    name: name.to_string(),
+                }],
+            )
         });
         match result {
             Ok(_) => Ok(true),
-            Err(KernelError::Netlink { source, .. }) if source.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(KernelError::Netlink { source, .. }) if source.errno() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -102,7 +114,12 @@ impl Kernel for NetlinkKernel {
         self.with_nft(at, "listing tables", |s| nft::list_tables(s, family))
     }
 
-    fn read(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<Option<Snapshot>, KernelError> {
+    fn read(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Snapshot>, KernelError> {
         let what = format!("reading table {} {name}", family.name());
         self.with_nft(at, &what, |s| nft::read_table(s, family, name))
     }

@@ -41,6 +41,9 @@ impl NetlinkError {
     }
     /// Worth retrying later (buffer exhaustion, busy).
     pub fn is_transient(&self) -> bool {
-        matches!(self.errno(), Some(libc::ENOBUFS) | Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR))
+        matches!(
+            self.errno(),
+            Some(libc::ENOBUFS) | Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR)
+        )
     }
 }

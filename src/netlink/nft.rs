@@ -88,29 +88,75 @@ const NFTNL_UDATA_COMMENT: u8 = 0;
 /// One kernel expression, in the form we both send and read back.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Expr {
-    Meta { key: u32, dreg: u32 },
-    Cmp { sreg: u32, op: u32, data: Vec<u8> },
-    Payload { base: u32, offset: u32, len: u32, dreg: u32 },
-    Lookup { set: String, sreg: u32 },
-    Dynset { set: String, op: u32, sreg: u32 },
-    Limit { rate: u64, unit: u64, burst: u32, kind: u32 },
-    Log { group: u16, prefix: String },
+    Meta {
+        key: u32,
+        dreg: u32,
+    },
+    Cmp {
+        sreg: u32,
+        op: u32,
+        data: Vec<u8>,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Lookup {
+        set: String,
+        sreg: u32,
+    },
+    Dynset {
+        set: String,
+        op: u32,
+        sreg: u32,
+    },
+    Limit {
+        rate: u64,
+        unit: u64,
+        burst: u32,
+        kind: u32,
+    },
+    Log {
+        group: u16,
+        prefix: String,
+    },
     Counter,
-    Immediate { verdict: i32 },
-    Ct { key: u32, dreg: u32 },
-    Bitwise { sreg: u32, dreg: u32, len: u32, mask: Vec<u8>, xor: Vec<u8> },
+    Immediate {
+        verdict: i32,
+    },
+    Ct {
+        key: u32,
+        dreg: u32,
+    },
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        len: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
     /// Anything we never generate: always a difference.
     Other(String),
 }
 
 fn load_selector(sel: Selector, dreg: u32) -> Expr {
-    let payload = |base, offset, len| Expr::Payload { base, offset, len, dreg };
+    let payload = |base, offset, len| Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg,
+    };
     match sel {
         Selector::Ip4Saddr => payload(BASE_NETWORK, 12, 4),
         Selector::Ip4Daddr => payload(BASE_NETWORK, 16, 4),
         Selector::Ip6Saddr => payload(BASE_NETWORK, 8, 16),
         Selector::Ip6Daddr => payload(BASE_NETWORK, 24, 16),
-        Selector::L4Proto => Expr::Meta { key: META_L4PROTO, dreg },
+        Selector::L4Proto => Expr::Meta {
+            key: META_L4PROTO,
+            dreg,
+        },
         Selector::ThSport => payload(BASE_TRANSPORT, 0, 2),
         Selector::ThDport => payload(BASE_TRANSPORT, 2, 2),
     }
@@ -131,30 +177,70 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
     match stmt {
         Stmt::L3(l3) => match family {
             Family::Netdev => {
-                out.push(Expr::Meta { key: META_PROTOCOL, dreg: r });
-                out.push(Expr::Cmp { sreg: r, op: CMP_EQ, data: l3.ethertype().to_be_bytes().to_vec() });
+                out.push(Expr::Meta {
+                    key: META_PROTOCOL,
+                    dreg: r,
+                });
+                out.push(Expr::Cmp {
+                    sreg: r,
+                    op: CMP_EQ,
+                    data: l3.ethertype().to_be_bytes().to_vec(),
+                });
             }
             Family::Inet => {
-                out.push(Expr::Meta { key: META_NFPROTO, dreg: r });
-                out.push(Expr::Cmp { sreg: r, op: CMP_EQ, data: vec![l3.nfproto()] });
+                out.push(Expr::Meta {
+                    key: META_NFPROTO,
+                    dreg: r,
+                });
+                out.push(Expr::Cmp {
+                    sreg: r,
+                    op: CMP_EQ,
+                    data: vec![l3.nfproto()],
+                });
             }
         },
         Stmt::L4Proto(p) => {
-            out.push(Expr::Meta { key: META_L4PROTO, dreg: r });
-            out.push(Expr::Cmp { sreg: r, op: CMP_EQ, data: vec![*p] });
+            out.push(Expr::Meta {
+                key: META_L4PROTO,
+                dreg: r,
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_EQ,
+                data: vec![*p],
+            });
         }
         Stmt::IcmpType(t) => {
-            out.push(Expr::Payload { base: BASE_TRANSPORT, offset: 0, len: 1, dreg: r });
-            out.push(Expr::Cmp { sreg: r, op: CMP_EQ, data: vec![*t] });
+            out.push(Expr::Payload {
+                base: BASE_TRANSPORT,
+                offset: 0,
+                len: 1,
+                dreg: r,
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_EQ,
+                data: vec![*t],
+            });
         }
         Stmt::OifName(name) => {
             let mut data = name.as_bytes().to_vec();
             data.resize(16, 0);
-            out.push(Expr::Meta { key: META_OIFNAME, dreg: r });
-            out.push(Expr::Cmp { sreg: r, op: CMP_EQ, data });
+            out.push(Expr::Meta {
+                key: META_OIFNAME,
+                dreg: r,
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_EQ,
+                data,
+            });
         }
         Stmt::CtState(mask) => {
-            out.push(Expr::Ct { key: CT_STATE, dreg: r });
+            out.push(Expr::Ct {
+                key: CT_STATE,
+                dreg: r,
+            });
             out.push(Expr::Bitwise {
                 sreg: r,
                 dreg: r,
@@ -162,15 +248,26 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
                 mask: mask.to_ne_bytes().to_vec(),
                 xor: vec![0; 4],
             });
-            out.push(Expr::Cmp { sreg: r, op: CMP_NEQ, data: vec![0; 4] });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_NEQ,
+                data: vec![0; 4],
+            });
         }
         Stmt::Lookup { set, key } => {
             load_key(key, out);
-            out.push(Expr::Lookup { set: set.clone(), sreg: r });
+            out.push(Expr::Lookup {
+                set: set.clone(),
+                sreg: r,
+            });
         }
         Stmt::Update { set, key } => {
             load_key(key, out);
-            out.push(Expr::Dynset { set: set.clone(), op: DYNSET_OP_UPDATE, sreg: r });
+            out.push(Expr::Dynset {
+                set: set.clone(),
+                op: DYNSET_OP_UPDATE,
+                sreg: r,
+            });
         }
         Stmt::Limit { per_second, burst } => out.push(Expr::Limit {
             rate: *per_second,
@@ -178,9 +275,14 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
             burst: *burst,
             kind: 0,
         }),
-        Stmt::Log { prefix, group } => out.push(Expr::Log { group: *group, prefix: prefix.clone() }),
+        Stmt::Log { prefix, group } => out.push(Expr::Log {
+            group: *group,
+            prefix: prefix.clone(),
+        }),
         Stmt::Counter => out.push(Expr::Counter),
-        Stmt::Verdict(v) => out.push(Expr::Immediate { verdict: v.code() as i32 }),
+        Stmt::Verdict(v) => out.push(Expr::Immediate {
+            verdict: v.code() as i32,
+        }),
     }
 }
 
@@ -206,11 +308,21 @@ fn encode_expr(e: &Expr, set_ids: &dyn Fn(&str) -> Option<u32>) -> AttrBuf {
             "meta"
         }
         Expr::Cmp { sreg, op, data: d } => {
-            data.put_be32(1, *sreg).put_be32(2, *op).put_nested(3, data_value(d));
+            data.put_be32(1, *sreg)
+                .put_be32(2, *op)
+                .put_nested(3, data_value(d));
             "cmp"
         }
-        Expr::Payload { base, offset, len, dreg } => {
-            data.put_be32(1, *dreg).put_be32(2, *base).put_be32(3, *offset).put_be32(4, *len);
+        Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg,
+        } => {
+            data.put_be32(1, *dreg)
+                .put_be32(2, *base)
+                .put_be32(3, *offset)
+                .put_be32(4, *len);
             "payload"
         }
         Expr::Lookup { set, sreg } => {
@@ -228,8 +340,17 @@ fn encode_expr(e: &Expr, set_ids: &dyn Fn(&str) -> Option<u32>) -> AttrBuf {
             data.put_be32(3, *op).put_be32(4, *sreg);
             "dynset"
         }
-        Expr::Limit { rate, unit, burst, kind } => {
-            data.put_be64(1, *rate).put_be64(2, *unit).put_be32(3, *burst).put_be32(4, *kind).put_be32(5, 0);
+        Expr::Limit {
+            rate,
+            unit,
+            burst,
+            kind,
+        } => {
+            data.put_be64(1, *rate)
+                .put_be64(2, *unit)
+                .put_be32(3, *burst)
+                .put_be32(4, *kind)
+                .put_be32(5, 0);
             "limit"
         }
         Expr::Log { group, prefix } => {
@@ -252,7 +373,13 @@ fn encode_expr(e: &Expr, set_ids: &dyn Fn(&str) -> Option<u32>) -> AttrBuf {
             data.put_be32(2, *key).put_be32(1, *dreg);
             "ct"
         }
-        Expr::Bitwise { sreg, dreg, len, mask, xor } => {
+        Expr::Bitwise {
+            sreg,
+            dreg,
+            len,
+            mask,
+            xor,
+        } => {
             data.put_be32(1, *sreg)
                 .put_be32(2, *dreg)
                 .put_be32(3, *len)
@@ -278,17 +405,29 @@ fn norm_reg(reg: u32) -> u32 {
 }
 
 fn nested_value(a: Option<super::attr::Attr<'_>>) -> Vec<u8> {
-    a.and_then(|a| a.nested().get(DATA_VALUE)).map(|v| v.value.to_vec()).unwrap_or_default()
+    a.and_then(|a| a.nested().get(DATA_VALUE))
+        .map(|v| v.value.to_vec())
+        .unwrap_or_default()
 }
 
 fn decode_expr(elem: Attrs<'_>) -> Expr {
     let name = elem.get(EXPR_NAME).map(|a| a.string()).unwrap_or_default();
-    let data = elem.get(EXPR_DATA).map(|a| a.nested()).unwrap_or_else(|| Attrs::new(&[]));
+    let data = elem
+        .get(EXPR_DATA)
+        .map(|a| a.nested())
+        .unwrap_or_else(|| Attrs::new(&[]));
     let u32_of = |k: u16| data.get(k).and_then(|a| a.be32()).unwrap_or(0);
     let reg = |k: u16| norm_reg(u32_of(k));
     match name.as_str() {
-        "meta" if data.get(1).is_some() => Expr::Meta { key: u32_of(2), dreg: reg(1) },
-        "cmp" => Expr::Cmp { sreg: reg(1), op: u32_of(2), data: nested_value(data.get(3)) },
+        "meta" if data.get(1).is_some() => Expr::Meta {
+            key: u32_of(2),
+            dreg: reg(1),
+        },
+        "cmp" => Expr::Cmp {
+            sreg: reg(1),
+            op: u32_of(2),
+            data: nested_value(data.get(3)),
+        },
         "payload" if data.get(1).is_some() => Expr::Payload {
             base: u32_of(2),
             offset: u32_of(3),
@@ -322,9 +461,14 @@ fn decode_expr(elem: Attrs<'_>) -> Expr {
                 .and_then(|v| v.nested().get(VERDICT_CODE))
                 .and_then(|c| c.be32())
                 .unwrap_or(u32::MAX);
-            Expr::Immediate { verdict: code as i32 }
+            Expr::Immediate {
+                verdict: code as i32,
+            }
         }
-        "ct" if data.get(1).is_some() => Expr::Ct { key: u32_of(2), dreg: reg(1) },
+        "ct" if data.get(1).is_some() => Expr::Ct {
+            key: u32_of(2),
+            dreg: reg(1),
+        },
         "bitwise" => Expr::Bitwise {
             sreg: reg(1),
             dreg: reg(2),
@@ -373,7 +517,10 @@ impl Snapshot {
     pub fn diff(&self, actual: &Snapshot) -> Vec<String> {
         let mut out = Vec::new();
         if self.comment != actual.comment {
-            out.push(format!("table comment is \"{}\", expected \"{}\"", actual.comment, self.comment));
+            out.push(format!(
+                "table comment is \"{}\", expected \"{}\"",
+                actual.comment, self.comment
+            ));
         }
         for s in &self.sets {
             match actual.sets.iter().find(|a| a.name == s.name) {
@@ -387,7 +534,10 @@ impl Snapshot {
                     if s.flags & SETF_EVAL == 0 && a.elements != s.elements {
                         let missing = s.elements.difference(&a.elements).count();
                         let extra = a.elements.difference(&s.elements).count();
-                        out.push(format!("set {}: {missing} element(s) missing, {extra} unexpected", s.name));
+                        out.push(format!(
+                            "set {}: {missing} element(s) missing, {extra} unexpected",
+                            s.name
+                        ));
                     }
                 }
             }
@@ -402,7 +552,10 @@ impl Snapshot {
                 None => out.push(format!("chain {} is missing", c.name)),
                 Some(a) => {
                     if (a.hook, a.priority, a.policy) != (c.hook, c.priority, c.policy) {
-                        out.push(format!("chain {} has a different hook, priority or policy", c.name));
+                        out.push(format!(
+                            "chain {} has a different hook, priority or policy",
+                            c.name
+                        ));
                     }
                     if a.devices != c.devices {
                         out.push(format!(
@@ -512,7 +665,11 @@ pub fn expected_snapshot(table: &Table) -> Snapshot {
                 priority: Some(c.priority),
                 devices: c.device.iter().cloned().collect(),
                 policy: Some(c.policy.code()),
-                rules: c.rules.iter().map(|r| lower_rule(table.family, &r.stmts)).collect(),
+                rules: c
+                    .rules
+                    .iter()
+                    .map(|r| lower_rule(table.family, &r.stmts))
+                    .collect(),
             })
             .collect(),
     }
@@ -561,23 +718,48 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
             seqs.push(seq);
         }
     };
-    push(&mut bytes, NFNL_MSG_BATCH_BEGIN, 0, nfgen(0, NFNL_SUBSYS_NFTABLES), false);
+    push(
+        &mut bytes,
+        NFNL_MSG_BATCH_BEGIN,
+        0,
+        nfgen(0, NFNL_SUBSYS_NFTABLES),
+        false,
+    );
     let mut messages = 0;
     for op in ops {
         match op {
             Op::DeleteTable { family, name } => {
                 let mut a = AttrBuf::new();
                 a.put_str(TABLE_NAME, name);
-                push(&mut bytes, msg_type(MSG_DELTABLE), 0, with_header(family.nfproto(), a), true);
+                push(
+                    &mut bytes,
+                    msg_type(MSG_DELTABLE),
+                    0,
+                    with_header(family.nfproto(), a),
+                    true,
+                );
                 messages += 1;
             }
             Op::CreateTable(t) => {
                 let fam = t.family.nfproto();
                 let mut a = AttrBuf::new();
-                a.put_str(TABLE_NAME, &t.name).put_be32(2, 0).put(TABLE_USERDATA, &comment_udata(&t.comment));
-                push(&mut bytes, msg_type(MSG_NEWTABLE), NLM_F_CREATE | NLM_F_EXCL, with_header(fam, a), true);
+                a.put_str(TABLE_NAME, &t.name)
+                    .put_be32(2, 0)
+                    .put(TABLE_USERDATA, &comment_udata(&t.comment));
+                push(
+                    &mut bytes,
+                    msg_type(MSG_NEWTABLE),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    with_header(fam, a),
+                    true,
+                );
                 messages += 1;
-                let set_id = |name: &str| t.sets.iter().position(|s| s.name == name).map(|i| i as u32 + 1);
+                let set_id = |name: &str| {
+                    t.sets
+                        .iter()
+                        .position(|s| s.name == name)
+                        .map(|i| i as u32 + 1)
+                };
                 for (i, s) in t.sets.iter().enumerate() {
                     let id = i as u32 + 1;
                     let mut a = AttrBuf::new();
@@ -600,19 +782,27 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                                 d.nest(SET_DESC_CONCAT, |c| {
                                     for f in &s.fields {
                                         c.nest(LIST_ELEM, |e| {
-                                            e.put_be32(SET_FIELD_LEN, f.len() as u32);
+                                            e.put_be32(SET_FIELD_LEN, f.width() as u32);
                                         });
                                     }
                                 });
                             }
                         });
                     }
-                    push(&mut bytes, msg_type(MSG_NEWSET), NLM_F_CREATE | NLM_F_EXCL, with_header(fam, a), true);
+                    push(
+                        &mut bytes,
+                        msg_type(MSG_NEWSET),
+                        NLM_F_CREATE | NLM_F_EXCL,
+                        with_header(fam, a),
+                        true,
+                    );
                     messages += 1;
                     // Elements in chunks so no single message grows past netlink's limits.
                     for chunk in s.elements.chunks(256) {
                         let mut a = AttrBuf::new();
-                        a.put_str(ELEM_LIST_TABLE, &t.name).put_str(ELEM_LIST_SET, &s.name).put_be32(ELEM_LIST_SET_ID, id);
+                        a.put_str(ELEM_LIST_TABLE, &t.name)
+                            .put_str(ELEM_LIST_SET, &s.name)
+                            .put_be32(ELEM_LIST_SET_ID, id);
                         a.nest(ELEM_LIST_ELEMENTS, |list| {
                             for e in chunk {
                                 let (lo, hi) = element_keys(s, e);
@@ -624,7 +814,13 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                                 });
                             }
                         });
-                        push(&mut bytes, msg_type(MSG_NEWSETELEM), NLM_F_CREATE | NLM_F_EXCL, with_header(fam, a), true);
+                        push(
+                            &mut bytes,
+                            msg_type(MSG_NEWSETELEM),
+                            NLM_F_CREATE | NLM_F_EXCL,
+                            with_header(fam, a),
+                            true,
+                        );
                         messages += 1;
                     }
                 }
@@ -632,13 +828,21 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                     let mut a = AttrBuf::new();
                     a.put_str(CHAIN_TABLE, &t.name).put_str(CHAIN_NAME, &c.name);
                     a.nest(CHAIN_HOOK, |h| {
-                        h.put_be32(HOOK_HOOKNUM, c.hook.number()).put_be32(HOOK_PRIORITY, c.priority as u32);
+                        h.put_be32(HOOK_HOOKNUM, c.hook.number())
+                            .put_be32(HOOK_PRIORITY, c.priority as u32);
                         if let Some(dev) = &c.device {
                             h.put_str(HOOK_DEV, dev);
                         }
                     });
-                    a.put_be32(CHAIN_POLICY, c.policy.code()).put_str(CHAIN_TYPE, "filter");
-                    push(&mut bytes, msg_type(MSG_NEWCHAIN), NLM_F_CREATE | NLM_F_EXCL, with_header(fam, a), true);
+                    a.put_be32(CHAIN_POLICY, c.policy.code())
+                        .put_str(CHAIN_TYPE, "filter");
+                    push(
+                        &mut bytes,
+                        msg_type(MSG_NEWCHAIN),
+                        NLM_F_CREATE | NLM_F_EXCL,
+                        with_header(fam, a),
+                        true,
+                    );
                     messages += 1;
                     for r in &c.rules {
                         let mut a = AttrBuf::new();
@@ -648,15 +852,31 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                                 list.put_nested(LIST_ELEM, encode_expr(&e, &set_id));
                             }
                         });
-                        push(&mut bytes, msg_type(MSG_NEWRULE), NLM_F_CREATE | NLM_F_APPEND, with_header(fam, a), true);
+                        push(
+                            &mut bytes,
+                            msg_type(MSG_NEWRULE),
+                            NLM_F_CREATE | NLM_F_APPEND,
+                            with_header(fam, a),
+                            true,
+                        );
                         messages += 1;
                     }
                 }
             }
         }
     }
-    push(&mut bytes, NFNL_MSG_BATCH_END, 0, nfgen(0, NFNL_SUBSYS_NFTABLES), false);
-    Batch { bytes, seqs, messages }
+    push(
+        &mut bytes,
+        NFNL_MSG_BATCH_END,
+        0,
+        nfgen(0, NFNL_SUBSYS_NFTABLES),
+        false,
+    );
+    Batch {
+        bytes,
+        seqs,
+        messages,
+    }
 }
 
 /// A table as listed by the kernel: name and our comment.
@@ -672,7 +892,11 @@ fn attrs_of(m: &Message) -> Attrs<'_> {
 
 /// Lists the tables of a family.
 pub fn list_tables(sock: &mut Socket, family: Family) -> Result<Vec<TableInfo>, NetlinkError> {
-    let msgs = sock.dump("list tables", msg_type(MSG_GETTABLE), &nfgen(family.nfproto(), 0))?;
+    let msgs = sock.dump(
+        "list tables",
+        msg_type(MSG_GETTABLE),
+        &nfgen(family.nfproto(), 0),
+    )?;
     Ok(msgs
         .iter()
         .filter(|m| m.kind == msg_type(MSG_NEWTABLE))
@@ -680,19 +904,34 @@ pub fn list_tables(sock: &mut Socket, family: Family) -> Result<Vec<TableInfo>, 
             let a = attrs_of(m);
             TableInfo {
                 name: a.get(TABLE_NAME).map(|x| x.string()).unwrap_or_default(),
-                comment: a.get(TABLE_USERDATA).map(|x| parse_comment_udata(x.value)).unwrap_or_default(),
+                comment: a
+                    .get(TABLE_USERDATA)
+                    .map(|x| parse_comment_udata(x.value))
+                    .unwrap_or_default(),
             }
         })
         .collect())
 }
 
 /// Reads one table back. `None` if it does not exist.
-pub fn read_table(sock: &mut Socket, family: Family, name: &str) -> Result<Option<Snapshot>, NetlinkError> {
+pub fn read_table(
+    sock: &mut Socket,
+    family: Family,
+    name: &str,
+) -> Result<Option<Snapshot>, NetlinkError> {
     let fam = family.nfproto();
-    let Some(info) = list_tables(sock, family)?.into_iter().find(|t| t.name == name) else {
+    let Some(info) = list_tables(sock, family)?
+        .into_iter()
+        .find(|t| t.name == name)
+    else {
         return Ok(None);
     };
-    let mut snap = Snapshot { name: name.to_string(), comment: info.comment, sets: Vec::new(), chains: Vec::new() };
+    let mut snap = Snapshot {
+        name: name.to_string(),
+        comment: info.comment,
+        sets: Vec::new(),
+        chains: Vec::new(),
+    };
 
     let mut req = AttrBuf::new();
     req.put_str(SET_TABLE, name);
@@ -703,14 +942,24 @@ pub fn read_table(sock: &mut Socket, family: Family, name: &str) -> Result<Optio
         }
         let set_name = a.get(SET_NAME).map(|x| x.string()).unwrap_or_default();
         let mut ereq = AttrBuf::new();
-        ereq.put_str(ELEM_LIST_TABLE, name).put_str(ELEM_LIST_SET, &set_name);
+        ereq.put_str(ELEM_LIST_TABLE, name)
+            .put_str(ELEM_LIST_SET, &set_name);
         let mut elements = BTreeSet::new();
-        for em in sock.dump("list set elements", msg_type(MSG_GETSETELEM), &with_header(fam, ereq))? {
-            let Some(list) = attrs_of(&em).get(ELEM_LIST_ELEMENTS) else { continue };
+        for em in sock.dump(
+            "list set elements",
+            msg_type(MSG_GETSETELEM),
+            &with_header(fam, ereq),
+        )? {
+            let Some(list) = attrs_of(&em).get(ELEM_LIST_ELEMENTS) else {
+                continue;
+            };
             for el in list.nested() {
                 let el = el.nested();
                 let key = nested_value(el.get(ELEM_KEY));
-                let end = el.get(ELEM_KEY_END).map(|x| nested_value(Some(x))).unwrap_or_else(|| key.clone());
+                let end = el
+                    .get(ELEM_KEY_END)
+                    .map(|x| nested_value(Some(x)))
+                    .unwrap_or_else(|| key.clone());
                 elements.insert((key, end));
             }
         }
@@ -741,8 +990,15 @@ pub fn read_table(sock: &mut Socket, family: Family, name: &str) -> Result<Optio
         }
         snap.chains.push(ChainSnapshot {
             name: a.get(CHAIN_NAME).map(|x| x.string()).unwrap_or_default(),
-            hook: hook.as_ref().and_then(|h| h.get(HOOK_HOOKNUM)).and_then(|x| x.be32()),
-            priority: hook.as_ref().and_then(|h| h.get(HOOK_PRIORITY)).and_then(|x| x.be32()).map(|p| p as i32),
+            hook: hook
+                .as_ref()
+                .and_then(|h| h.get(HOOK_HOOKNUM))
+                .and_then(|x| x.be32()),
+            priority: hook
+                .as_ref()
+                .and_then(|h| h.get(HOOK_PRIORITY))
+                .and_then(|x| x.be32())
+                .map(|p| p as i32),
             devices,
             policy: a.get(CHAIN_POLICY).and_then(|x| x.be32()),
             rules: Vec::new(),
@@ -792,10 +1048,22 @@ mod tests {
             Stmt::IcmpType(3),
             Stmt::OifName("lo".into()),
             Stmt::CtState(6),
-            Stmt::Lookup { set: "s".into(), key: vec![Selector::Ip6Daddr, Selector::L4Proto, Selector::ThDport] },
-            Stmt::Update { set: "d".into(), key: vec![Selector::Ip4Daddr, Selector::Ip4Saddr] },
-            Stmt::Limit { per_second: 10, burst: 20 },
-            Stmt::Log { prefix: "eg:deny:x ".into(), group: 100 },
+            Stmt::Lookup {
+                set: "s".into(),
+                key: vec![Selector::Ip6Daddr, Selector::L4Proto, Selector::ThDport],
+            },
+            Stmt::Update {
+                set: "d".into(),
+                key: vec![Selector::Ip4Daddr, Selector::Ip4Saddr],
+            },
+            Stmt::Limit {
+                per_second: 10,
+                burst: 20,
+            },
+            Stmt::Log {
+                prefix: "eg:deny:x ".into(),
+                group: 100,
+            },
             Stmt::Counter,
             Stmt::Verdict(Verdict::Drop),
         ];
@@ -806,7 +1074,9 @@ mod tests {
             for e in &exprs {
                 list.put_nested(LIST_ELEM, encode_expr(e, &ids));
             }
-            let decoded: Vec<Expr> = Attrs::new(list.bytes()).map(|e| decode_expr(e.nested())).collect();
+            let decoded: Vec<Expr> = Attrs::new(list.bytes())
+                .map(|e| decode_expr(e.nested()))
+                .collect();
             assert_eq!(decoded, exprs);
         }
         let _ = Rule { stmts };
@@ -821,7 +1091,10 @@ mod tests {
 
     #[test]
     fn comment_udata_round_trips() {
-        assert_eq!(parse_comment_udata(&comment_udata("egress-guard dev=x")), "egress-guard dev=x");
+        assert_eq!(
+            parse_comment_udata(&comment_udata("egress-guard dev=x")),
+            "egress-guard dev=x"
+        );
         assert_eq!(parse_comment_udata(&[0, 200, 1]), "");
     }
 }

@@ -48,7 +48,10 @@ fn parse_link(m: &Message) -> Option<LinkInfo> {
     let attrs = Attrs::new(&m.payload[16..]);
     Some(LinkInfo {
         index,
-        name: attrs.get(IFLA_IFNAME).map(|a| a.string()).unwrap_or_default(),
+        name: attrs
+            .get(IFLA_IFNAME)
+            .map(|a| a.string())
+            .unwrap_or_default(),
         kind: attrs
             .get(IFLA_LINKINFO)
             .and_then(|li| li.nested().get(IFLA_INFO_KIND))

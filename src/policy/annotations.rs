@@ -21,8 +21,14 @@ pub enum AnnotationError {
     Duplicate(String),
     #[error("annotation \"{key}\" is {len} bytes, over the limit of {MAX_ANNOTATION_BYTES}")]
     TooLong { key: String, len: usize },
-    #[error("annotation \"{key}\" contains a control character (byte 0x{byte:02x} at offset {offset})")]
-    ControlChar { key: String, byte: u8, offset: usize },
+    #[error(
+        "annotation \"{key}\" contains a control character (byte 0x{byte:02x} at offset {offset})"
+    )]
+    ControlChar {
+        key: String,
+        byte: u8,
+        offset: usize,
+    },
     #[error("annotation \"{MODE_KEY}\" has value \"{0}\" (expected off, audit or enforce)")]
     BadMode(String),
     #[error("annotation \"{ALLOW_KEY}\" has {0} entries, over the limit of {MAX_ENTRIES}")]
@@ -125,14 +131,25 @@ mod tests {
 
     #[test]
     fn ignores_other_annotations() {
-        let a = p(&[("kubernetes.io/config.seen", "x"), ("io.kubernetes.cri.sandbox-name", "y")]).unwrap();
+        let a = p(&[
+            ("kubernetes.io/config.seen", "x"),
+            ("io.kubernetes.cri.sandbox-name", "y"),
+        ])
+        .unwrap();
         assert!(!a.present);
         assert_eq!(a.mode, None);
     }
 
     #[test]
     fn parses_mode_and_allow() {
-        let a = p(&[(MODE_KEY, " enforce "), (ALLOW_KEY, "10.0.5.0/24 tcp 8443, 10.96.0.10 udp 53, fd00:5::/64 tcp 443-445, @orchestrator")]).unwrap();
+        let a = p(&[
+            (MODE_KEY, " enforce "),
+            (
+                ALLOW_KEY,
+                "10.0.5.0/24 tcp 8443, 10.96.0.10 udp 53, fd00:5::/64 tcp 443-445, @orchestrator",
+            ),
+        ])
+        .unwrap();
         assert_eq!(a.mode, Some(Mode::Enforce));
         assert_eq!(a.allow.len(), 4);
         assert!(a.present);
@@ -146,20 +163,44 @@ mod tests {
     #[test]
     fn errors_name_key_and_value() {
         let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
-            (vec![("egress-guard.io/mdoe", "enforce".into())], "egress-guard.io/mdoe"),
-            (vec![("Egress-Guard.io/mode", "enforce".into())], "Egress-Guard.io/mode"),
+            (
+                vec![("egress-guard.io/mdoe", "enforce".into())],
+                "egress-guard.io/mdoe",
+            ),
+            (
+                vec![("Egress-Guard.io/mode", "enforce".into())],
+                "Egress-Guard.io/mode",
+            ),
             (vec![(MODE_KEY, "Enforce".into())], "\"Enforce\""),
             (vec![(MODE_KEY, "on".into())], "\"on\""),
-            (vec![(MODE_KEY, "off".into()), (MODE_KEY, "enforce".into())], "more than once"),
+            (
+                vec![(MODE_KEY, "off".into()), (MODE_KEY, "enforce".into())],
+                "more than once",
+            ),
             (vec![(ALLOW_KEY, "10.0.0.1,".into())], "entry 2"),
-            (vec![(ALLOW_KEY, "10.0.0.1, 10.0.0.0/33".into())], "10.0.0.0/33"),
+            (
+                vec![(ALLOW_KEY, "10.0.0.1, 10.0.0.0/33".into())],
+                "10.0.0.0/33",
+            ),
             (vec![(ALLOW_KEY, "10.0.0.1\0".into())], "0x00"),
-            (vec![(ALLOW_KEY, "x".repeat(MAX_ANNOTATION_BYTES + 1))], "16384"),
-            (vec![(ALLOW_KEY, vec!["10.0.0.1"; 257].join(","))], "257 entries"),
-            (vec![(ALLOW_KEY, vec!["10.0.0.1"; 10_000].join(","))], "over the limit"),
+            (
+                vec![(ALLOW_KEY, "x".repeat(MAX_ANNOTATION_BYTES + 1))],
+                "16384",
+            ),
+            (
+                vec![(ALLOW_KEY, vec!["10.0.0.1"; 257].join(","))],
+                "257 entries",
+            ),
+            (
+                vec![(ALLOW_KEY, vec!["10.0.0.1"; 10_000].join(","))],
+                "over the limit",
+            ),
         ];
         for (pairs, needle) in cases {
-            let v: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            let v: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
             let err = parse_annotations(&v).expect_err(needle).to_string();
             assert!(err.contains(needle), "{err:?} lacks {needle:?}");
         }

@@ -330,15 +330,24 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_forms() {
-        assert_eq!(lit("10.0.5.0/24 tcp 8443").to_string(), "10.0.5.0/24 tcp 8443");
+        assert_eq!(
+            lit("10.0.5.0/24 tcp 8443").to_string(),
+            "10.0.5.0/24 tcp 8443"
+        );
         assert_eq!(lit("10.96.0.10 udp 53").to_string(), "10.96.0.10/32 udp 53");
-        assert_eq!(lit("fd00:5::/64 tcp 443-445").to_string(), "fd00:5::/64 tcp 443-445");
+        assert_eq!(
+            lit("fd00:5::/64 tcp 443-445").to_string(),
+            "fd00:5::/64 tcp 443-445"
+        );
         assert_eq!(lit("10.0.0.1").to_string(), "10.0.0.1/32 any");
         assert_eq!(lit("2001:db8::1").cidr.prefix, 128);
         assert_eq!(lit("0.0.0.0/0 icmp").proto, Proto::Icmp);
         assert_eq!(lit("::/0 icmpv6").proto, Proto::Icmpv6);
         assert_eq!(lit("  10.0.0.1   sctp   9  ").ports, Some((9, 9)));
-        assert_eq!(parse_entry("@orchestrator").unwrap(), EntryRef::Network("orchestrator".into()));
+        assert_eq!(
+            parse_entry("@orchestrator").unwrap(),
+            EntryRef::Network("orchestrator".into())
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 mod annotations;
 mod grammar;
 
-pub use annotations::{parse_annotations, PodAnnotations, ALLOW_KEY, MAX_ANNOTATION_BYTES, MAX_ENTRIES, MODE_KEY, PREFIX};
+pub use annotations::{
+    parse_annotations, PodAnnotations, ALLOW_KEY, MAX_ANNOTATION_BYTES, MAX_ENTRIES, MODE_KEY,
+    PREFIX,
+};
 pub use grammar::{parse_entry, parse_network_entry, Cidr, Entry, EntryRef, GrammarError, Proto};
 
 use std::collections::BTreeMap;
@@ -158,7 +161,7 @@ impl Policy {
     pub fn canonical(&self) -> String {
         let mut s = format!("mode={}", self.mode);
         for e in &self.entries {
-            s.push_str(";");
+            s.push(';');
             s.push_str(&e.to_string());
         }
         s
@@ -212,7 +215,10 @@ mod tests {
         let p = Policy::resolve(
             &settings(),
             Some("default"),
-            &pod(&[(MODE_KEY, "audit"), (ALLOW_KEY, "@dns, 10.0.5.0/24 tcp 8443")]),
+            &pod(&[
+                (MODE_KEY, "audit"),
+                (ALLOW_KEY, "@dns, 10.0.5.0/24 tcp 8443"),
+            ]),
         )
         .unwrap();
         assert_eq!(p.mode, Mode::Audit);
@@ -234,8 +240,12 @@ mod tests {
 
     #[test]
     fn unknown_network_names_the_value() {
-        let e = Policy::resolve(&settings(), None, &pod(&[(ALLOW_KEY, "@dns, @orchestrator")]))
-            .unwrap_err();
+        let e = Policy::resolve(
+            &settings(),
+            None,
+            &pod(&[(ALLOW_KEY, "@dns, @orchestrator")]),
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("@orchestrator"), "{msg}");
         assert!(msg.contains("entry 2"), "{msg}");
@@ -244,10 +254,25 @@ mod tests {
 
     #[test]
     fn digest_is_stable_and_order_independent() {
-        let a = Policy::resolve(&settings(), None, &pod(&[(MODE_KEY, "enforce"), (ALLOW_KEY, "10.0.0.1, 10.0.0.2")])).unwrap();
-        let b = Policy::resolve(&settings(), None, &pod(&[(MODE_KEY, "enforce"), (ALLOW_KEY, "10.0.0.2,10.0.0.1")])).unwrap();
+        let a = Policy::resolve(
+            &settings(),
+            None,
+            &pod(&[(MODE_KEY, "enforce"), (ALLOW_KEY, "10.0.0.1, 10.0.0.2")]),
+        )
+        .unwrap();
+        let b = Policy::resolve(
+            &settings(),
+            None,
+            &pod(&[(MODE_KEY, "enforce"), (ALLOW_KEY, "10.0.0.2,10.0.0.1")]),
+        )
+        .unwrap();
         assert_eq!(a.digest(), b.digest());
-        let c = Policy::resolve(&settings(), None, &pod(&[(MODE_KEY, "audit"), (ALLOW_KEY, "10.0.0.2,10.0.0.1")])).unwrap();
+        let c = Policy::resolve(
+            &settings(),
+            None,
+            &pod(&[(MODE_KEY, "audit"), (ALLOW_KEY, "10.0.0.2,10.0.0.1")]),
+        )
+        .unwrap();
         assert_ne!(a.digest(), c.digest());
     }
 }

@@ -2,7 +2,9 @@
 //! same table, which is what CHECK compares the kernel against.
 
 use super::intervals::{disjoint_boxes, Box2};
-use super::{Chain, Element, Family, Field, Hook, Rule, Selector, Set, Span, Stmt, Table, Verdict, L3};
+use super::{
+    Chain, Element, Family, Field, Hook, Rule, Selector, Set, Span, Stmt, Table, Verdict, L3,
+};
 use crate::policy::{Entry, Mode, Policy};
 
 /// Every table egress-guard creates starts with this; nothing else is ever touched.
@@ -245,26 +247,69 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
     let mut sets = vec![a4l4, a4p, a6l4, a6p];
     sets.push(dynamic_set(
         "replies4",
-        vec![Field::Ipv4Addr, Field::Ipv4Addr, Field::InetProto, Field::InetService, Field::InetService],
+        vec![
+            Field::Ipv4Addr,
+            Field::Ipv4Addr,
+            Field::InetProto,
+            Field::InetService,
+            Field::InetService,
+        ],
     ));
     sets.push(dynamic_set(
         "replies6",
-        vec![Field::Ipv6Addr, Field::Ipv6Addr, Field::InetProto, Field::InetService, Field::InetService],
+        vec![
+            Field::Ipv6Addr,
+            Field::Ipv6Addr,
+            Field::InetProto,
+            Field::InetService,
+            Field::InetService,
+        ],
     ));
-    sets.push(dynamic_set("peers4", vec![Field::Ipv4Addr, Field::Ipv4Addr]));
-    sets.push(dynamic_set("peers6", vec![Field::Ipv6Addr, Field::Ipv6Addr]));
+    sets.push(dynamic_set(
+        "peers4",
+        vec![Field::Ipv4Addr, Field::Ipv4Addr],
+    ));
+    sets.push(dynamic_set(
+        "peers6",
+        vec![Field::Ipv6Addr, Field::Ipv6Addr],
+    ));
 
-    let mut from_pod = vec![rule(vec![Stmt::L3(L3::Arp), Stmt::Verdict(Verdict::Accept)])];
+    let mut from_pod = vec![rule(vec![
+        Stmt::L3(L3::Arp),
+        Stmt::Verdict(Verdict::Accept),
+    ])];
     from_pod.extend(nd_rules());
     for (l3, saddr, daddr, icmp, types, replies, peers) in [
-        (L3::Ipv4, Selector::Ip4Saddr, Selector::Ip4Daddr, ICMP, &ICMP4_REPLY_TYPES[..], "replies4", "peers4"),
-        (L3::Ipv6, Selector::Ip6Saddr, Selector::Ip6Daddr, ICMPV6, &ICMP6_REPLY_TYPES[..], "replies6", "peers6"),
+        (
+            L3::Ipv4,
+            Selector::Ip4Saddr,
+            Selector::Ip4Daddr,
+            ICMP,
+            &ICMP4_REPLY_TYPES[..],
+            "replies4",
+            "peers4",
+        ),
+        (
+            L3::Ipv6,
+            Selector::Ip6Saddr,
+            Selector::Ip6Daddr,
+            ICMPV6,
+            &ICMP6_REPLY_TYPES[..],
+            "replies6",
+            "peers6",
+        ),
     ] {
         from_pod.push(rule(vec![
             Stmt::L3(l3),
             Stmt::Lookup {
                 set: replies.into(),
-                key: vec![saddr, daddr, Selector::L4Proto, Selector::ThSport, Selector::ThDport],
+                key: vec![
+                    saddr,
+                    daddr,
+                    Selector::L4Proto,
+                    Selector::ThSport,
+                    Selector::ThDport,
+                ],
             },
             Stmt::Verdict(Verdict::Accept),
         ]));
@@ -283,13 +328,26 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
     }
     from_pod.extend(allow_rules(&sets, true));
     from_pod.extend(allow_rules(&sets, false));
-    let (closing, policy_verdict) = closing_rules(policy.mode, &target.container_id, target.log_group);
+    let (closing, policy_verdict) =
+        closing_rules(policy.mode, &target.container_id, target.log_group);
     from_pod.extend(closing);
 
     let mut to_pod = Vec::new();
     for (l3, saddr, daddr, replies, peers) in [
-        (L3::Ipv4, Selector::Ip4Saddr, Selector::Ip4Daddr, "replies4", "peers4"),
-        (L3::Ipv6, Selector::Ip6Saddr, Selector::Ip6Daddr, "replies6", "peers6"),
+        (
+            L3::Ipv4,
+            Selector::Ip4Saddr,
+            Selector::Ip4Daddr,
+            "replies4",
+            "peers4",
+        ),
+        (
+            L3::Ipv6,
+            Selector::Ip6Saddr,
+            Selector::Ip6Daddr,
+            "replies6",
+            "peers6",
+        ),
     ] {
         for proto in [TCP, UDP, SCTP] {
             to_pod.push(rule(vec![
@@ -297,7 +355,13 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
                 Stmt::L4Proto(proto),
                 Stmt::Update {
                     set: replies.into(),
-                    key: vec![daddr, saddr, Selector::L4Proto, Selector::ThDport, Selector::ThSport],
+                    key: vec![
+                        daddr,
+                        saddr,
+                        Selector::L4Proto,
+                        Selector::ThDport,
+                        Selector::ThSport,
+                    ],
                 },
             ]));
         }
@@ -341,7 +405,8 @@ fn pod_table(policy: &Policy, target: &Target) -> Table {
     let (a6l4, a6p) = allow_sets(&policy.entries, false);
     let mut sets = vec![a4l4, a4p, a6l4, a6p];
     sets.retain(|s| !s.elements.is_empty());
-    let (closing, policy_verdict) = closing_rules(policy.mode, &target.container_id, target.log_group);
+    let (closing, policy_verdict) =
+        closing_rules(policy.mode, &target.container_id, target.log_group);
     let mut common = vec![rule(vec![
         Stmt::CtState(CT_ESTABLISHED | CT_RELATED),
         Stmt::Verdict(Verdict::Accept),

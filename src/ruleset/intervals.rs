@@ -119,11 +119,7 @@ mod tests {
 
     #[test]
     fn identical_and_adjacent_merge() {
-        let input = vec![
-            bx((0, 9), (1, 1)),
-            bx((10, 19), (1, 1)),
-            bx((0, 9), (1, 1)),
-        ];
+        let input = vec![bx((0, 9), (1, 1)), bx((10, 19), (1, 1)), bx((0, 9), (1, 1))];
         assert_eq!(disjoint_boxes(&input), vec![bx((0, 19), (1, 1))]);
     }
 

@@ -5,7 +5,9 @@ mod compile;
 mod intervals;
 mod render;
 
-pub use compile::{compile, table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX};
+pub use compile::{
+    compile, table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX,
+};
 pub use intervals::{disjoint_boxes, Box2};
 pub use render::render;
 
@@ -126,7 +128,7 @@ pub enum Field {
 
 impl Field {
     /// Length of the field's value in bytes (before 4-byte register padding).
-    pub fn len(self) -> usize {
+    pub fn width(self) -> usize {
         match self {
             Field::Ipv4Addr => 4,
             Field::Ipv6Addr => 16,
@@ -161,12 +163,12 @@ impl Field {
     }
     /// Register space the field takes in a concatenation.
     pub fn padded_len(self) -> usize {
-        self.len().div_ceil(4) * 4
+        self.width().div_ceil(4) * 4
     }
     /// Big-endian bytes of `v`, padded to the register size.
     pub fn encode(self, v: u128) -> Vec<u8> {
         let full = v.to_be_bytes();
-        let mut out = full[16 - self.len()..].to_vec();
+        let mut out = full[16 - self.width()..].to_vec();
         out.resize(self.padded_len(), 0);
         out
     }
@@ -259,13 +261,25 @@ pub enum Stmt {
     /// `ct state` has any of the bits in the mask.
     CtState(u32),
     /// Concatenated key looked up in a named set.
-    Lookup { set: String, key: Vec<Selector> },
+    Lookup {
+        set: String,
+        key: Vec<Selector>,
+    },
     /// Concatenated key added to / refreshed in a dynamic set.
-    Update { set: String, key: Vec<Selector> },
+    Update {
+        set: String,
+        key: Vec<Selector>,
+    },
     /// Packets per second with a burst; over the limit the rule stops here.
-    Limit { per_second: u64, burst: u32 },
+    Limit {
+        per_second: u64,
+        burst: u32,
+    },
     /// NFLOG to a group with a prefix.
-    Log { prefix: String, group: u16 },
+    Log {
+        prefix: String,
+        group: u16,
+    },
     Counter,
     Verdict(Verdict),
 }

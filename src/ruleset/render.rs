@@ -58,10 +58,18 @@ fn addr_text(field: Field, v: u128) -> String {
 
 /// Prefix length if the span is exactly one CIDR block.
 fn prefix_len(field: Field, s: Span) -> Option<u32> {
-    let bits = (field.len() * 8) as u32;
+    let bits = (field.width() * 8) as u32;
     let size = s.hi.wrapping_sub(s.lo).wrapping_add(1);
-    let host = if size == 0 { 128 } else { size.trailing_zeros() };
-    let full = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+    let host = if size == 0 {
+        128
+    } else {
+        size.trailing_zeros()
+    };
+    let full = if host >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    };
     let is_pow2 = size == 0 || size.is_power_of_two();
     (is_pow2 && s.lo & full == 0 && host <= bits).then_some(bits - host)
 }
@@ -69,7 +77,7 @@ fn prefix_len(field: Field, s: Span) -> Option<u32> {
 fn span_text(field: Field, s: Span) -> String {
     match field {
         Field::Ipv4Addr | Field::Ipv6Addr => {
-            let bits = (field.len() * 8) as u32;
+            let bits = (field.width() * 8) as u32;
             match prefix_len(field, s) {
                 Some(l) if l == bits => addr_text(field, s.lo),
                 Some(l) => format!("{}/{}", addr_text(field, s.lo), l),
@@ -199,7 +207,13 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
             Stmt::OifName(n) => parts.push(format!("oifname \"{n}\"")),
             Stmt::CtState(mask) => {
                 let mut names = Vec::new();
-                for (bit, n) in [(1u32, "invalid"), (2, "established"), (4, "related"), (8, "new"), (64, "untracked")] {
+                for (bit, n) in [
+                    (1u32, "invalid"),
+                    (2, "established"),
+                    (4, "related"),
+                    (8, "new"),
+                    (64, "untracked"),
+                ] {
                     if mask & bit != 0 {
                         names.push(n);
                     }
@@ -213,7 +227,9 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                 parts.push(format!("update @{set} {{ {} }}", key_text(key, l4)));
             }
             Stmt::Limit { per_second, burst } => {
-                parts.push(format!("limit rate {per_second}/second burst {burst} packets"));
+                parts.push(format!(
+                    "limit rate {per_second}/second burst {burst} packets"
+                ));
             }
             Stmt::Log { prefix, group } => {
                 parts.push(format!("log prefix \"{prefix}\" group {group}"));
@@ -278,14 +294,29 @@ mod tests {
 
     #[test]
     fn spans_print_as_nft_does() {
-        assert_eq!(span_text(Field::Ipv4Addr, Span::new(0x0a000500, 0x0a0005ff)), "10.0.5.0/24");
-        assert_eq!(span_text(Field::Ipv4Addr, Span::single(0x0a000001)), "10.0.0.1");
-        assert_eq!(span_text(Field::Ipv4Addr, Span::new(0, u32::MAX as u128)), "0.0.0.0/0");
-        assert_eq!(span_text(Field::Ipv4Addr, Span::new(0x0a010001, 0x0a010007)), "10.1.0.1-10.1.0.7");
+        assert_eq!(
+            span_text(Field::Ipv4Addr, Span::new(0x0a000500, 0x0a0005ff)),
+            "10.0.5.0/24"
+        );
+        assert_eq!(
+            span_text(Field::Ipv4Addr, Span::single(0x0a000001)),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            span_text(Field::Ipv4Addr, Span::new(0, u32::MAX as u128)),
+            "0.0.0.0/0"
+        );
+        assert_eq!(
+            span_text(Field::Ipv4Addr, Span::new(0x0a010001, 0x0a010007)),
+            "10.1.0.1-10.1.0.7"
+        );
         assert_eq!(span_text(Field::Ipv6Addr, Span::new(0, u128::MAX)), "::/0");
         assert_eq!(span_text(Field::InetProto, Span::new(0, 255)), "0-255");
         assert_eq!(span_text(Field::InetProto, Span::single(58)), "ipv6-icmp");
-        assert_eq!(span_text(Field::InetService, Span::new(443, 445)), "443-445");
+        assert_eq!(
+            span_text(Field::InetService, Span::new(443, 445)),
+            "443-445"
+        );
         assert_eq!(duration_text(300), "5m");
         assert_eq!(duration_text(3690), "1h1m30s");
     }

@@ -23,7 +23,13 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    pub fn new(container_id: &str, netns: &str, namespace: &str, pod: &str, annotations: Value) -> Self {
+    pub fn new(
+        container_id: &str,
+        netns: &str,
+        namespace: &str,
+        pod: &str,
+        annotations: Value,
+    ) -> Self {
         Attachment {
             container_id: container_id.to_string(),
             netns: netns.to_string(),
@@ -56,7 +62,13 @@ pub struct Chain {
 }
 
 /// Runs one plugin binary with CNI env and stdin inside `node_ns`.
-pub fn exec_plugin(node_ns: &str, plugin_type: &str, command: &str, env: &[(&str, String)], stdin: &Value) -> Result<Option<Value>, PluginError> {
+pub fn exec_plugin(
+    node_ns: &str,
+    plugin_type: &str,
+    command: &str,
+    env: &[(&str, String)],
+    stdin: &Value,
+) -> Result<Option<Value>, PluginError> {
     let bin = if plugin_type == "egress-guard" {
         plugin_bin().to_string()
     } else {
@@ -86,33 +98,52 @@ pub fn exec_plugin(node_ns: &str, plugin_type: &str, command: &str, env: &[(&str
         return Err(PluginError {
             plugin: plugin_type.to_string(),
             code: v.get("code").and_then(|c| c.as_u64()),
-            msg: v.get("msg").and_then(|m| m.as_str()).unwrap_or("").to_string(),
+            msg: v
+                .get("msg")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string(),
             raw: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
         });
     }
     if stdout.trim().is_empty() {
         return Ok(None);
     }
-    Ok(Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{plugin_type} printed non-JSON {stdout:?}: {e}"))))
+    Ok(Some(serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("{plugin_type} printed non-JSON {stdout:?}: {e}")
+    })))
 }
 
 impl Chain {
     pub fn new(node_ns: &str, conflist: Value) -> Chain {
-        Chain { node_ns: node_ns.to_string(), conflist }
+        Chain {
+            node_ns: node_ns.to_string(),
+            conflist,
+        }
     }
 
     fn plugins(&self) -> Vec<Value> {
-        self.conflist["plugins"].as_array().cloned().unwrap_or_default()
+        self.conflist["plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn netconf(&self, plugin: &Value, att: &Attachment, prev: Option<&Value>) -> Value {
         let mut conf = plugin.clone();
         conf["cniVersion"] = self.conflist["cniVersion"].clone();
         conf["name"] = self.conflist["name"].clone();
-        let caps = plugin.get("capabilities").and_then(|c| c.as_object()).cloned().unwrap_or_default();
+        let caps = plugin
+            .get("capabilities")
+            .and_then(|c| c.as_object())
+            .cloned()
+            .unwrap_or_default();
         let mut rc = serde_json::Map::new();
         if caps.get("io.kubernetes.cri.pod-annotations") == Some(&Value::Bool(true)) {
-            rc.insert("io.kubernetes.cri.pod-annotations".into(), att.annotations.clone());
+            rc.insert(
+                "io.kubernetes.cri.pod-annotations".into(),
+                att.annotations.clone(),
+            );
         }
         if !rc.is_empty() {
             conf["runtimeConfig"] = Value::Object(rc);
@@ -145,7 +176,12 @@ impl Chain {
     }
 
     /// DEL in reverse order. `netns` may be "" and `cached` absent, as on RemovePodSandbox.
-    pub fn del(&self, att: &Attachment, netns: &str, cached: Option<&Value>) -> Result<(), PluginError> {
+    pub fn del(
+        &self,
+        att: &Attachment,
+        netns: &str,
+        cached: Option<&Value>,
+    ) -> Result<(), PluginError> {
         for p in self.plugins().iter().rev() {
             let t = p["type"].as_str().unwrap_or("").to_string();
             let conf = self.netconf(p, att, cached);
@@ -159,13 +195,24 @@ impl Chain {
         for p in self.plugins() {
             let t = p["type"].as_str().unwrap_or("").to_string();
             let conf = self.netconf(&p, att, Some(cached));
-            exec_plugin(&self.node_ns, &t, "CHECK", &Self::env(att, &att.netns), &conf)?;
+            exec_plugin(
+                &self.node_ns,
+                &t,
+                "CHECK",
+                &Self::env(att, &att.netns),
+                &conf,
+            )?;
         }
         Ok(())
     }
 
     /// Runs only egress-guard's entry (for verbs tested alone: GC, STATUS, VERSION).
-    pub fn guard_only(&self, command: &str, extra: Value, env: &[(&str, String)]) -> Result<Option<Value>, PluginError> {
+    pub fn guard_only(
+        &self,
+        command: &str,
+        extra: Value,
+        env: &[(&str, String)],
+    ) -> Result<Option<Value>, PluginError> {
         let guard = self
             .plugins()
             .into_iter()

@@ -40,7 +40,10 @@ pub fn unique(tag: &str) -> String {
 
 /// Runs a command, panicking with its output if it fails.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{args:?} failed: {}{}",
@@ -75,7 +78,9 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(&["ip", "netns", "add", name]);
         ip(name, "link set lo up");
-        Netns { name: name.to_string() }
+        Netns {
+            name: name.to_string(),
+        }
     }
     pub fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
@@ -84,7 +89,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

@@ -27,8 +27,22 @@ pub struct Node {
     pub tmp: TempDir,
 }
 
-fn link_pair(node: &Netns, other: &Netns, dev: &str, node4: &str, node6: &str, peer4: &str, peer6: &str) {
-    ip(&node.name, &format!("link add {dev} type veth peer name eth0 netns {}", other.name));
+fn link_pair(
+    node: &Netns,
+    other: &Netns,
+    dev: &str,
+    node4: &str,
+    node6: &str,
+    peer4: &str,
+    peer6: &str,
+) {
+    ip(
+        &node.name,
+        &format!(
+            "link add {dev} type veth peer name eth0 netns {}",
+            other.name
+        ),
+    );
     ip(&node.name, &format!("addr add {node4} dev {dev}"));
     ip(&node.name, &format!("addr add {node6} dev {dev} nodad"));
     ip(&node.name, &format!("link set {dev} up"));
@@ -49,11 +63,36 @@ impl Node {
         let orch = Netns::new(&format!("{prefix}o"));
         let tmp = TempDir::new(&format!("{tag}t"));
         exec_in(&node.name, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        exec_in(&node.name, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        link_pair(&node, &inet, "to-inet", "198.51.100.1/24", "2001:db8:100::1/64", "198.51.100.10/24", "2001:db8:100::10/64");
-        link_pair(&node, &orch, "to-orch", "10.0.5.1/24", "fd00:5::1/64", "10.0.5.10/24", "fd00:5::10/64");
+        exec_in(
+            &node.name,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        );
+        link_pair(
+            &node,
+            &inet,
+            "to-inet",
+            "198.51.100.1/24",
+            "2001:db8:100::1/64",
+            "198.51.100.10/24",
+            "2001:db8:100::10/64",
+        );
+        link_pair(
+            &node,
+            &orch,
+            "to-orch",
+            "10.0.5.1/24",
+            "fd00:5::1/64",
+            "10.0.5.10/24",
+            "fd00:5::10/64",
+        );
         ip(&node.name, &format!("addr add {METADATA}/32 dev lo"));
-        Node { prefix, node, inet, orch, tmp }
+        Node {
+            prefix,
+            node,
+            inet,
+            orch,
+            tmp,
+        }
     }
 
     /// A pod network namespace (the chain gives it an interface).
@@ -123,7 +162,11 @@ impl Node {
 pub fn pod_addr(ns: &str, v6: bool) -> String {
     let fam = if v6 { "-6" } else { "-4" };
     let out = ip(ns, &format!("{fam} -o addr show dev eth0 scope global"));
-    let word = out.split_whitespace().skip_while(|w| *w != "inet" && *w != "inet6").nth(1).unwrap_or_else(|| panic!("no address in {ns}: {out}"));
+    let word = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet" && *w != "inet6")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {ns}: {out}"));
     word.split('/').next().unwrap().to_string()
 }
 

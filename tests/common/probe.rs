@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
 fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
     // SAFETY: valid fd; affects only the calling (test-owned) thread.
     let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
@@ -37,7 +38,12 @@ pub struct Server {
 }
 
 impl Server {
-    fn spawn(ns: &str, body: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<String>>>, std::sync::mpsc::Sender<()>) + Send + 'static) -> Server {
+    fn spawn(
+        ns: &str,
+        body: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<String>>>, std::sync::mpsc::Sender<()>)
+            + Send
+            + 'static,
+    ) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (s, sn, ns) = (stop.clone(), seen.clone(), ns.to_string());
@@ -46,14 +52,20 @@ impl Server {
             enter(&ns);
             body(s, sn, tx);
         });
-        rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
-        Server { stop, seen, handle: Some(handle) }
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        Server {
+            stop,
+            seen,
+            handle: Some(handle),
+        }
     }
 
     /// TCP echo server on [::]:port (IPv4 and IPv6): echoes one line per connection.
     pub fn tcp(ns: &str, port: u16) -> Server {
         Server::spawn(ns, move |stop, seen, ready| {
-            let l = TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("bind tcp {port}: {e}"));
+            let l =
+                TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("bind tcp {port}: {e}"));
             l.set_nonblocking(true).unwrap();
             ready.send(()).unwrap();
             while !stop.load(Ordering::SeqCst) {
@@ -62,7 +74,10 @@ impl Server {
                         c.set_nonblocking(false).unwrap();
                         c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
                         let mut line = String::new();
-                        if BufReader::new(c.try_clone().unwrap()).read_line(&mut line).is_ok() {
+                        if BufReader::new(c.try_clone().unwrap())
+                            .read_line(&mut line)
+                            .is_ok()
+                        {
                             seen.lock().unwrap().push(line.trim().to_string());
                             let _ = c.write_all(line.as_bytes());
                         }
@@ -76,13 +91,16 @@ impl Server {
     /// UDP echo server on [::]:port.
     pub fn udp(ns: &str, port: u16) -> Server {
         Server::spawn(ns, move |stop, seen, ready| {
-            let s = UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+            let s =
+                UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             ready.send(()).unwrap();
             let mut buf = [0u8; 1500];
             while !stop.load(Ordering::SeqCst) {
                 if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    seen.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).to_string());
                     let _ = s.send_to(&buf[..n], from);
                 }
             }
@@ -130,10 +148,19 @@ impl Drop for Server {
 }
 
 fn set_timeout(fd: i32, d: Duration) {
-    let tv = libc::timeval { tv_sec: d.as_secs() as _, tv_usec: d.subsec_micros() as _ };
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as _,
+        tv_usec: d.subsec_micros() as _,
+    };
     // SAFETY: tv is valid for the call.
     unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
     }
 }
 
@@ -142,7 +169,9 @@ pub fn tcp(ns: &str, addr: &str, port: u16, marker: &str) -> bool {
     let target = SocketAddr::new(addr.parse().unwrap(), port);
     let marker = marker.to_string();
     in_ns(ns, move || {
-        let Ok(mut c) = TcpStream::connect_timeout(&target, PROBE_TIMEOUT) else { return false };
+        let Ok(mut c) = TcpStream::connect_timeout(&target, PROBE_TIMEOUT) else {
+            return false;
+        };
         c.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
         if c.write_all(format!("{marker}\n").as_bytes()).is_err() {
             return false;
@@ -177,7 +206,11 @@ pub fn udp(ns: &str, addr: &str, port: u16, marker: &str) -> bool {
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
         sum += word as u32;
     }
     while sum >> 16 != 0 {
@@ -192,14 +225,18 @@ fn sockaddr(ip: IpAddr) -> (libc::sockaddr_storage, u32) {
     match ip {
         IpAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
             sin.sin_family = libc::AF_INET as u16;
             sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
             (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
         }
         IpAddr::V6(a) => {
             // SAFETY: as above for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             sin6.sin6_family = libc::AF_INET6 as u16;
             sin6.sin6_addr.s6_addr = a.octets();
             (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
@@ -217,7 +254,11 @@ pub fn ping(ns: &str, dst: &str) -> bool {
         };
         // SAFETY: plain socket call.
         let fd = unsafe { libc::socket(fam, libc::SOCK_RAW, proto) };
-        assert!(fd >= 0, "raw icmp socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "raw icmp socket: {}",
+            std::io::Error::last_os_error()
+        );
         set_timeout(fd, Duration::from_millis(100));
         let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
         let mut pkt = vec![req, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
@@ -230,7 +271,16 @@ pub fn ping(ns: &str, dst: &str) -> bool {
         let deadline = Instant::now() + PROBE_TIMEOUT;
         let mut ok = false;
         // SAFETY: pkt and ss are valid for the call.
-        unsafe { libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, (&ss as *const libc::sockaddr_storage).cast(), len) };
+        unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&ss as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
         let mut buf = [0u8; 1500];
         while Instant::now() < deadline && !ok {
             // SAFETY: buf is valid for writes.
@@ -239,8 +289,15 @@ pub fn ping(ns: &str, dst: &str) -> bool {
                 continue;
             }
             let n = n as usize;
-            let off = if ip.is_ipv4() { ((buf[0] & 0x0f) as usize) * 4 } else { 0 };
-            if n >= off + 8 && buf[off] == rep && u16::from_be_bytes([buf[off + 4], buf[off + 5]]) == id {
+            let off = if ip.is_ipv4() {
+                ((buf[0] & 0x0f) as usize) * 4
+            } else {
+                0
+            };
+            if n >= off + 8
+                && buf[off] == rep
+                && u16::from_be_bytes([buf[off + 4], buf[off + 5]]) == id
+            {
                 ok = true;
             }
         }
@@ -280,7 +337,16 @@ pub fn raw_tcp_syn(ns: &str, src: &str, dst: &str, sport: u16, dport: u16) {
         let (ss, len) = sockaddr(IpAddr::V4(d));
         for _ in 0..3 {
             // SAFETY: buffers valid for the call.
-            unsafe { libc::sendto(fd, ip.as_ptr().cast(), ip.len(), 0, (&ss as *const libc::sockaddr_storage).cast(), len) };
+            unsafe {
+                libc::sendto(
+                    fd,
+                    ip.as_ptr().cast(),
+                    ip.len(),
+                    0,
+                    (&ss as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
             std::thread::sleep(Duration::from_millis(50));
         }
         // SAFETY: fd is ours.

@@ -216,10 +216,10 @@ impl Node {
         if base.exists() {
             let notes = teardown(&base);
             if !notes.is_empty() {
-                eprintln!(
+                super::say(&format!(
                     "egress-guard-cri: cleaned an earlier run: {}",
                     notes.join("; ")
-                );
+                ));
             }
         }
         fs::create_dir_all(&base).map_err(|e| format!("mkdir {BASE}: {e}"))?;
@@ -754,6 +754,17 @@ pub fn teardown(base: &Path) -> Vec<String> {
     for (k, v) in &state.sysctls {
         let _ = run("sysctl", &["-qw", &format!("{k}={v}")]);
     }
+    // Files a killed shim or containerd leaves for our sandboxes: the loopback result in the
+    // libcni cache and the shim socket, named sha256("<containerd socket>/k8s.io/<id>").
+    for id in fs::read_to_string(base.join("sandbox-ids"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let _ = fs::remove_file(format!("/var/lib/cni/results/cni-loopback-{id}-lo"));
+        if let Ok(hash) = sha256_hex(format!("{sock}/k8s.io/{id}").as_bytes()) {
+            let _ = fs::remove_file(format!("/run/containerd/s/{hash}"));
+        }
+    }
     if let Ok(rd) = fs::read_dir("/var/lib/cni/results") {
         for e in rd.flatten() {
             if e.file_name()
@@ -786,6 +797,26 @@ pub fn teardown(base: &Path) -> Vec<String> {
         let _ = fs::remove_dir_all(base);
     }
     notes
+}
+
+fn sha256_hex(data: &[u8]) -> Result<String, String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(data)
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "sha256sum printed nothing".into())
 }
 
 fn iptables_cleanup(state: &HostState) -> Vec<String> {
