@@ -47,7 +47,7 @@ pub fn run_plugin() -> ExitCode {
     }
     let mut kernel = NetlinkKernel::new();
     if let Ok(conf) = NetConf::parse(&stdin) {
-        kernel.peer_hint = conf.host_interface_hint();
+        kernel.peer_hints = conf.host_interface_hints();
     }
     let outcome = run(Invocation {
         kernel: &mut kernel,

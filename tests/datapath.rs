@@ -217,7 +217,7 @@ fn render_for(
     std::fs::write(&cfg, entry.to_string()).unwrap();
     std::fs::write(&anns, ann.to_string()).unwrap();
     run(&[
-        plugin_bin(),
+        &plugin_bin(),
         "render",
         "--config",
         &cfg,

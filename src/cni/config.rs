@@ -347,20 +347,27 @@ impl NetConf {
         })
     }
 
-    /// Name of the host-side interface in prevResult (an interface without "sandbox"), if any.
-    pub fn host_interface_hint(&self) -> Option<String> {
-        self.prev_result
-            .as_ref()?
-            .get("interfaces")?
-            .as_array()?
-            .iter()
+    /// Names of host-side interfaces in prevResult (interfaces without "sandbox"), to try when
+    /// the peer index does not lead to the pod's veth. A bridge appears here too, so these are
+    /// only hints: every candidate is verified against the kernel.
+    pub fn host_interface_hints(&self) -> Vec<String> {
+        let Some(list) = self
+            .prev_result
+            .as_ref()
+            .and_then(|p| p.get("interfaces"))
+            .and_then(|i| i.as_array())
+        else {
+            return Vec::new();
+        };
+        list.iter()
             .filter(|i| {
                 i.get("sandbox")
                     .and_then(|s| s.as_str())
                     .map(str::is_empty)
                     .unwrap_or(true)
             })
-            .find_map(|i| i.get("name")?.as_str().map(str::to_string))
+            .filter_map(|i| i.get("name")?.as_str().map(str::to_string))
+            .collect()
     }
 }
 
@@ -386,7 +393,7 @@ mod tests {
             vec!["model-serving".to_string()]
         );
         assert_eq!(c.annotations.as_ref().unwrap().len(), 2);
-        assert_eq!(c.host_interface_hint().as_deref(), Some("veth1"));
+        assert_eq!(c.host_interface_hints(), vec!["veth1".to_string()]);
         assert_eq!(c.placement, PlacementPref::Auto);
     }
 

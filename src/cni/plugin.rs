@@ -292,9 +292,6 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         return Ok(Some(prev));
     }
 
-    if let Some(hint) = ctx.conf.host_interface_hint() {
-        log::debug!("{whom}: prevResult names host interface {hint}");
-    }
     let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
     let target = Target {
         container_id: cid.clone(),

@@ -56,12 +56,13 @@ fn is_peer(h: &LinkInfo, pod_link: &LinkInfo, pod_nsid: Option<i32>) -> bool {
 }
 
 /// Looks up the host-side peer of `ifname` in the pod namespace `netns_path`. Must be called
-/// from the host namespace. `hint` is a name from prevResult, tried when the index is not found.
+/// from the host namespace. `hints` are names from prevResult, tried when the index does not
+/// lead to the peer.
 pub fn find_host_peer(
     host_sock: &mut Socket,
     netns_path: &Path,
     ifname: &str,
-    hint: Option<&str>,
+    hints: &[String],
 ) -> Result<HostPeer, PeerError> {
     let pod_ns: File = netns::open(netns_path)?;
     let host_ns: File = netns::open(Path::new(netns::current_path()))?;
@@ -100,7 +101,7 @@ pub fn find_host_peer(
             index: h.index,
         });
     }
-    if let Some(name) = hint {
+    for name in hints {
         if let Some(h) = rtnl::link_by_name(host_sock, name).map_err(nl(ifname))? {
             if is_peer(&h, &pod_link, pod_id_in_host) {
                 return Ok(HostPeer::Veth {

@@ -14,8 +14,8 @@ use crate::ruleset::{Family, Table};
 pub struct NetlinkKernel {
     host_nft: Option<Socket>,
     host_rtnl: Option<Socket>,
-    /// Hint for the host-side interface name (from prevResult).
-    pub peer_hint: Option<String>,
+    /// Candidate host-side interface names (from prevResult), verified before use.
+    pub peer_hints: Vec<String>,
 }
 
 impl NetlinkKernel {
@@ -131,9 +131,9 @@ impl Kernel for NetlinkKernel {
                     .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
             );
         }
-        let hint = self.peer_hint.clone();
+        let hints = self.peer_hints.clone();
         match self.host_rtnl.as_mut() {
-            Some(sock) => Ok(find_host_peer(sock, netns, ifname, hint.as_deref())?),
+            Some(sock) => Ok(find_host_peer(sock, netns, ifname, &hints)?),
             None => unreachable_socket("opening rtnetlink", Where::Host),
         }
     }

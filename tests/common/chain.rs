@@ -70,7 +70,7 @@ pub fn exec_plugin(
     stdin: &Value,
 ) -> Result<Option<Value>, PluginError> {
     let bin = if plugin_type == "egress-guard" {
-        plugin_bin().to_string()
+        plugin_bin()
     } else {
         format!("/usr/lib/cni/{plugin_type}")
     };

@@ -117,9 +117,13 @@ impl Drop for TempDir {
     }
 }
 
-/// The plugin binary under test.
-pub fn plugin_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_egress-guard")
+/// The plugin binary under test: cargo's for integration tests, else `EGRESS_GUARD_BIN` (the
+/// demo example sets it).
+pub fn plugin_bin() -> String {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_egress-guard") {
+        return p.to_string();
+    }
+    std::env::var("EGRESS_GUARD_BIN").unwrap_or_else(|_| "target/release/egress-guard".to_string())
 }
 
 /// `nft list table` output made comparable with `render`: dynamic set contents and counter

@@ -1,0 +1,528 @@
+//! The plugin run alone against hand-built veths in a node namespace: replacing stale tables
+//! left on a device name, GC, CHECK drift, DEL idempotency, error codes, and placement choice.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::chain::{exec_plugin, Attachment, Chain, PluginError};
+use common::node::{Node, INET4};
+use common::probe::{self, Server};
+use common::{can_run_root_tests, exec_in, ip, Netns};
+use serde_json::{json, Value};
+
+fn conf(n: &Node, version: &str, annotations: Value, prev: Option<Value>) -> Value {
+    let mut c = n.guard_entry(json!({}));
+    c["cniVersion"] = json!(version);
+    c["name"] = json!("egtest");
+    c["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": annotations});
+    if let Some(p) = prev {
+        c["prevResult"] = p;
+    }
+    c
+}
+
+fn prev_result(host_if: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "interfaces": [{"name": host_if}, {"name": "eth0", "sandbox": "x"}], "ips": []})
+}
+
+fn env(cid: &str, netns: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_CONTAINERID", cid.to_string()),
+        ("CNI_NETNS", netns.to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        (
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=ml;K8S_POD_NAME=llm-0".to_string(),
+        ),
+    ]
+}
+
+fn guard(
+    n: &Node,
+    cmd: &str,
+    cid: &str,
+    netns: &str,
+    c: &Value,
+) -> Result<Option<Value>, PluginError> {
+    exec_plugin(&n.node.name, "egress-guard", cmd, &env(cid, netns), c)
+}
+
+/// A pod netns wired to the node with a veth named `host_if`.
+fn manual_pod(n: &Node, tag: &str, host_if: &str, last_octet: u8) -> Netns {
+    let pod = n.pod_netns(tag);
+    ip(
+        &n.node.name,
+        &format!(
+            "link add {host_if} type veth peer name eth0 netns {}",
+            pod.name
+        ),
+    );
+    ip(&n.node.name, &format!("link set {host_if} up"));
+    ip(
+        &pod.name,
+        &format!("addr add 10.33.0.{last_octet}/32 dev eth0"),
+    );
+    ip(&pod.name, "link set eth0 up");
+    pod
+}
+
+/// Netns deletion is asynchronous: wait until the host end of a dead pod's veth is gone.
+fn wait_link_gone(n: &Node, dev: &str) {
+    for _ in 0..200 {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &n.node.name, "link", "show", dev])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("{dev} still exists");
+}
+
+fn tables(n: &Node) -> String {
+    exec_in(&n.node.name, &["nft", "list", "tables"])
+}
+
+fn enforce() -> Value {
+    json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "10.0.5.0/24 tcp 8443"})
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn stale_table_on_a_reused_device_name_is_replaced() {
+    if !can_run_root_tests("stale_table_on_a_reused_device_name_is_replaced") {
+        return;
+    }
+    let n = Node::new("st");
+    let old = manual_pod(&n, "old", "vstale0", 2);
+    let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vstale0")));
+    let old_cid = format!("{}old", n.prefix);
+    guard(&n, "ADD", &old_cid, &old.path(), &c).unwrap();
+    assert!(tables(&n).contains(&format!("egress_guard_{old_cid}")));
+    // The pod dies without DEL: its netns and veth vanish, the table stays behind.
+    drop(old);
+    wait_link_gone(&n, "vstale0");
+    assert!(
+        tables(&n).contains(&format!("egress_guard_{old_cid}")),
+        "the kernel keeps device-bound chains"
+    );
+
+    // A new pod gets a veth of the same name and asks for nothing: the stale table must go,
+    // otherwise the old pod's policy would apply to it.
+    let new = manual_pod(&n, "new", "vstale0", 3);
+    let off = conf(&n, "1.0.0", json!({}), Some(prev_result("vstale0")));
+    let new_cid = format!("{}new", n.prefix);
+    guard(&n, "ADD", &new_cid, &new.path(), &off).unwrap();
+    let t = tables(&n);
+    assert!(
+        !t.contains("egress_guard_"),
+        "stale table survived an ADD on its device: {t}"
+    );
+    guard(&n, "DEL", &new_cid, &new.path(), &off).unwrap();
+    drop(new);
+    wait_link_gone(&n, "vstale0");
+
+    // Same again, but the new pod is enforced: replaced in the same transaction.
+    let old = manual_pod(&n, "old2", "vstale0", 2);
+    guard(&n, "ADD", &old_cid, &old.path(), &c).unwrap();
+    drop(old);
+    wait_link_gone(&n, "vstale0");
+    let new = manual_pod(&n, "new2", "vstale0", 3);
+    guard(&n, "ADD", &new_cid, &new.path(), &c).unwrap();
+    let t = tables(&n);
+    assert!(!t.contains(&format!("egress_guard_{old_cid}")), "{t}");
+    assert!(t.contains(&format!("egress_guard_{new_cid}")), "{t}");
+    guard(&n, "DEL", &new_cid, &new.path(), &c).unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn repeated_add_replaces_its_own_table() {
+    if !can_run_root_tests("repeated_add_replaces_its_own_table") {
+        return;
+    }
+    let n = Node::new("ra");
+    let pod = manual_pod(&n, "p", "vra0", 2);
+    let cid = format!("{}p", n.prefix);
+    let c1 = conf(&n, "1.0.0", enforce(), Some(prev_result("vra0")));
+    guard(&n, "ADD", &cid, &pod.path(), &c1).unwrap();
+    let c2 = conf(
+        &n,
+        "1.0.0",
+        json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "198.51.100.0/24 tcp 80"}),
+        Some(prev_result("vra0")),
+    );
+    guard(&n, "ADD", &cid, &pod.path(), &c2).unwrap();
+    let listing = exec_in(
+        &n.node.name,
+        &[
+            "nft",
+            "list",
+            "table",
+            "netdev",
+            &format!("egress_guard_{cid}"),
+        ],
+    );
+    assert!(listing.contains("198.51.100.0/24 . tcp . 80"), "{listing}");
+    assert!(!listing.contains("8443"), "{listing}");
+    guard(&n, "CHECK", &cid, &pod.path(), &c2).unwrap();
+    guard(&n, "DEL", &cid, &pod.path(), &c2).unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn check_reports_drift_and_gc_collects_orphans() {
+    if !can_run_root_tests("check_reports_drift_and_gc_collects_orphans") {
+        return;
+    }
+    let n = Node::new("dr");
+    let a = manual_pod(&n, "a", "vdra", 2);
+    let b = manual_pod(&n, "b", "vdrb", 3);
+    let (cid_a, cid_b) = (format!("{}a", n.prefix), format!("{}b", n.prefix));
+    let ca = conf(&n, "1.0.0", enforce(), Some(prev_result("vdra")));
+    let cb = conf(&n, "1.0.0", enforce(), Some(prev_result("vdrb")));
+    guard(&n, "ADD", &cid_a, &a.path(), &ca).unwrap();
+    guard(&n, "ADD", &cid_b, &b.path(), &cb).unwrap();
+    guard(&n, "CHECK", &cid_a, &a.path(), &ca).expect("intact ruleset passes CHECK");
+
+    let table = format!("egress_guard_{cid_a}");
+    exec_in(
+        &n.node.name,
+        &[
+            "nft",
+            "delete",
+            "element",
+            "netdev",
+            &table,
+            "allow4_port",
+            "{ 10.0.5.0/24 . tcp . 8443 }",
+        ],
+    );
+    let err = guard(&n, "CHECK", &cid_a, &a.path(), &ca).expect_err("removed element is drift");
+    assert_eq!(err.code, Some(103), "{err:?}");
+    assert!(err.msg.contains("allow4_port"), "{}", err.msg);
+
+    guard(&n, "ADD", &cid_a, &a.path(), &ca).unwrap();
+    let handles = exec_in(
+        &n.node.name,
+        &["nft", "-a", "list", "chain", "netdev", &table, "from_pod"],
+    );
+    let handle = handles
+        .lines()
+        .find(|l| l.contains("counter"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .to_string();
+    exec_in(
+        &n.node.name,
+        &[
+            "nft", "delete", "rule", "netdev", &table, "from_pod", "handle", &handle,
+        ],
+    );
+    let err = guard(&n, "CHECK", &cid_a, &a.path(), &ca).expect_err("removed rule is drift");
+    assert!(err.msg.contains("from_pod"), "{}", err.msg);
+
+    exec_in(&n.node.name, &["nft", "delete", "table", "netdev", &table]);
+    let err = guard(&n, "CHECK", &cid_a, &a.path(), &ca).expect_err("removed table is drift");
+    assert!(err.msg.contains("missing"), "{}", err.msg);
+
+    // CHECK is a 0.4.0+ verb.
+    let old = conf(&n, "0.3.1", enforce(), Some(prev_result("vdrb")));
+    assert_eq!(
+        guard(&n, "CHECK", &cid_b, &b.path(), &old)
+            .unwrap_err()
+            .code,
+        Some(1)
+    );
+
+    // GC keeps the valid attachment, removes the rest.
+    guard(&n, "ADD", &cid_a, &a.path(), &ca).unwrap();
+    let gc = json!({"cni.dev/valid-attachments": [{"containerID": cid_b, "ifname": "eth0"}]});
+    let chain = Chain::new(
+        &n.node.name,
+        json!({"name": "egtest", "plugins": [ca.clone()]}),
+    );
+    chain.guard_only("GC", gc, &[]).unwrap();
+    let t = tables(&n);
+    assert!(
+        !t.contains(&format!("egress_guard_{cid_a} "))
+            && !t.ends_with(&format!("egress_guard_{cid_a}\n")),
+        "{t}"
+    );
+    assert!(t.contains(&format!("egress_guard_{cid_b}")), "{t}");
+    let err = chain
+        .guard_only("GC", json!({}), &[])
+        .expect_err("GC without the list must not delete");
+    assert_eq!(err.code, Some(7));
+    assert!(tables(&n).contains(&format!("egress_guard_{cid_b}")));
+    assert!(chain
+        .guard_only("STATUS", json!({}), &[])
+        .unwrap()
+        .is_none());
+    guard(&n, "DEL", &cid_b, &b.path(), &cb).unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn del_is_idempotent() {
+    if !can_run_root_tests("del_is_idempotent") {
+        return;
+    }
+    let n = Node::new("dl");
+    let pod = manual_pod(&n, "p", "vdl0", 2);
+    let cid = format!("{}p", n.prefix);
+    let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vdl0")));
+    let bare = conf(&n, "1.0.0", json!({}), None);
+    guard(&n, "DEL", &cid, &pod.path(), &bare).expect("DEL without ADD");
+    guard(&n, "ADD", &cid, &pod.path(), &c).unwrap();
+    guard(&n, "DEL", &cid, &pod.path(), &c).expect("first DEL");
+    guard(&n, "DEL", &cid, &pod.path(), &c).expect("second DEL");
+    guard(&n, "ADD", &cid, &pod.path(), &c).unwrap();
+    guard(&n, "DEL", &cid, "", &bare).expect("DEL with CNI_NETNS=\"\" and no prevResult");
+    assert!(!tables(&n).contains("egress_guard_"));
+    guard(&n, "ADD", &cid, &pod.path(), &c).unwrap();
+    let path = pod.path();
+    drop(pod);
+    guard(&n, "DEL", &cid, &path, &bare).expect("DEL whose netns is gone");
+    assert!(!tables(&n).contains("egress_guard_"));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn add_errors_carry_the_right_code_and_leave_nothing() {
+    if !can_run_root_tests("add_errors_carry_the_right_code_and_leave_nothing") {
+        return;
+    }
+    let n = Node::new("er");
+    let pod = manual_pod(&n, "p", "ver0", 2);
+    let cid = format!("{}p", n.prefix);
+    let good = conf(&n, "1.0.0", enforce(), Some(prev_result("ver0")));
+    let cases: Vec<(&str, Value, Vec<(&'static str, String)>, u64, &str)> = vec![
+        (
+            "missing prevResult",
+            conf(&n, "1.0.0", enforce(), None),
+            env(&cid, &pod.path()),
+            7,
+            "prevResult",
+        ),
+        (
+            "netns that does not exist",
+            good.clone(),
+            env(&cid, "/var/run/netns/does-not-exist"),
+            3,
+            "does-not-exist",
+        ),
+        (
+            "interface that is not there",
+            good.clone(),
+            {
+                let mut e = env(&cid, &pod.path());
+                e[2].1 = "eth9".into();
+                e
+            },
+            102,
+            "eth9",
+        ),
+        (
+            "unsupported cniVersion",
+            conf(&n, "9.9.9", enforce(), Some(prev_result("ver0"))),
+            env(&cid, &pod.path()),
+            1,
+            "9.9.9",
+        ),
+        (
+            "bad CNI_ARGS",
+            good.clone(),
+            {
+                let mut e = env(&cid, &pod.path());
+                e[3].1 = "K8S_POD_NAME".into();
+                e
+            },
+            4,
+            "K8S_POD_NAME",
+        ),
+        (
+            "bad container id",
+            good.clone(),
+            env("bad/id", &pod.path()),
+            4,
+            "bad/id",
+        ),
+        (
+            "unknown network",
+            conf(
+                &n,
+                "1.0.0",
+                json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "@nope"}),
+                Some(prev_result("ver0")),
+            ),
+            env(&cid, &pod.path()),
+            100,
+            "@nope",
+        ),
+    ];
+    for (what, c, e, code, needle) in cases {
+        let err = exec_plugin(&n.node.name, "egress-guard", "ADD", &e, &c).expect_err(what);
+        assert_eq!(err.code, Some(code), "{what}: {err:?}");
+        assert!(
+            err.msg.contains(needle),
+            "{what}: {} lacks {needle}",
+            err.msg
+        );
+        assert!(!tables(&n).contains("egress_guard_"), "{what} left a table");
+    }
+    // Non-UTF-8 stdin is a decode failure, not a crash.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &n.node.name, &common::plugin_bin()])
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &cid)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"cniVersion\":\"1.0.0\",\"name\":\"\xff\"}")?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 6, "{v}");
+    let v = guard(&n, "VERSION", &cid, "", &json!({"cniVersion": "1.1.0"}))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn old_cni_version_chain_works() {
+    if !can_run_root_tests("old_cni_version_chain_works") {
+        return;
+    }
+    let n = Node::new("v3");
+    let pod = n.pod_netns("p");
+    let control = n.pod_netns("c");
+    let mut list = n.bridge_conflist(n.guard_entry(json!({})));
+    list["cniVersion"] = json!("0.3.1");
+    list["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.22.0.0/24"}]]);
+    let chain = Chain::new(&n.node.name, list);
+    let a = Attachment::new(
+        &format!("{}p", n.prefix),
+        &pod.path(),
+        "ml",
+        "llm",
+        enforce(),
+    );
+    let c = Attachment::new(
+        &format!("{}c", n.prefix),
+        &control.path(),
+        "ml",
+        "ctl",
+        json!({}),
+    );
+    let res = chain.add(&a).unwrap();
+    let cres = chain.add(&c).unwrap();
+    assert_eq!(res["cniVersion"], "0.3.1");
+    let _s = Server::tcp(&n.inet.name, 80);
+    assert!(probe::tcp(&control.name, INET4, 80, "c"));
+    assert!(!probe::tcp(&pod.name, INET4, 80, "g"));
+    chain.del(&a, &pod.path(), Some(&res)).unwrap();
+    chain.del(&c, &control.path(), Some(&cres)).unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn macvlan_pod_gets_pod_placement_under_auto() {
+    if !can_run_root_tests("macvlan_pod_gets_pod_placement_under_auto") {
+        return;
+    }
+    let n = Node::new("iv");
+    // The macvlan master: the node's link towards the internet namespace (this kernel has no ipvlan).
+    let pod = n.pod_netns("p");
+    let list = json!({
+        "cniVersion": "1.0.0", "name": "egtest",
+        "plugins": [
+            {"type": "macvlan", "master": "to-inet", "mode": "bridge",
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.100", "rangeEnd": "198.51.100.120"}]], "dataDir": n.tmp.join("ipam")}},
+            n.guard_entry(json!({})),
+        ]
+    });
+    let chain = Chain::new(&n.node.name, list);
+    let cid = format!("{}p", n.prefix);
+    let a = Attachment::new(&cid, &pod.path(), "ml", "llm", enforce());
+    let res = chain.add(&a).unwrap();
+    let control = n.pod_netns("c");
+    let ctl = Attachment::new(&format!("{cid}c"), &control.path(), "ml", "ctl", json!({}));
+    let cres = chain.add(&ctl).unwrap();
+    let in_pod = exec_in(&pod.name, &["nft", "list", "tables"]);
+    assert!(
+        in_pod.contains(&format!("inet egress_guard_{cid}")),
+        "{in_pod}"
+    );
+    assert!(!tables(&n).contains("egress_guard_"));
+    // Both pods share the internet segment through macvlan; the unguarded one is the control.
+    let _s = Server::tcp(&n.inet.name, 80);
+    assert!(
+        probe::tcp(&control.name, INET4, 80, "ctl"),
+        "control: an unguarded macvlan pod reaches the host"
+    );
+    assert!(
+        !probe::tcp(&pod.name, INET4, 80, "pod"),
+        "guarded macvlan pod reached the internet host"
+    );
+    // placement "host" cannot be honoured for macvlan: a clear error.
+    let strict = Chain::new(
+        &n.node.name,
+        json!({"cniVersion": "1.0.0", "name": "egtest", "plugins": [n.guard_entry(json!({"placement": "host"}))]}),
+    );
+    let mut c = strict.conflist["plugins"][0].clone();
+    c["cniVersion"] = json!("1.0.0");
+    c["name"] = json!("egtest");
+    c["prevResult"] = res.clone();
+    c["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": enforce()});
+    let err = exec_plugin(
+        &n.node.name,
+        "egress-guard",
+        "ADD",
+        &env(&format!("{cid}x"), &pod.path()),
+        &c,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, Some(102), "{err:?}");
+    assert!(err.msg.contains("macvlan"), "{}", err.msg);
+    chain.del(&a, &pod.path(), Some(&res)).unwrap();
+    chain.del(&ctl, &control.path(), Some(&cres)).unwrap();
+    assert!(!exec_in(&pod.name, &["nft", "list", "tables"]).contains("egress_guard_"));
+}
