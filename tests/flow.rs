@@ -1,0 +1,437 @@
+//! The verb flow against the recording fake kernel (no root): placement choice, stale-table
+//! replacement, fail-closed errors (nothing installed), API fallback, DEL, CHECK and GC.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use egress_guard::cni::plugin::{run, Invocation, Outcome};
+use egress_guard::cni::Env;
+use egress_guard::kernel::fake::RecordingKernel;
+use egress_guard::kernel::{HostPeer, Kernel, Where};
+use egress_guard::ruleset::Family;
+use serde_json::{json, Value};
+
+const NETNS: &str = "/var/run/netns/pod-a";
+
+fn state_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("flow-{:?}", std::thread::current().id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn conf(annotations: Option<Value>, extra: Value) -> Value {
+    let mut c = json!({
+        "cniVersion": "1.0.0", "name": "k8s", "type": "egress-guard",
+        "enforceNamespaces": ["model-serving"],
+        "networks": {"orchestrator": ["10.0.5.0/24 tcp 8443"]},
+        "stateDir": state_dir(),
+        "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "vethA"}, {"name": "eth0", "sandbox": NETNS}]}
+    });
+    if let Some(a) = annotations {
+        c["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": a});
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn env(cmd: &str, ns: &str) -> Env {
+    Env {
+        command: cmd.into(),
+        container_id: Some("cid-a".into()),
+        netns: Some(NETNS.into()),
+        ifname: Some("eth0".into()),
+        args: Some(format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME=llm-0")),
+    }
+}
+
+fn no_api(_: &Path, _: &str, _: &str) -> Result<Vec<(String, String)>, String> {
+    panic!("the API server must not be consulted")
+}
+
+fn invoke(k: &mut RecordingKernel, cmd: &str, ns: &str, c: &Value) -> Outcome {
+    let stdin = c.to_string().into_bytes();
+    let e = env(cmd, ns);
+    run(Invocation {
+        kernel: k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+}
+
+fn kernel() -> RecordingKernel {
+    let mut k = RecordingKernel::new();
+    k.peers.insert(
+        PathBuf::from(NETNS),
+        HostPeer::Veth {
+            name: "vethA".into(),
+            index: 7,
+        },
+    );
+    k
+}
+
+fn enforce() -> Value {
+    json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "@orchestrator"})
+}
+
+#[test]
+fn add_installs_host_table_and_prints_prev_result() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let out = invoke(&mut k, "ADD", "ml", &c);
+    assert_eq!(out.result.unwrap().unwrap(), c["prevResult"]);
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    let text = k
+        .rendered(Where::Host, Family::Netdev, "egress_guard_cid-a")
+        .unwrap();
+    assert!(text.contains("device \"vethA\""), "{text}");
+    assert_eq!(out.record.outcome, "ok");
+    assert_eq!(out.record.placement.as_deref(), Some("host"));
+    assert_eq!(out.record.entries, Some(1));
+    assert!(state_dir().join("cid-a.json").exists());
+}
+
+#[test]
+fn add_replaces_stale_table_on_same_device_in_one_transaction() {
+    let mut k = kernel();
+    // A table left by another container on the same device name.
+    let mut other = kernel();
+    let mut e = env("ADD", "ml");
+    e.container_id = Some("cid-dead".into());
+    let c = conf(Some(enforce()), json!({}));
+    let stdin = c.to_string().into_bytes();
+    run(Invocation {
+        kernel: &mut other,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+    let stale = other
+        .read(Where::Host, Family::Netdev, "egress_guard_cid-dead")
+        .unwrap()
+        .unwrap();
+    assert!(stale.comment.contains("dev=vethA"));
+    let table = egress_guard::ruleset::Table {
+        family: Family::Netdev,
+        name: "egress_guard_cid-dead".into(),
+        comment: stale.comment.clone(),
+        sets: vec![],
+        chains: vec![],
+    };
+    k.install(Where::Host, Family::Netdev, &[], Some(&table))
+        .unwrap();
+    k.calls.clear();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    assert_eq!(
+        k.calls.iter().filter(|c| c.starts_with("install")).count(),
+        1,
+        "{:?}",
+        k.calls
+    );
+    assert!(
+        k.calls
+            .iter()
+            .any(|c| c.contains("replace=[egress_guard_cid-dead]")
+                && c.contains("table=egress_guard_cid-a")),
+        "{:?}",
+        k.calls
+    );
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+}
+
+#[test]
+fn mode_off_installs_nothing_but_clears_stale_tables() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let mut e = env("ADD", "ml");
+    e.container_id = Some("cid-dead".into());
+    let stdin = c.to_string().into_bytes();
+    run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+    let off = conf(Some(json!({})), json!({}));
+    let out = invoke(&mut k, "ADD", "ml", &off);
+    assert!(out.result.is_ok());
+    assert!(k.table_names().is_empty(), "{:?}", k.table_names());
+}
+
+#[test]
+fn kernel_failures_fail_closed_with_the_right_code() {
+    for (errno, code) in [
+        (libc::ENOBUFS, 11),
+        (libc::EOPNOTSUPP, 101),
+        (libc::EINVAL, 101),
+    ] {
+        let mut k = kernel();
+        k.fail_install = Some(errno);
+        let out = invoke(&mut k, "ADD", "ml", &conf(Some(enforce()), json!({})));
+        let err = out.result.unwrap_err();
+        assert_eq!(err.code, code, "errno {errno}: {err:?}");
+        assert!(err.msg.contains("ml/llm-0"), "{}", err.msg);
+        assert!(k.table_names().is_empty());
+        assert_eq!(out.record.outcome, "error");
+        assert_eq!(out.record.error_code, Some(code));
+    }
+}
+
+#[test]
+fn placement_follows_interface_kind_and_kernel() {
+    // No host-side veth (macvlan): pod placement under auto.
+    let mut k = kernel();
+    k.peers.insert(
+        PathBuf::from(NETNS),
+        HostPeer::None {
+            kind: "macvlan".into(),
+        },
+    );
+    invoke(&mut k, "ADD", "ml", &conf(Some(enforce()), json!({})))
+        .result
+        .unwrap();
+    assert_eq!(
+        k.table_names(),
+        vec![format!("{NETNS} inet egress_guard_cid-a")]
+    );
+    // ...and an error when host placement is demanded.
+    let mut k = kernel();
+    k.peers.insert(
+        PathBuf::from(NETNS),
+        HostPeer::None {
+            kind: "macvlan".into(),
+        },
+    );
+    let err = invoke(
+        &mut k,
+        "ADD",
+        "ml",
+        &conf(Some(enforce()), json!({"placement": "host"})),
+    )
+    .result
+    .unwrap_err();
+    assert_eq!(err.code, 102);
+    assert!(err.msg.contains("macvlan"));
+    // A kernel without the netdev egress hook: pod placement under auto, error under host.
+    let mut k = kernel();
+    k.netdev_egress = false;
+    invoke(&mut k, "ADD", "ml", &conf(Some(enforce()), json!({})))
+        .result
+        .unwrap();
+    assert!(k.table_names()[0].contains("inet"));
+    let mut k = kernel();
+    k.netdev_egress = false;
+    assert_eq!(
+        invoke(
+            &mut k,
+            "ADD",
+            "ml",
+            &conf(Some(enforce()), json!({"placement": "host"}))
+        )
+        .result
+        .unwrap_err()
+        .code,
+        101
+    );
+    // placement pod never looks for the peer.
+    let mut k = kernel();
+    invoke(
+        &mut k,
+        "ADD",
+        "ml",
+        &conf(Some(enforce()), json!({"placement": "pod"})),
+    )
+    .result
+    .unwrap();
+    assert!(
+        !k.calls.iter().any(|c| c.starts_with("peer")),
+        "{:?}",
+        k.calls
+    );
+}
+
+#[test]
+fn missing_interface_fails_closed() {
+    let mut k = RecordingKernel::new();
+    let err = invoke(&mut k, "ADD", "ml", &conf(Some(enforce()), json!({})))
+        .result
+        .unwrap_err();
+    assert_eq!(err.code, 102, "{err:?}");
+    assert!(err.msg.contains("eth0"));
+    assert!(k.table_names().is_empty());
+}
+
+#[test]
+fn api_fallback_is_used_only_without_runtime_annotations_and_fails_closed() {
+    let stdin = conf(None, json!({"kubeconfig": "/etc/kc"}))
+        .to_string()
+        .into_bytes();
+    let ok = |_: &Path, ns: &str, name: &str| -> Result<Vec<(String, String)>, String> {
+        assert_eq!((ns, name), ("ml", "llm-0"));
+        Ok(vec![("egress-guard.io/mode".into(), "enforce".into())])
+    };
+    let mut k = kernel();
+    let e = env("ADD", "ml");
+    run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &ok,
+    })
+    .result
+    .unwrap();
+    assert_eq!(
+        k.table_names().len(),
+        1,
+        "annotations from the API server are enforced"
+    );
+
+    let down = |_: &Path, _: &str, _: &str| -> Result<Vec<(String, String)>, String> {
+        Err("connection refused".into())
+    };
+    let mut k = kernel();
+    let e = env("ADD", "model-serving");
+    let err = run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &down,
+    })
+    .result
+    .unwrap_err();
+    assert_eq!(err.code, 104);
+    assert!(err.msg.contains("connection refused"));
+    assert!(k.table_names().is_empty());
+    // An unenforced namespace with defaultMode off proceeds unguarded (and logs a warning).
+    let mut k = kernel();
+    let e = env("ADD", "ml");
+    assert!(run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &down
+    })
+    .result
+    .is_ok());
+    // ...but not when the default is to guard.
+    let strict = conf(
+        None,
+        json!({"kubeconfig": "/etc/kc", "defaultMode": "audit"}),
+    )
+    .to_string()
+    .into_bytes();
+    let mut k = kernel();
+    assert_eq!(
+        run(Invocation {
+            kernel: &mut k,
+            env: &e,
+            stdin: &strict,
+            fetch_pod: &down
+        })
+        .result
+        .unwrap_err()
+        .code,
+        104
+    );
+}
+
+#[test]
+fn check_reports_tampering_and_del_cleans_up() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    assert!(invoke(&mut k, "CHECK", "ml", &c).result.is_ok());
+    k.tamper(Where::Host, Family::Netdev, "egress_guard_cid-a", |s| {
+        s.chains[0].rules.pop();
+    });
+    let err = invoke(&mut k, "CHECK", "ml", &c).result.unwrap_err();
+    assert_eq!(err.code, 103);
+    assert!(err.msg.contains("from_pod"), "{}", err.msg);
+    // A policy change is drift too.
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let wider = conf(
+        Some(json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "0.0.0.0/0"})),
+        json!({}),
+    );
+    assert_eq!(
+        invoke(&mut k, "CHECK", "ml", &wider)
+            .result
+            .unwrap_err()
+            .code,
+        103
+    );
+    assert!(invoke(&mut k, "DEL", "ml", &c).result.is_ok());
+    assert!(k.table_names().is_empty());
+    assert!(!state_dir().join("cid-a.json").exists());
+    assert!(invoke(&mut k, "DEL", "ml", &c).result.is_ok(), "second DEL");
+}
+
+#[test]
+fn gc_removes_only_invalid_attachments() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let mut e = env("ADD", "ml");
+    e.container_id = Some("cid-b".into());
+    let stdin = c.to_string().into_bytes();
+    run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "stateDir": state_dir(), "cni.dev/valid-attachments": [{"containerID": "cid-b", "ifname": "eth0"}]});
+    let stdin = gc.to_string().into_bytes();
+    let e = Env {
+        command: "GC".into(),
+        ..Default::default()
+    };
+    run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-b"]);
+}
+
+#[test]
+fn version_and_unknown_command() {
+    let mut k = kernel();
+    let e = Env {
+        command: "VERSION".into(),
+        ..Default::default()
+    };
+    let out = run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: b"{\"cniVersion\":\"1.0.0\"}",
+        fetch_pod: &no_api,
+    });
+    assert_eq!(out.result.unwrap().unwrap()["cniVersion"], "1.0.0");
+    let e = Env {
+        command: "FROB".into(),
+        ..Default::default()
+    };
+    let out = run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: b"{}",
+        fetch_pod: &no_api,
+    });
+    let err = out.result.unwrap_err();
+    assert_eq!(err.code, 4);
+    assert!(err.msg.contains("FROB"));
+}

@@ -1,0 +1,229 @@
+//! Golden tests: each `tests/golden/<case>/` holds a conflist entry, pod annotations and a target;
+//! the compiled ruleset rendered as nft text must equal `expected.nft` (`BLESS=1` rewrites it).
+//! As root, each host-placement case is also installed for real in a scratch network namespace
+//! and `nft list table` must print exactly the same text.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use egress_guard::cni::NetConf;
+use egress_guard::kernel::netns::NetnsGuard;
+use egress_guard::kernel::{Kernel, NetlinkKernel, Where};
+use egress_guard::policy::{parse_annotations, Policy};
+use egress_guard::ruleset::{compile, render, Attach, Family, Table, Target};
+use serde_json::Value;
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    table: Option<Table>,
+    text: String,
+}
+
+fn load(dir: &Path) -> Case {
+    let read = |f: &str| {
+        std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()))
+    };
+    let conf = NetConf::parse(&read("netconf.json")).unwrap();
+    let ann: Value = serde_json::from_slice(&read("annotations.json")).unwrap();
+    let pairs: Vec<(String, String)> = ann
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    let target: Value = serde_json::from_slice(&read("target.json")).unwrap();
+    let pod = parse_annotations(&pairs).unwrap();
+    let policy = Policy::resolve(&conf.settings, target["namespace"].as_str(), &pod).unwrap();
+    let attach = match target["device"].as_str() {
+        Some(d) => Attach::Host {
+            device: d.to_string(),
+        },
+        None => Attach::Pod,
+    };
+    let t = Target {
+        container_id: target["containerId"].as_str().unwrap().to_string(),
+        attach,
+        log_group: conf.nflog_group,
+    };
+    let table = compile(&policy, &t);
+    let text = match &table {
+        Some(t) => render(t),
+        None => format!("# mode {}: nothing is installed\n", policy.mode),
+    };
+    Case {
+        name: dir.file_name().unwrap().to_string_lossy().into_owned(),
+        dir: dir.to_path_buf(),
+        table,
+        text,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 5,
+        "golden cases missing in {}",
+        root.display()
+    );
+    dirs.iter().map(|d| load(d)).collect()
+}
+
+#[test]
+fn rendered_rulesets_match_the_golden_files() {
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut mismatches = Vec::new();
+    for c in cases() {
+        let path = c.dir.join("expected.nft");
+        if bless {
+            std::fs::write(&path, &c.text).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} has no expected.nft (run with BLESS=1)", c.name));
+        if expected != c.text {
+            mismatches.push(format!(
+                "{}:\n--- expected\n{expected}--- got\n{}",
+                c.name, c.text
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn golden_cases_cover_the_interesting_shapes() {
+    let all = cases();
+    let by = |n: &str| {
+        all.iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("case {n}"))
+    };
+    assert!(by("mode-off").table.is_none());
+    assert!(by("enforced-namespace-override")
+        .text
+        .contains("policy drop"));
+    assert!(by("audit-host-empty").text.contains("policy accept"));
+    assert_eq!(
+        by("enforce-pod-placement").table.as_ref().unwrap().family,
+        Family::Inet
+    );
+    // Overlapping entries were cut into disjoint boxes (the kernel rejects overlaps).
+    assert!(by("overlapping-entries")
+        .text
+        .contains("10.0.0.0/8 . 0-255"));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn kernel_listing_matches_render_for_every_host_case() {
+    if !common::can_run_root_tests("kernel_listing_matches_render_for_every_host_case") {
+        return;
+    }
+    let ns = common::Netns::new(&common::unique("gold"));
+    let mut failures = Vec::new();
+    for c in cases() {
+        let Some(table) = &c.table else { continue };
+        if table.family != Family::Netdev {
+            // Pod placement: install in the namespace itself.
+            let mut k = NetlinkKernel::new();
+            let path = ns.path();
+            let at = Where::Netns(Path::new(&path));
+            k.install(at, Family::Inet, &[], Some(table)).unwrap();
+            let listing = common::exec_in(&ns.name, &["nft", "list", "table", "inet", &table.name]);
+            if common::normalise_listing(&listing) != c.text {
+                failures.push(format!(
+                    "{}:\n--- render\n{}--- nft\n{listing}",
+                    c.name, c.text
+                ));
+            }
+            k.remove(at, Family::Inet, &table.name).unwrap();
+            continue;
+        }
+        let dev = table.chains[0].device.clone().unwrap();
+        common::ip(
+            &ns.name,
+            &format!("link add {dev} type veth peer name {dev}p"),
+        );
+        {
+            // Host placement: the scratch namespace plays the host.
+            let _inside = NetnsGuard::enter(Path::new(&ns.path())).unwrap();
+            NetlinkKernel::new()
+                .install(Where::Host, Family::Netdev, &[], Some(table))
+                .unwrap();
+        }
+        let listing = common::exec_in(&ns.name, &["nft", "list", "table", "netdev", &table.name]);
+        if common::normalise_listing(&listing) != c.text {
+            failures.push(format!(
+                "{}:\n--- render\n{}--- nft\n{listing}",
+                c.name, c.text
+            ));
+        }
+        {
+            let _inside = NetnsGuard::enter(Path::new(&ns.path())).unwrap();
+            let mut fresh = NetlinkKernel::new();
+            let snap = fresh
+                .read(Where::Host, Family::Netdev, &table.name)
+                .unwrap()
+                .unwrap();
+            let diff = egress_guard::netlink::nft::expected_snapshot(table).diff(&snap);
+            if !diff.is_empty() {
+                failures.push(format!("{}: read back differs: {diff:?}", c.name));
+            }
+            assert!(fresh
+                .remove(Where::Host, Family::Netdev, &table.name)
+                .unwrap());
+        }
+        common::ip(&ns.name, &format!("link del {dev}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn example_conflists_chain_egress_guard_last_with_a_valid_entry() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("conflist") {
+            continue;
+        }
+        seen += 1;
+        let list: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let plugins = list["plugins"].as_array().unwrap();
+        let last = plugins.last().unwrap();
+        assert_eq!(last["type"], "egress-guard", "{}", path.display());
+        assert_eq!(
+            last["capabilities"]["io.kubernetes.cri.pod-annotations"],
+            true,
+            "{}",
+            path.display()
+        );
+        let mut conf = last.clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        NetConf::parse(conf.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v = list["cniVersion"].as_str().unwrap();
+        assert!(
+            egress_guard::cni::SUPPORTED_VERSIONS.contains(&v),
+            "{}: {v}",
+            path.display()
+        );
+    }
+    assert!(
+        seen >= 5,
+        "expected the example conflists in {}",
+        dir.display()
+    );
+}
