@@ -13,6 +13,7 @@ use egress_guard::kube::{Client, KubeError};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+#[derive(Clone)]
 struct Pki {
     ca_pem: String,
     server_cert: CertificateDer<'static>,
@@ -431,4 +432,91 @@ fn bad_kubeconfig_names_the_file() {
     assert!(err.to_string().contains("kc"), "{err}");
     let err = Client::from_kubeconfig(&dir.path().join("absent"), TIMEOUT).unwrap_err();
     assert!(matches!(err, KubeError::Read { .. }), "{err:?}");
+}
+
+mod common;
+
+/// The plugin's API-server fallback end to end: the runtime passes no annotations, the conflist
+/// names a kubeconfig, the plugin reads the pod over HTTPS (a fake API server inside the node
+/// namespace) and enforces what it finds; with the server gone, an enforced namespace fails
+/// closed.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn plugin_reads_annotations_from_the_api_server_when_the_runtime_sends_none() {
+    if !common::can_run_root_tests(
+        "plugin_reads_annotations_from_the_api_server_when_the_runtime_sends_none",
+    ) {
+        return;
+    }
+    let n = common::node::Node::new("api");
+    let pki = pki();
+    let handler: Box<Handler> = Box::new(|req: &Seen| {
+        match req.path.as_str() {
+        "/api/v1/namespaces/ml/pods/llm-0" | "/api/v1/namespaces/model-serving/pods/llm-0" => (
+            200,
+            r#"{"kind":"Pod","metadata":{"name":"llm-0","annotations":{"egress-guard.io/mode":"enforce","egress-guard.io/allow":"10.0.5.0/24 tcp 8443"}}}"#.to_string(),
+        ),
+        _ => (404, r#"{"kind":"Status","code":404}"#.to_string()),
+    }
+    });
+    // The server runs inside the node namespace, where the plugin runs.
+    let server = {
+        let p = pki.clone();
+        common::probe::in_ns(&n.node.name, move || Server::start(&p, false, handler))
+    };
+    let dir = TempDir::new("apifallback");
+    std::fs::write(dir.path().join("token"), "node-token").unwrap();
+    let kc = kubeconfig(dir.path(), server.port, &pki.ca_pem, "tokenFile: token");
+
+    let pod = n.pod_netns("p");
+    common::ip(
+        &n.node.name,
+        &format!("link add vapi0 type veth peer name eth0 netns {}", pod.name),
+    );
+    let mut conf = n.guard_entry(serde_json::json!({"kubeconfig": kc.display().to_string()}));
+    conf["cniVersion"] = serde_json::json!("1.0.0");
+    conf["name"] = serde_json::json!("egtest");
+    conf["prevResult"] =
+        serde_json::json!({"cniVersion": "1.0.0", "interfaces": [{"name": "vapi0"}]});
+    let env = |ns: &str| {
+        vec![
+            ("CNI_CONTAINERID", format!("{}p", n.prefix)),
+            ("CNI_NETNS", pod.path()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            (
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME=llm-0"),
+            ),
+        ]
+    };
+    common::chain::exec_plugin(&n.node.name, "egress-guard", "ADD", &env("ml"), &conf)
+        .expect("ADD with API fallback");
+    let table = format!("egress_guard_{}p", n.prefix);
+    let listing = common::exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
+    assert!(listing.contains("10.0.5.0/24 . tcp . 8443"), "{listing}");
+    let seen = server.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.path == "/api/v1/namespaces/ml/pods/llm-0"
+                && s.authorization.as_deref() == Some("Bearer node-token")),
+        "{seen:?}"
+    );
+    common::chain::exec_plugin(&n.node.name, "egress-guard", "DEL", &env("ml"), &conf).unwrap();
+
+    drop(server);
+    let err = common::chain::exec_plugin(
+        &n.node.name,
+        "egress-guard",
+        "ADD",
+        &env("model-serving"),
+        &conf,
+    )
+    .expect_err("API down");
+    assert_eq!(err.code, Some(104), "{err:?}");
+    assert!(common::exec_in(&n.node.name, &["nft", "list", "tables"])
+        .find("egress_guard_")
+        .is_none());
 }

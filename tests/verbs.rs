@@ -526,3 +526,54 @@ fn macvlan_pod_gets_pod_placement_under_auto() {
     chain.del(&ctl, &control.path(), Some(&cres)).unwrap();
     assert!(!exec_in(&pod.name, &["nft", "list", "tables"]).contains("egress_guard_"));
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn each_verb_writes_one_json_record() {
+    if !can_run_root_tests("each_verb_writes_one_json_record") {
+        return;
+    }
+    let n = Node::new("lg");
+    let pod = manual_pod(&n, "p", "vlg0", 2);
+    let cid = format!("{}p", n.prefix);
+    let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vlg0")));
+    guard(&n, "ADD", &cid, &pod.path(), &c).unwrap();
+    guard(&n, "CHECK", &cid, &pod.path(), &c).unwrap();
+    let bad = conf(
+        &n,
+        "1.0.0",
+        json!({"egress-guard.io/mode": "nope"}),
+        Some(prev_result("vlg0")),
+    );
+    guard(&n, "ADD", &cid, &pod.path(), &bad).unwrap_err();
+    guard(&n, "DEL", &cid, &pod.path(), &c).unwrap();
+    let log = std::fs::read_to_string(n.log_file()).unwrap();
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .filter(|v| v.get("verb").is_some())
+        .collect();
+    let verbs: Vec<&str> = records
+        .iter()
+        .map(|r| r["verb"].as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["ADD", "CHECK", "ADD", "DEL"], "{log}");
+    let add = &records[0];
+    assert_eq!(add["container_id"], cid);
+    assert_eq!(add["pod_namespace"], "ml");
+    assert_eq!(add["pod_name"], "llm-0");
+    assert_eq!(add["mode"], "enforce");
+    assert_eq!(add["placement"], "host");
+    assert_eq!(add["table"], format!("netdev egress_guard_{cid}"));
+    assert_eq!(add["device"], "vlg0");
+    assert_eq!(add["entries"], 1);
+    assert_eq!(add["outcome"], "ok");
+    assert!(add["duration_us"].as_u64().unwrap() > 0);
+    assert!(add["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(records[2]["outcome"], "error");
+    assert_eq!(records[2]["error_code"], 100);
+    assert!(records[2]["error"].as_str().unwrap().contains("\"nope\""));
+}
