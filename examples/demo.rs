@@ -175,7 +175,7 @@ fn main() {
         &|p| probe::tcp(p, &b4, 8080, "a"),
     );
 
-    println!("{:<15} {:<50} {:<9} {}", "FROM", "TO", "RESULT", "");
+    println!("{:<15} {:<50} RESULT", "FROM", "TO");
     let mut bad = 0;
     for r in &rows {
         let ok = r.allowed == r.expect_allowed;

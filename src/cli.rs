@@ -1,7 +1,6 @@
 //! Command-line front ends that are not CNI verbs' logic: running the plugin (stdin, stdout,
 //! exit code) and `egress-guard render`.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -163,13 +162,11 @@ fn render_inner(args: &[String]) -> Result<String, String> {
         attach,
         log_group: conf.nflog_group,
     };
-    let mut extra = BTreeMap::new();
-    extra.insert("mode", policy.mode.to_string());
     match compile(&policy, &target) {
         Some(t) => Ok(render(&t)),
         None => Ok(format!(
             "# mode {}: nothing is installed for this pod\n",
-            extra["mode"]
+            policy.mode
         )),
     }
 }

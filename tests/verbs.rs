@@ -25,7 +25,9 @@ fn prev_result(host_if: &str) -> Value {
     json!({"cniVersion": "1.0.0", "interfaces": [{"name": host_if}, {"name": "eth0", "sandbox": "x"}], "ips": []})
 }
 
-fn env(cid: &str, netns: &str) -> Vec<(&'static str, String)> {
+type CniEnv = Vec<(&'static str, String)>;
+
+fn env(cid: &str, netns: &str) -> CniEnv {
     vec![
         ("CNI_CONTAINERID", cid.to_string()),
         ("CNI_NETNS", netns.to_string()),
@@ -314,7 +316,7 @@ fn add_errors_carry_the_right_code_and_leave_nothing() {
     let pod = manual_pod(&n, "p", "ver0", 2);
     let cid = format!("{}p", n.prefix);
     let good = conf(&n, "1.0.0", enforce(), Some(prev_result("ver0")));
-    let cases: Vec<(&str, Value, Vec<(&'static str, String)>, u64, &str)> = vec![
+    let cases: Vec<(&str, Value, CniEnv, u64, &str)> = vec![
         (
             "missing prevResult",
             conf(&n, "1.0.0", enforce(), None),

@@ -8,6 +8,7 @@ use super::peer::find_host_peer;
 use super::{HostPeer, Kernel, KernelError, Where};
 use crate::netlink::nft::{self, Op, Snapshot, TableInfo};
 use crate::netlink::socket::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
+use crate::netlink::NetlinkError;
 use crate::ruleset::{Family, Table};
 
 #[derive(Default)]
@@ -27,39 +28,26 @@ impl NetlinkKernel {
         &mut self,
         at: Where<'_>,
         what: &str,
-        f: impl FnOnce(&mut Socket) -> Result<T, crate::netlink::NetlinkError>,
+        f: impl FnOnce(&mut Socket) -> Result<T, NetlinkError>,
     ) -> Result<T, KernelError> {
+        let err = |e| KernelError::netlink(what, at, e);
         match at {
             Where::Host => {
-                if self.host_nft.is_none() {
-                    self.host_nft = Some(
-                        Socket::open(NETLINK_NETFILTER)
-                            .map_err(|e| KernelError::netlink(what, at, e))?,
-                    );
-                }
-                match self.host_nft.as_mut() {
-                    Some(sock) => f(sock).map_err(|e| KernelError::netlink(what, at, e)),
-                    None => unreachable_socket(what, at),
-                }
+                let sock = match &mut self.host_nft {
+                    Some(s) => s,
+                    slot @ None => slot.insert(Socket::open(NETLINK_NETFILTER).map_err(err)?),
+                };
+                f(sock).map_err(err)
             }
             Where::Netns(path) => {
                 let mut sock = {
                     let _inside = NetnsGuard::enter(path)?;
-                    Socket::open(NETLINK_NETFILTER)
-                        .map_err(|e| KernelError::netlink(what, at, e))?
+                    Socket::open(NETLINK_NETFILTER).map_err(err)?
                 };
-                f(&mut sock).map_err(|e| KernelError::netlink(what, at, e))
+                f(&mut sock).map_err(err)
             }
         }
     }
-}
-
-fn unreachable_socket<T>(what: &str, at: Where<'_>) -> Result<T, KernelError> {
-    Err(KernelError::netlink(
-        what,
-        at,
-        crate::netlink::NetlinkError::io("socket", std::io::Error::other("socket not open")),
-    ))
 }
 
 impl Kernel for NetlinkKernel {
@@ -125,17 +113,14 @@ impl Kernel for NetlinkKernel {
     }
 
     fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
-        if self.host_rtnl.is_none() {
-            self.host_rtnl = Some(
+        let sock = match &mut self.host_rtnl {
+            Some(s) => s,
+            slot @ None => slot.insert(
                 Socket::open(NETLINK_ROUTE)
                     .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
-            );
-        }
-        let hints = self.peer_hints.clone();
-        match self.host_rtnl.as_mut() {
-            Some(sock) => Ok(find_host_peer(sock, netns, ifname, &hints)?),
-            None => unreachable_socket("opening rtnetlink", Where::Host),
-        }
+            ),
+        };
+        Ok(find_host_peer(sock, netns, ifname, &self.peer_hints)?)
     }
 
     fn has_netdev_egress(&self) -> bool {

@@ -1028,7 +1028,8 @@ pub fn read_table(
 pub fn run_batch(sock: &mut Socket, ops: &[Op<'_>]) -> Result<usize, NetlinkError> {
     let first = sock.next_seq();
     let batch = encode_batch(ops, first);
-    for _ in 0..batch.seqs.len() + 1 {
+    // The batch used begin + messages + end sequence numbers after `first`.
+    for _ in 0..batch.seqs.len() + 2 {
         sock.next_seq();
     }
     sock.transact("nf_tables transaction", &batch.bytes, &batch.seqs)?;

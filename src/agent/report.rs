@@ -1,0 +1,399 @@
+//! `egress-guard report`: from the API server, the pods that ask for a guard (mode annotation,
+//! enforced namespace or a non-off default mode) but cannot have one: `hostNetwork: true` pods
+//! (no runtime calls a CNI plugin for them) and pods on nodes where the plugin is not chained
+//! (no ready egress-guard DaemonSet pod there, or the node still carries the not-ready taint).
+//! Exits non-zero when any exist. Read-only against the API server.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::install::NOT_READY_TAINT;
+use crate::kube::{Client, KubeError};
+use crate::policy::{Mode, MODE_KEY};
+
+const USAGE: &str = "usage: egress-guard report [--kubeconfig FILE] [--plugin-config FILE] [--enforce-namespace NS]...
+                           [--default-mode off|audit|enforce] [--selector KEY=VALUE] [--json]
+  --kubeconfig      API access (default $KUBECONFIG, else in-cluster credentials)
+  --plugin-config   the egress-guard conflist entry (plugin.json): enforceNamespaces, defaultMode
+  --selector        label of the egress-guard DaemonSet pods (default app.kubernetes.io/name=egress-guard);
+                    a node counts as chained when such a pod on it is ready
+exit status: 0 no such pods, 1 some exist, 2 error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}\n{USAGE}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] super::AgentError),
+    #[error("connecting to the API server: {0}")]
+    Client(#[source] Box<KubeError>),
+    #[error("listing {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: Box<KubeError>,
+    },
+    #[error("the API server's {what} list has no items array")]
+    Shape { what: &'static str },
+}
+
+/// What makes a pod ask for a guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub enforce_namespaces: BTreeSet<String>,
+    pub default_mode: Mode,
+    pub selector: (String, String),
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            enforce_namespaces: BTreeSet::new(),
+            default_mode: Mode::Off,
+            selector: ("app.kubernetes.io/name".into(), "egress-guard".into()),
+        }
+    }
+}
+
+/// One pod that asks for a guard but cannot have one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub namespace: String,
+    pub pod: String,
+    pub node: Option<String>,
+    pub mode: &'static str,
+    /// `host-network` or `node-not-chained`.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+fn is_ready(pod: &Value) -> bool {
+    s(pod, "/status/phase") == Some("Running")
+        && pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .map(|c| {
+                c.iter()
+                    .any(|c| s(c, "/type") == Some("Ready") && s(c, "/status") == Some("True"))
+            })
+            .unwrap_or(false)
+}
+
+/// The mode a pod asks for, `None` when it asks for no guard.
+fn requested_mode(pod: &Value, settings: &Settings) -> Option<Mode> {
+    let ns = s(pod, "/metadata/namespace").unwrap_or("");
+    if settings.enforce_namespaces.contains(ns) {
+        return Some(Mode::Enforce);
+    }
+    let annotated = pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(MODE_KEY))
+        .and_then(Value::as_str);
+    let mode = match annotated {
+        Some(m) => Mode::parse(m.trim()).unwrap_or(Mode::Enforce),
+        None => settings.default_mode,
+    };
+    (mode != Mode::Off).then_some(mode)
+}
+
+/// Nodes where the plugin is chained: a ready DaemonSet pod runs there and the node has no
+/// not-ready taint.
+pub fn chained_nodes(pods: &[Value], nodes: &[Value], settings: &Settings) -> BTreeSet<String> {
+    let (key, value) = &settings.selector;
+    let with_ready_agent: BTreeSet<&str> = pods
+        .iter()
+        .filter(|p| {
+            p.pointer("/metadata/labels")
+                .and_then(|l| l.get(key))
+                .and_then(Value::as_str)
+                == Some(value)
+        })
+        .filter(|p| is_ready(p))
+        .filter_map(|p| s(p, "/spec/nodeName"))
+        .collect();
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let name = s(n, "/metadata/name")?;
+            let tainted = n
+                .pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .map(|t| t.iter().any(|t| s(t, "/key") == Some(NOT_READY_TAINT)))
+                .unwrap_or(false);
+            (with_ready_agent.contains(name) && !tainted).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Classifies every pod.
+pub fn findings(pods: &[Value], nodes: &[Value], settings: &Settings) -> Vec<Finding> {
+    let chained = chained_nodes(pods, nodes, settings);
+    let mut out = Vec::new();
+    for p in pods {
+        if matches!(s(p, "/status/phase"), Some("Succeeded") | Some("Failed")) {
+            continue;
+        }
+        let Some(mode) = requested_mode(p, settings) else {
+            continue;
+        };
+        let namespace = s(p, "/metadata/namespace").unwrap_or("").to_string();
+        let pod = s(p, "/metadata/name").unwrap_or("").to_string();
+        let node = s(p, "/spec/nodeName").map(str::to_string);
+        let (reason, detail) =
+            if p.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+                (
+                    "host-network",
+                    "hostNetwork pods are never passed to a CNI plugin".to_string(),
+                )
+            } else if let Some(n) = node.as_deref().filter(|n| !chained.contains(*n)) {
+                (
+                    "node-not-chained",
+                    format!("egress-guard is not chained (ready) on node {n}"),
+                )
+            } else {
+                continue;
+            };
+        out.push(Finding {
+            namespace,
+            pod,
+            node,
+            mode: mode.as_str(),
+            reason,
+            detail,
+        });
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+    out
+}
+
+struct Args {
+    kubeconfig: Option<PathBuf>,
+    settings: Settings,
+    json: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args, ReportError> {
+    let mut a = Args {
+        kubeconfig: None,
+        settings: Settings::default(),
+        json: false,
+    };
+    let mut extra_ns = Vec::new();
+    let mut default_mode = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| ReportError::Usage(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--kubeconfig" => a.kubeconfig = Some(PathBuf::from(val()?)),
+            "--plugin-config" => {
+                let v = super::plugin_config(&val()?)?;
+                if let Some(list) = v.get("enforceNamespaces").and_then(Value::as_array) {
+                    a.settings
+                        .enforce_namespaces
+                        .extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+                }
+                if let Some(m) = v.get("defaultMode").and_then(Value::as_str) {
+                    a.settings.default_mode = Mode::parse(m).ok_or_else(|| {
+                        ReportError::Usage(format!(
+                            "plugin config defaultMode \"{m}\" is not off, audit or enforce"
+                        ))
+                    })?;
+                }
+            }
+            "--enforce-namespace" => extra_ns.push(val()?),
+            "--default-mode" => {
+                let m = val()?;
+                default_mode = Some(Mode::parse(&m).ok_or_else(|| {
+                    ReportError::Usage(format!(
+                        "--default-mode \"{m}\" is not off, audit or enforce"
+                    ))
+                })?);
+            }
+            "--selector" => {
+                let v = val()?;
+                let (k, value) = v.split_once('=').ok_or_else(|| {
+                    ReportError::Usage(format!("--selector \"{v}\" is not KEY=VALUE"))
+                })?;
+                a.settings.selector = (k.to_string(), value.to_string());
+            }
+            "--json" => a.json = true,
+            other => return Err(ReportError::Usage(format!("unknown argument \"{other}\""))),
+        }
+    }
+    a.settings.enforce_namespaces.extend(extra_ns);
+    if let Some(m) = default_mode {
+        a.settings.default_mode = m;
+    }
+    if a.kubeconfig.is_none() {
+        a.kubeconfig = std::env::var_os("KUBECONFIG")
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from);
+    }
+    Ok(a)
+}
+
+fn items(client: &Client, path: &str, what: &'static str) -> Result<Vec<Value>, ReportError> {
+    let list = client.get_json(path).map_err(|source| ReportError::List {
+        what,
+        source: Box::new(source),
+    })?;
+    list.get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or(ReportError::Shape { what })
+}
+
+fn run(args: &[String]) -> Result<(Vec<Finding>, bool), ReportError> {
+    let a = parse(args)?;
+    let timeout = Duration::from_secs(30);
+    let client = match &a.kubeconfig {
+        Some(k) => Client::from_kubeconfig(k, timeout),
+        None => Client::in_cluster(timeout),
+    }
+    .map_err(|e| ReportError::Client(Box::new(e)))?;
+    let pods = items(&client, "/api/v1/pods", "pods")?;
+    let nodes = items(&client, "/api/v1/nodes", "nodes")?;
+    Ok((findings(&pods, &nodes, &a.settings), a.json))
+}
+
+/// Entry point of the `report` subcommand.
+pub fn report(args: &[String]) -> ExitCode {
+    let (found, json) = match run(args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("egress-guard report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&found) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("egress-guard report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if !found.is_empty() {
+        let w_ns = found
+            .iter()
+            .map(|f| f.namespace.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        let w_pod = found.iter().map(|f| f.pod.len()).max().unwrap_or(0).max(3);
+        let w_node = found
+            .iter()
+            .map(|f| f.node.as_deref().unwrap_or("-").len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        println!(
+            "{:<w_ns$}  {:<w_pod$}  {:<w_node$}  {:<7}  REASON",
+            "NAMESPACE", "POD", "NODE", "MODE"
+        );
+        for f in &found {
+            println!(
+                "{:<w_ns$}  {:<w_pod$}  {:<w_node$}  {:<7}  {}: {}",
+                f.namespace,
+                f.pod,
+                f.node.as_deref().unwrap_or("-"),
+                f.mode,
+                f.reason,
+                f.detail
+            );
+        }
+    }
+    if found.is_empty() {
+        eprintln!("egress-guard report: every pod that asks for an egress guard can have one");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "egress-guard report: {} pod(s) ask for an egress guard but cannot have one",
+            found.len()
+        );
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, node: &str, ann: Value, host_network: bool) -> Value {
+        json!({"metadata": {"namespace": ns, "name": name, "annotations": ann},
+               "spec": {"nodeName": node, "hostNetwork": host_network}, "status": {"phase": "Running"}})
+    }
+
+    fn agent_pod(node: &str, ready: bool) -> Value {
+        json!({"metadata": {"namespace": "egress-guard", "name": format!("eg-{node}"), "labels": {"app.kubernetes.io/name": "egress-guard"}},
+               "spec": {"nodeName": node, "hostNetwork": true},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
+    }
+
+    #[test]
+    fn classifies_host_network_and_unchained_nodes() {
+        let nodes = vec![
+            json!({"metadata": {"name": "n1"}}),
+            json!({"metadata": {"name": "n2"}}),
+            json!({"metadata": {"name": "n3"}, "spec": {"taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]}}),
+        ];
+        let mut settings = Settings::default();
+        settings.enforce_namespaces.insert("model-serving".into());
+        let pods = vec![
+            agent_pod("n1", true),
+            agent_pod("n2", false),
+            agent_pod("n3", true),
+            pod(
+                "ml",
+                "guarded-ok",
+                "n1",
+                json!({MODE_KEY: "enforce"}),
+                false,
+            ),
+            pod("ml", "hostnet", "n1", json!({MODE_KEY: "audit"}), true),
+            pod("model-serving", "unchained", "n2", json!({}), false),
+            pod(
+                "model-serving",
+                "tainted",
+                "n3",
+                json!({MODE_KEY: "off"}),
+                false,
+            ),
+            pod("ml", "unguarded-hostnet", "n1", json!({}), true),
+            pod("ml", "off", "n2", json!({MODE_KEY: "off"}), false),
+        ];
+        let f = findings(&pods, &nodes, &settings);
+        let got: Vec<(&str, &str, &str)> = f
+            .iter()
+            .map(|f| (f.pod.as_str(), f.reason, f.mode))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("hostnet", "host-network", "audit"),
+                ("tainted", "node-not-chained", "enforce"),
+                ("unchained", "node-not-chained", "enforce")
+            ]
+        );
+        settings.default_mode = Mode::Audit;
+        let f = findings(&pods, &nodes, &settings);
+        assert!(
+            f.iter().any(|f| f.pod == "unguarded-hostnet"),
+            "default mode audit makes every pod ask: {f:?}"
+        );
+        assert!(!f.iter().any(|f| f.pod == "off"));
+    }
+}

@@ -1,0 +1,318 @@
+//! The per-pod state files the plugin writes at ADD (`<stateDir>/<containerID>.json`, removed
+//! at DEL): loading them and rebuilding the table each pod's recorded policy compiles to. Reads
+//! and removes files only; never touches the kernel.
+
+use std::path::{Path, PathBuf};
+
+use crate::kernel::Where;
+use crate::policy::{parse_network_entry, GrammarError, Mode, ModeSource, Policy};
+use crate::ruleset::{compile, Attach, Family, Table, Target};
+
+/// One state file as the plugin writes it (see `write_state` in `cni/plugin.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PodState {
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_uid: Option<String>,
+    pub mode: String,
+    pub placement: String,
+    pub table: String,
+    pub device: Option<String>,
+    pub policy: String,
+    #[serde(default)]
+    pub entries: Vec<String>,
+    pub nflog_group: u16,
+    #[serde(default)]
+    pub created: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot list state directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("state of {container_id}: mode \"{value}\" is not audit or enforce")]
+    Mode { container_id: String, value: String },
+    #[error("state of {container_id}: placement \"{value}\" is not host or pod")]
+    Placement { container_id: String, value: String },
+    #[error("state of {container_id}: host placement without a device")]
+    NoDevice { container_id: String },
+    #[error("state of {container_id}: entry \"{entry}\" is not valid: {source}")]
+    Entry {
+        container_id: String,
+        entry: String,
+        #[source]
+        source: GrammarError,
+    },
+    #[error(
+        "state of {container_id}: policy digest {recorded} does not match its entries ({computed})"
+    )]
+    Digest {
+        container_id: String,
+        recorded: String,
+        computed: String,
+    },
+    #[error("cannot remove state file {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PodState {
+    /// `namespace/name`, or the container id when the runtime gave no pod identity.
+    pub fn who(&self) -> String {
+        match (&self.pod_namespace, &self.pod_name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            _ => self.container_id.clone(),
+        }
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.placement == "host"
+    }
+
+    pub fn family(&self) -> Family {
+        if self.is_host() {
+            Family::Netdev
+        } else {
+            Family::Inet
+        }
+    }
+
+    /// The namespace the pod's table lives in.
+    pub fn place(&self) -> Where<'_> {
+        if self.is_host() {
+            Where::Host
+        } else {
+            Where::Netns(Path::new(&self.netns))
+        }
+    }
+
+    /// The policy recorded at ADD, rebuilt and checked against the recorded digest.
+    pub fn policy(&self) -> Result<Policy, StateError> {
+        let mode = match Mode::parse(&self.mode) {
+            Some(m @ (Mode::Audit | Mode::Enforce)) => m,
+            _ => {
+                return Err(StateError::Mode {
+                    container_id: self.container_id.clone(),
+                    value: self.mode.clone(),
+                })
+            }
+        };
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            entries.push(parse_network_entry(e).map_err(|source| StateError::Entry {
+                container_id: self.container_id.clone(),
+                entry: e.clone(),
+                source,
+            })?);
+        }
+        entries.sort();
+        entries.dedup();
+        let policy = Policy {
+            mode,
+            mode_source: ModeSource::Annotation,
+            entries,
+        };
+        let computed = policy.digest();
+        if computed != self.policy {
+            return Err(StateError::Digest {
+                container_id: self.container_id.clone(),
+                recorded: self.policy.clone(),
+                computed,
+            });
+        }
+        Ok(policy)
+    }
+
+    /// The table this pod's policy compiles to: what the kernel must hold.
+    pub fn expected_table(&self) -> Result<Table, StateError> {
+        let policy = self.policy()?;
+        let attach = match self.placement.as_str() {
+            "host" => Attach::Host {
+                device: self.device.clone().ok_or_else(|| StateError::NoDevice {
+                    container_id: self.container_id.clone(),
+                })?,
+            },
+            "pod" => Attach::Pod,
+            other => {
+                return Err(StateError::Placement {
+                    container_id: self.container_id.clone(),
+                    value: other.to_string(),
+                })
+            }
+        };
+        let target = Target {
+            container_id: self.container_id.clone(),
+            attach,
+            log_group: self.nflog_group,
+        };
+        // Mode was checked to be audit or enforce, for which compile always yields a table.
+        compile(&policy, &target).ok_or_else(|| StateError::Mode {
+            container_id: self.container_id.clone(),
+            value: self.mode.clone(),
+        })
+    }
+}
+
+/// Path of a container's state file.
+pub fn state_path(dir: &Path, container_id: &str) -> PathBuf {
+    dir.join(format!("{container_id}.json"))
+}
+
+/// Reads one state file; `Ok(None)` if it vanished (a concurrent DEL).
+pub fn load_file(path: &Path) -> Result<Option<PodState>, StateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Every state file in `dir` (a missing directory holds none), sorted by pod, plus the files
+/// that could not be read.
+pub fn load_dir(dir: &Path) -> (Vec<PodState>, Vec<StateError>) {
+    let mut states = Vec::new();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (states, errors),
+        Err(source) => {
+            errors.push(StateError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            });
+            return (states, errors);
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        match load_file(&entry.path()) {
+            Ok(Some(s)) => states.push(s),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    states.sort_by(|a, b| (a.who(), &a.container_id).cmp(&(b.who(), &b.container_id)));
+    (states, errors)
+}
+
+/// Removes a pod's state file; a missing file is fine.
+pub fn remove(dir: &Path, container_id: &str) -> Result<(), StateError> {
+    let path = state_path(dir, container_id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Remove { path, source }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(mode: &str, entries: &[&str]) -> PodState {
+        let mut s = PodState {
+            container_id: "abcdef0123456789ffff".into(),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/x".into(),
+            pod_namespace: Some("ml".into()),
+            pod_name: Some("llm-0".into()),
+            pod_uid: Some("uid-1".into()),
+            mode: mode.into(),
+            placement: "host".into(),
+            table: "egress_guard_abcdef0123456789ffff".into(),
+            device: Some("veth1234".into()),
+            policy: String::new(),
+            entries: entries.iter().map(|e| e.to_string()).collect(),
+            nflog_group: 100,
+            created: String::new(),
+        };
+        let mut parsed: Vec<_> = entries
+            .iter()
+            .map(|e| parse_network_entry(e).unwrap())
+            .collect();
+        parsed.sort();
+        parsed.dedup();
+        s.policy = Policy {
+            mode: Mode::parse(mode).unwrap(),
+            mode_source: ModeSource::Default,
+            entries: parsed,
+        }
+        .digest();
+        s
+    }
+
+    #[test]
+    fn rebuilds_the_recorded_policy_and_its_table() {
+        let s = sample(
+            "enforce",
+            &[
+                "10.0.5.0/24 tcp 8443",
+                "fd00::/64 tcp 443-445",
+                "10.0.0.1/32 any",
+            ],
+        );
+        let t = s.expected_table().unwrap();
+        assert_eq!(t.name, s.table);
+        assert_eq!(t.family, Family::Netdev);
+        assert!(t.comment.contains(&s.policy), "{}", t.comment);
+        assert!(t.comment.contains("dev=veth1234"), "{}", t.comment);
+    }
+
+    #[test]
+    fn a_changed_entry_breaks_the_digest() {
+        let mut s = sample("audit", &["10.0.5.0/24 tcp 8443"]);
+        s.entries = vec!["10.0.5.0/24 tcp 8444".into()];
+        assert!(matches!(s.policy(), Err(StateError::Digest { .. })));
+        let mut off = sample("audit", &[]);
+        off.mode = "off".into();
+        assert!(matches!(off.expected_table(), Err(StateError::Mode { .. })));
+    }
+
+    #[test]
+    fn parses_the_plugin_state_format() {
+        let text = r#"{"container_id":"c1","ifname":"eth0","netns":"/proc/1/ns/net","pod_namespace":"ml",
+            "pod_name":"p","pod_uid":"u","mode":"enforce","placement":"pod","table":"egress_guard_c1",
+            "device":null,"policy":"0000000000000000","entries":[],"nflog_group":100,"created":"x"}"#;
+        let s: PodState = serde_json::from_str(text).unwrap();
+        assert_eq!(s.family(), Family::Inet);
+        assert_eq!(s.who(), "ml/p");
+        assert!(matches!(s.place(), Where::Netns(_)));
+    }
+}

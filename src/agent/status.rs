@@ -1,0 +1,222 @@
+//! `egress-guard status`: a table of the guarded pods on this node (from the state files) with
+//! mode, placement, allowlist size, the kernel's denied/audited counters and whether the table
+//! matches its policy. Read-only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::counters;
+use super::reconcile::{device_exists, Reconciler};
+use super::state::{self, PodState};
+use crate::cni::config::DEFAULT_STATE_DIR;
+use crate::kernel::{Kernel, NetlinkKernel};
+use crate::netlink::nft::expected_snapshot;
+
+const USAGE: &str = "usage: egress-guard status [--plugin-config FILE] [--state-dir DIR] [--json]";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0}\n{USAGE}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] super::AgentError),
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container_id: String,
+    pub mode: String,
+    pub placement: String,
+    pub device: Option<String>,
+    pub allow_entries: usize,
+    /// Denied (enforce) or audited (audit) packets and bytes; `None` when unreadable.
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    /// `ok`, `drift`, `missing`, `gone` or `error`.
+    pub table: &'static str,
+}
+
+fn health<K: Kernel>(kernel: &mut K, s: &PodState) -> &'static str {
+    if Reconciler::pod_gone(s, &device_exists) {
+        return "gone";
+    }
+    let Ok(table) = s.expected_table() else {
+        return "error";
+    };
+    match kernel.read(s.place(), table.family, &table.name) {
+        Ok(None) => "missing",
+        Ok(Some(actual)) if expected_snapshot(&table).diff(&actual).is_empty() => "ok",
+        Ok(Some(_)) => "drift",
+        Err(_) => "error",
+    }
+}
+
+/// The rows for every state file in `dir`.
+pub fn rows(dir: &std::path::Path) -> (Vec<Row>, Vec<state::StateError>) {
+    let (states, errors) = state::load_dir(dir);
+    let mut kernel = NetlinkKernel::new();
+    let rows = states
+        .iter()
+        .map(|s| {
+            let c = counters::read(s.place(), s.family(), &s.table)
+                .ok()
+                .flatten();
+            Row {
+                namespace: s.pod_namespace.clone(),
+                pod: s.pod_name.clone(),
+                container_id: s.container_id.clone(),
+                mode: s.mode.clone(),
+                placement: s.placement.clone(),
+                device: s.device.clone(),
+                allow_entries: s.entries.len(),
+                packets: c.map(|c| c.packets),
+                bytes: c.map(|c| c.bytes),
+                table: health(&mut kernel, s),
+            }
+        })
+        .collect();
+    (rows, errors)
+}
+
+/// Renders rows as an aligned text table.
+pub fn render_table(rows: &[Row]) -> String {
+    let mut cells = vec![[
+        "NAMESPACE",
+        "POD",
+        "CONTAINER",
+        "MODE",
+        "PLACEMENT",
+        "DEVICE",
+        "ALLOW",
+        "PACKETS",
+        "BYTES",
+        "TABLE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    for r in rows {
+        cells.push(vec![
+            r.namespace.clone().unwrap_or_else(|| "-".into()),
+            r.pod.clone().unwrap_or_else(|| "-".into()),
+            r.container_id.chars().take(12).collect(),
+            r.mode.clone(),
+            r.placement.clone(),
+            r.device.clone().unwrap_or_else(|| "-".into()),
+            r.allow_entries.to_string(),
+            num(r.packets),
+            num(r.bytes),
+            r.table.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..cells[0].len())
+        .map(|i| cells.iter().map(|c| c[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &cells {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn parse(args: &[String]) -> Result<(PathBuf, bool), StatusError> {
+    let mut dir = PathBuf::from(DEFAULT_STATE_DIR);
+    let mut explicit = None;
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| StatusError::Usage(format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--state-dir" => explicit = Some(PathBuf::from(val()?)),
+            "--plugin-config" => {
+                let v = super::plugin_config(&val()?)?;
+                if let Some(d) = v
+                    .get("stateDir")
+                    .and_then(|d| d.as_str())
+                    .filter(|d| !d.is_empty())
+                {
+                    dir = PathBuf::from(d);
+                }
+            }
+            "--json" => json = true,
+            other => return Err(StatusError::Usage(format!("unknown argument \"{other}\""))),
+        }
+    }
+    Ok((explicit.unwrap_or(dir), json))
+}
+
+/// Entry point of the `status` subcommand.
+pub fn status(args: &[String]) -> ExitCode {
+    let (dir, json) = match parse(args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("egress-guard status: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (rows, errors) = rows(&dir);
+    for e in &errors {
+        eprintln!("egress-guard status: {e}");
+    }
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("egress-guard status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else if rows.is_empty() {
+        println!(
+            "no guarded pods on this node (state directory {})",
+            dir.display()
+        );
+    } else {
+        print!("{}", render_table(&rows));
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_aligned() {
+        let row = Row {
+            namespace: Some("ml".into()),
+            pod: Some("llm-0".into()),
+            container_id: "0123456789abcdef".into(),
+            mode: "enforce".into(),
+            placement: "host".into(),
+            device: Some("veth1".into()),
+            allow_entries: 2,
+            packets: Some(5),
+            bytes: None,
+            table: "ok",
+        };
+        let t = render_table(&[row]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAMESPACE  POD    CONTAINER"), "{t}");
+        assert!(lines[1].contains("0123456789ab "), "{t}");
+        assert!(lines[1].ends_with("5        ?      ok"), "{t}");
+    }
+}

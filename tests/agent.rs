@@ -1,0 +1,809 @@
+//! `egress-guard agent`, `status` and `report`: the agent runs as a process in a namespace-built
+//! node (real reference CNI chain, real packets from inside pod namespaces) and is observed only
+//! from outside: its stdout, its /metrics endpoint and the node's nf_tables. `report` runs
+//! against a small HTTPS fake API server.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::chain::{Attachment, Chain};
+use common::node::*;
+use common::probe::{self, Server};
+use common::{can_run_root_tests, exec_in, plugin_bin, TempDir};
+use serde_json::{json, Value};
+
+const METRICS: &str = "127.0.0.1:9617";
+
+fn annotations(mode: &str, allow: &str) -> Value {
+    json!({"egress-guard.io/mode": mode, "egress-guard.io/allow": allow})
+}
+
+/// A container id whose first 16 characters (the part in the log prefix) are unique.
+fn cid(n: &Node, tag: &str) -> String {
+    let mut h = DefaultHasher::new();
+    (&n.prefix, tag).hash(&mut h);
+    format!("{:016x}{tag}", h.finish())
+}
+
+fn state_dir(n: &Node) -> String {
+    n.tmp.join("state")
+}
+
+/// The agent process in the node namespace; killed (by PID) on drop.
+struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    node_ns: String,
+}
+
+impl Agent {
+    fn start(n: &Node, extra: &[&str]) -> Agent {
+        let state = state_dir(n);
+        let bin = plugin_bin();
+        let mut args = vec![
+            "netns",
+            "exec",
+            n.node.name.as_str(),
+            bin.as_str(),
+            "agent",
+            "--state-dir",
+            state.as_str(),
+            "--node-name",
+            "test-node",
+            "--metrics-address",
+            METRICS,
+            "--interval",
+            "1",
+            "--flush-interval",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        // `ip netns exec` execs the command, so the child's PID is the agent's.
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let agent = Agent {
+            child,
+            lines,
+            node_ns: n.node.name.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(&agent.node_ns, "/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start serving metrics"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    fn records(&self, schema: &str) -> Vec<Value> {
+        let lines = self.lines.lock().unwrap().clone();
+        lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("agent printed non-JSON {l:?}: {e}"))
+            })
+            .filter(|v| v["schema"] == schema)
+            .collect()
+    }
+
+    fn flows(&self) -> Vec<Value> {
+        self.records("egress-guard.flow/v1")
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.records("egress-guard.event/v1")
+    }
+
+    /// Waits until a record of `schema` satisfies `pred`.
+    fn wait_for(
+        &self,
+        schema: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.records(schema).into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.node_ns, "/metrics").expect("metrics scrape failed")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET over HTTP from inside the node namespace; the body on 200.
+fn http_get(ns: &str, path: &str) -> Option<String> {
+    let path = path.to_string();
+    probe::in_ns(ns, move || {
+        let mut c =
+            TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_secs(1)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).ok()?;
+        let (head, body) = resp.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    })
+}
+
+/// Value of the sample of `name` whose labels contain every `labels` pair (0 when absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn add(chain: &Chain, a: &Attachment) -> Value {
+    chain
+        .add(a)
+        .unwrap_or_else(|e| panic!("ADD {} failed: {e:?}", a.pod))
+}
+
+fn node_tables(n: &Node) -> String {
+    exec_in(&n.node.name, &["nft", "list", "tables"])
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn denied_and_audited_packets_become_one_json_line_each() {
+    if !can_run_root_tests("denied_and_audited_packets_become_one_json_line_each") {
+        return;
+    }
+    let n = Node::new("agl");
+    let (deny_ns, audit_ns, control_ns) = (n.pod_netns("d"), n.pod_netns("a"), n.pod_netns("c"));
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let deny = Attachment::new(
+        &cid(&n, "deny"),
+        &deny_ns.path(),
+        "ml",
+        "deny-pod",
+        annotations("enforce", ""),
+    );
+    let audit = Attachment::new(
+        &cid(&n, "audit"),
+        &audit_ns.path(),
+        "ml",
+        "audit-pod",
+        annotations("audit", ""),
+    );
+    let control = Attachment::new(
+        &cid(&n, "ctl"),
+        &control_ns.path(),
+        "ml",
+        "control-pod",
+        json!({}),
+    );
+    for a in [&deny, &audit, &control] {
+        add(&chain, a);
+    }
+    let _tcp = Server::tcp(&n.inet.name, 80);
+    let udp = Server::udp(&n.inet.name, 53);
+    let agent = Agent::start(&n, &[]);
+
+    assert!(
+        probe::tcp(&control_ns.name, INET4, 80, "c"),
+        "unguarded control must reach the internet"
+    );
+    // One TCP SYN (the probe gives up before the first retransmission).
+    assert!(
+        !probe::tcp(&deny_ns.name, INET4, 80, "d"),
+        "enforce must drop"
+    );
+    assert!(
+        probe::udp(&audit_ns.name, INET4, 53, "audited-q"),
+        "audit must let traffic pass"
+    );
+    assert!(udp.saw("audited-q"));
+
+    let to_inet = |v: &Value, pod: &str| v["pod"] == pod && v["dst"] == INET4;
+    agent
+        .wait_for("egress-guard.flow/v1", Duration::from_secs(5), |v| {
+            to_inet(v, "deny-pod")
+        })
+        .expect("no flow line for the denied packet");
+    agent
+        .wait_for("egress-guard.flow/v1", Duration::from_secs(5), |v| {
+            to_inet(v, "audit-pod")
+        })
+        .expect("no flow line for the audited packet");
+    // Two more flush intervals: a duplicate line would show up here.
+    std::thread::sleep(Duration::from_millis(2500));
+    let flows = agent.flows();
+
+    let denied: Vec<&Value> = flows.iter().filter(|v| to_inet(v, "deny-pod")).collect();
+    assert_eq!(
+        denied.len(),
+        1,
+        "exactly one line for the denied packet: {denied:#?}"
+    );
+    let d = denied[0];
+    assert_eq!(d["verdict"], "denied");
+    assert_eq!(d["namespace"], "ml");
+    assert_eq!(d["pod_uid"], "uid-deny-pod");
+    assert_eq!(d["container_id"], deny.container_id.as_str());
+    assert_eq!(d["node"], "test-node");
+    assert_eq!(d["family"], "ipv4");
+    assert_eq!(d["protocol"], "tcp");
+    assert_eq!(d["src"], pod_addr(&deny_ns.name, false).as_str());
+    assert_eq!(d["dport"], 80);
+    assert_eq!(d["count"], 1);
+    assert!(d["sport"].as_u64().unwrap_or(0) > 0, "{d}");
+    assert!(d["bytes"].as_u64().unwrap_or(0) >= 40, "{d}");
+
+    let audited: Vec<&Value> = flows.iter().filter(|v| to_inet(v, "audit-pod")).collect();
+    assert_eq!(
+        audited.len(),
+        1,
+        "exactly one line for the audited packet: {audited:#?}"
+    );
+    let a = audited[0];
+    assert_eq!(a["verdict"], "audited");
+    assert_eq!(a["protocol"], "udp");
+    assert_eq!(a["dport"], 53);
+    assert_eq!(a["container_id"], audit.container_id.as_str());
+    assert_eq!(a["src"], pod_addr(&audit_ns.name, false).as_str());
+
+    assert!(
+        !flows.iter().any(|v| v["pod"] == "control-pod"),
+        "an unguarded pod is never logged"
+    );
+    assert!(
+        flows.iter().all(|v| v["pod"].is_string()),
+        "every line names its pod: {flows:#?}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn metrics_change_as_traffic_is_sent_and_denied() {
+    if !can_run_root_tests("metrics_change_as_traffic_is_sent_and_denied") {
+        return;
+    }
+    let n = Node::new("agm");
+    let pod_ns = n.pod_netns("m");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let a = Attachment::new(
+        &cid(&n, "metrics"),
+        &pod_ns.path(),
+        "ml",
+        "metrics-pod",
+        annotations("enforce", "@orchestrator"),
+    );
+    add(&chain, &a);
+    let _orch = Server::tcp(&n.orch.name, 8443);
+    let agent = Agent::start(&n, &[]);
+    let pod = [("pod", "metrics-pod"), ("namespace", "ml")];
+
+    let before = agent.metrics();
+    assert_eq!(
+        metric(
+            &before,
+            "egress_guard_guarded_pods",
+            &[("mode", "enforce"), ("placement", "host")]
+        ),
+        1.0,
+        "{before}"
+    );
+    assert!(
+        before.contains("egress_guard_denied_packets_total{"),
+        "per-pod series exists before traffic:\n{before}"
+    );
+    let p0 = metric(&before, "egress_guard_denied_packets_total", &pod);
+    let b0 = metric(&before, "egress_guard_denied_bytes_total", &pod);
+    let l0 = metric(
+        &before,
+        "egress_guard_logged_packets_total",
+        &[("verdict", "denied")],
+    );
+
+    // Allowed traffic does not count as denied.
+    assert!(probe::tcp(&pod_ns.name, ORCH4, 8443, "ok"));
+    let allowed = agent.metrics();
+    assert_eq!(
+        metric(&allowed, "egress_guard_denied_packets_total", &pod),
+        p0,
+        "allowed traffic counted as denied"
+    );
+
+    // Two UDP probes, two datagrams each, all dropped.
+    for port in [9001, 9002] {
+        assert!(!probe::udp(&pod_ns.name, INET4, port, "x"));
+    }
+    let after = agent.metrics();
+    let p1 = metric(&after, "egress_guard_denied_packets_total", &pod);
+    let b1 = metric(&after, "egress_guard_denied_bytes_total", &pod);
+    assert!(p1 >= p0 + 4.0, "denied packets {p0} -> {p1}\n{after}");
+    assert!(b1 >= b0 + 4.0 * 29.0, "denied bytes {b0} -> {b1}");
+    let l1 = metric(
+        &after,
+        "egress_guard_logged_packets_total",
+        &[("verdict", "denied")],
+    );
+    assert!(l1 >= l0 + 4.0, "logged packets {l0} -> {l1}");
+    assert_eq!(
+        metric(&after, "egress_guard_agent_errors_total", &[]),
+        0.0,
+        "{after}"
+    );
+
+    // `status` shows the pod with its counters.
+    let out = exec_in(
+        &n.node.name,
+        &[
+            plugin_bin().as_str(),
+            "status",
+            "--state-dir",
+            state_dir(&n).as_str(),
+        ],
+    );
+    let row = out
+        .lines()
+        .find(|l| l.contains("metrics-pod"))
+        .unwrap_or_else(|| panic!("no row for the pod:\n{out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[3..5], ["enforce", "host"], "{out}");
+    assert_eq!(
+        cols[6], "2",
+        "allowlist size (@orchestrator is two entries): {out}"
+    );
+    assert!(cols[7].parse::<u64>().unwrap() >= p1 as u64, "{out}");
+    assert_eq!(cols[9], "ok", "{out}");
+}
+
+/// Handle of the rule of `chain` that logs, in the node's table.
+fn log_rule_handle(n: &Node, table: &str) -> Option<String> {
+    let listing = exec_in(
+        &n.node.name,
+        &["nft", "-a", "list", "chain", "netdev", table, "from_pod"],
+    );
+    listing
+        .lines()
+        .find(|l| l.contains("log prefix"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn hand_deleted_rule_is_drift_and_repair_restores_it() {
+    if !can_run_root_tests("hand_deleted_rule_is_drift_and_repair_restores_it") {
+        return;
+    }
+    let n = Node::new("agd");
+    let pod_ns = n.pod_netns("p");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let a = Attachment::new(
+        &cid(&n, "drift"),
+        &pod_ns.path(),
+        "ml",
+        "drift-pod",
+        annotations("enforce", "@orchestrator"),
+    );
+    let res = add(&chain, &a);
+    let table = format!("egress_guard_{}", a.container_id);
+
+    let watcher = Agent::start(&n, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        watcher.events().is_empty(),
+        "an intact table is no drift: {:#?}",
+        watcher.events()
+    );
+    let handle = log_rule_handle(&n, &table).expect("log rule");
+    exec_in(
+        &n.node.name,
+        &[
+            "nft", "delete", "rule", "netdev", &table, "from_pod", "handle", &handle,
+        ],
+    );
+    let drift = watcher
+        .wait_for("egress-guard.event/v1", Duration::from_millis(2500), |v| {
+            v["event"] == "drift"
+        })
+        .expect("drift not reported within one interval");
+    assert_eq!(drift["pod"], "drift-pod");
+    assert_eq!(drift["container_id"], a.container_id.as_str());
+    assert!(!drift["detail"].as_array().unwrap().is_empty(), "{drift}");
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        log_rule_handle(&n, &table).is_none(),
+        "without --repair the table is left alone"
+    );
+    assert!(!watcher.events().iter().any(|v| v["event"] == "repaired"));
+    let m = watcher.metrics();
+    assert!(
+        metric(&m, "egress_guard_drift_events_total", &[]) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "egress_guard_repairs_total", &[]), 0.0);
+    drop(watcher);
+
+    let repairer = Agent::start(&n, &["--repair"]);
+    let fixed = repairer
+        .wait_for("egress-guard.event/v1", Duration::from_millis(2500), |v| {
+            v["event"] == "repaired"
+        })
+        .expect("no repair within one interval");
+    assert_eq!(fixed["pod"], "drift-pod");
+    assert!(
+        log_rule_handle(&n, &table).is_some(),
+        "the log rule is back"
+    );
+    chain
+        .check(&a, &res)
+        .unwrap_or_else(|e| panic!("CHECK after repair: {e:?}"));
+    assert!(metric(&repairer.metrics(), "egress_guard_repairs_total", &[]) >= 1.0);
+    // Once repaired, no more drift.
+    std::thread::sleep(Duration::from_millis(1500));
+    let drifts = repairer
+        .events()
+        .iter()
+        .filter(|v| v["event"] == "drift")
+        .count();
+    assert_eq!(drifts, 1, "{:#?}", repairer.events());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn tables_of_pods_deleted_without_del_are_collected() {
+    if !can_run_root_tests("tables_of_pods_deleted_without_del_are_collected") {
+        return;
+    }
+    let n = Node::new("agg");
+    let (gone_ns, keep_ns, orphan_ns) = (n.pod_netns("g"), n.pod_netns("k"), n.pod_netns("o"));
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let gone = Attachment::new(
+        &cid(&n, "gone"),
+        &gone_ns.path(),
+        "ml",
+        "gone-pod",
+        annotations("enforce", ""),
+    );
+    let keep = Attachment::new(
+        &cid(&n, "keep"),
+        &keep_ns.path(),
+        "ml",
+        "keep-pod",
+        annotations("enforce", ""),
+    );
+    let orphan = Attachment::new(
+        &cid(&n, "orphan"),
+        &orphan_ns.path(),
+        "ml",
+        "orphan-pod",
+        annotations("audit", ""),
+    );
+    for a in [&gone, &keep, &orphan] {
+        add(&chain, a);
+    }
+    let tables = node_tables(&n);
+    for a in [&gone, &keep, &orphan] {
+        assert!(
+            tables.contains(&format!("egress_guard_{}", a.container_id)),
+            "{tables}"
+        );
+    }
+    // Sandboxes destroyed without DEL; for one the state file is lost as well.
+    let state_of = |a: &Attachment| {
+        std::path::Path::new(&state_dir(&n)).join(format!("{}.json", a.container_id))
+    };
+    std::fs::remove_file(state_of(&orphan)).unwrap();
+    drop(gone_ns);
+    drop(orphan_ns);
+
+    let agent = Agent::start(&n, &[]);
+    agent
+        .wait_for("egress-guard.event/v1", Duration::from_secs(5), |v| {
+            v["event"] == "collected" && v["pod"] == "gone-pod"
+        })
+        .expect("table of the deleted pod not collected");
+    let orphan_table = format!("egress_guard_{}", orphan.container_id);
+    agent
+        .wait_for("egress-guard.event/v1", Duration::from_secs(6), |v| {
+            v["event"] == "collected" && v["table"] == orphan_table.as_str()
+        })
+        .expect("orphan table without state file not collected");
+    let tables = node_tables(&n);
+    assert!(
+        !tables.contains(&format!("egress_guard_{}", gone.container_id)),
+        "{tables}"
+    );
+    assert!(!tables.contains(&orphan_table), "{tables}");
+    assert!(
+        tables.contains(&format!("egress_guard_{}", keep.container_id)),
+        "a live pod's table stays: {tables}"
+    );
+    assert!(
+        !state_of(&gone).exists(),
+        "state file of the deleted pod removed"
+    );
+    assert!(state_of(&keep).exists(), "state file of the live pod kept");
+    assert!(
+        !agent.events().iter().any(|v| v["pod"] == "keep-pod"),
+        "{:#?}",
+        agent.events()
+    );
+    assert!(metric(&agent.metrics(), "egress_guard_gc_removals_total", &[]) >= 2.0);
+}
+
+// ---- report against a fake API server ----
+
+/// Path and Authorization header of a request the fake API server saw.
+type Request = (String, Option<String>);
+type Seen = Arc<Mutex<Vec<Request>>>;
+
+struct FakeApi {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    seen: Seen,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_one(
+    conn: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    body: &Mutex<Value>,
+    seen: &Mutex<Vec<Request>>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let tls = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut reader = BufReader::new(rustls::StreamOwned::new(tls, conn));
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let mut auth = None;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        if h.trim_end().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v.trim().to_string());
+            }
+        }
+    }
+    seen.lock().unwrap().push((path.clone(), auth));
+    let lists = body.lock().unwrap().clone();
+    let (status, text) = match path.as_str() {
+        "/api/v1/pods" => (
+            200,
+            json!({"kind": "PodList", "items": lists["pods"]}).to_string(),
+        ),
+        "/api/v1/nodes" => (
+            200,
+            json!({"kind": "NodeList", "items": lists["nodes"]}).to_string(),
+        ),
+        _ => (
+            404,
+            r#"{"kind":"Status","message":"not found"}"#.to_string(),
+        ),
+    };
+    let mut stream = reader.into_inner();
+    write!(stream, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
+    stream.flush()?;
+    stream.conn.send_close_notify();
+    stream.flush()
+}
+
+/// An HTTPS server answering pod and node lists from `body`; returns it and the CA's PEM.
+fn fake_api(body: Arc<Mutex<Value>>) -> (FakeApi, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let ca_cert: &rcgen::Certificate = ca.as_ref();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s, sn) = (stop.clone(), seen.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if s.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let _ = serve_one(conn, config.clone(), &body, &sn);
+        }
+    });
+    (FakeApi { port, stop, seen }, ca_cert.pem())
+}
+
+fn k8s_pod(ns: &str, name: &str, node: &str, annotations: Value, host_network: bool) -> Value {
+    json!({"metadata": {"namespace": ns, "name": name, "annotations": annotations},
+           "spec": {"nodeName": node, "hostNetwork": host_network}, "status": {"phase": "Running"}})
+}
+
+fn daemon_pod(node: &str) -> Value {
+    json!({"metadata": {"namespace": "egress-guard", "name": format!("egress-guard-{node}"), "labels": {"app.kubernetes.io/name": "egress-guard"}},
+           "spec": {"nodeName": node, "hostNetwork": true},
+           "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+#[test]
+fn report_flags_host_network_pods_against_a_fake_api_server() {
+    let base_pods = vec![
+        daemon_pod("node-a"),
+        daemon_pod("node-b"),
+        k8s_pod(
+            "ml",
+            "guarded-ok",
+            "node-a",
+            json!({"egress-guard.io/mode": "enforce"}),
+            false,
+        ),
+        k8s_pod("kube-system", "kube-proxy-x", "node-a", json!({}), true),
+        k8s_pod("model-serving", "served", "node-b", json!({}), false),
+    ];
+    let nodes = json!([{"metadata": {"name": "node-a"}}, {"metadata": {"name": "node-b"}}]);
+    let mut with_problem = base_pods.clone();
+    with_problem.push(k8s_pod(
+        "ml",
+        "hostnet-llm",
+        "node-a",
+        json!({"egress-guard.io/mode": "enforce"}),
+        true,
+    ));
+    let body = Arc::new(Mutex::new(json!({"pods": with_problem, "nodes": nodes})));
+    let (api, ca_pem) = fake_api(body.clone());
+    let tmp = TempDir::new("rep");
+    std::fs::write(tmp.join("ca.crt"), &ca_pem).unwrap();
+    let kubeconfig = tmp.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\n\
+             contexts:\n- name: t\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user: {{token: secret-token}}\n",
+            api.port,
+            tmp.join("ca.crt")
+        ),
+    )
+    .unwrap();
+    let report = || {
+        let out = Command::new(plugin_bin())
+            .args([
+                "report",
+                "--kubeconfig",
+                kubeconfig.as_str(),
+                "--enforce-namespace",
+                "model-serving",
+            ])
+            .env_remove("CNI_COMMAND")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = report();
+    assert_eq!(
+        code,
+        Some(1),
+        "a hostNetwork pod asking for a guard fails the gate\n{stdout}{stderr}"
+    );
+    let flagged: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(flagged.len(), 1, "{stdout}");
+    assert!(
+        flagged[0].contains("hostnet-llm") && flagged[0].contains("host-network"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("kube-proxy-x"),
+        "a hostNetwork pod that asks for no guard is fine"
+    );
+    let seen = api.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(p, a)| p == "/api/v1/pods" && a.as_deref() == Some("Bearer secret-token")),
+        "{seen:?}"
+    );
+
+    // Without it the gate passes; a pod on a node with no ready egress-guard pod fails it again.
+    body.lock().unwrap()["pods"] = json!(base_pods);
+    let (code, stdout, stderr) = report();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let mut unchained = base_pods.clone();
+    unchained.remove(1);
+    body.lock().unwrap()["pods"] = json!(unchained);
+    let (code, stdout, _) = report();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("served") && stdout.contains("node-not-chained"),
+        "{stdout}"
+    );
+}
