@@ -159,6 +159,7 @@ fn render_inner(args: &[String]) -> Result<String, String> {
         Policy::resolve(&conf.settings, namespace.as_deref(), &ann).map_err(|e| e.to_string())?;
     let target = Target {
         container_id: cid,
+        ifname: "eth0".to_string(),
         attach,
         log_group: conf.nflog_group,
     };

@@ -45,6 +45,7 @@ fn load(dir: &Path) -> Case {
     };
     let t = Target {
         container_id: target["containerId"].as_str().unwrap().to_string(),
+        ifname: "eth0".to_string(),
         attach,
         log_group: conf.nflog_group,
     };

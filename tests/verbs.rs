@@ -579,3 +579,74 @@ fn each_verb_writes_one_json_record() {
     assert_eq!(records[2]["error_code"], 100);
     assert!(records[2]["error"].as_str().unwrap().contains("\"nope\""));
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn second_interface_of_a_container_gets_its_own_table() {
+    if !can_run_root_tests("second_interface_of_a_container_gets_its_own_table") {
+        return;
+    }
+    // A Multus-style secondary network chained with egress-guard as well: eth0 and net1 of the
+    // same container must not replace each other's table.
+    let n = Node::new("mi");
+    let pod = manual_pod(&n, "p", "vmi0", 2);
+    ip(
+        &n.node.name,
+        &format!("link add vmi1 type veth peer name net1 netns {}", pod.name),
+    );
+    let cid = format!("{}p", n.prefix);
+    let c0 = conf(&n, "1.0.0", enforce(), Some(prev_result("vmi0")));
+    let c1 = conf(&n, "1.0.0", enforce(), Some(prev_result("vmi1")));
+    let mut env1 = env(&cid, &pod.path());
+    env1[2].1 = "net1".into();
+    guard(&n, "ADD", &cid, &pod.path(), &c0).unwrap();
+    exec_plugin(&n.node.name, "egress-guard", "ADD", &env1, &c1).unwrap();
+    let t = tables(&n);
+    assert!(t.contains(&format!("netdev egress_guard_{cid}\n")), "{t}");
+    assert!(
+        t.contains(&format!("netdev egress_guard_{cid}_net1\n")),
+        "{t}"
+    );
+    let net1 = exec_in(
+        &n.node.name,
+        &[
+            "nft",
+            "list",
+            "chain",
+            "netdev",
+            &format!("egress_guard_{cid}_net1"),
+            "from_pod",
+        ],
+    );
+    assert!(net1.contains("device \"vmi1\""), "{net1}");
+    exec_plugin(&n.node.name, "egress-guard", "CHECK", &env1, &c1).unwrap();
+    exec_plugin(&n.node.name, "egress-guard", "DEL", &env1, &c1).unwrap();
+    let t = tables(&n);
+    assert!(
+        t.contains(&format!("netdev egress_guard_{cid}\n")),
+        "eth0's table must survive net1's DEL: {t}"
+    );
+    assert!(!t.contains("_net1"), "{t}");
+    // GC keys on (containerID, ifname).
+    exec_plugin(&n.node.name, "egress-guard", "ADD", &env1, &c1).unwrap();
+    let chain = Chain::new(
+        &n.node.name,
+        json!({"name": "egtest", "plugins": [c0.clone()]}),
+    );
+    chain
+        .guard_only(
+            "GC",
+            json!({"cni.dev/valid-attachments": [{"containerID": cid, "ifname": "eth0"}]}),
+            &[],
+        )
+        .unwrap();
+    let t = tables(&n);
+    assert!(
+        t.contains(&format!("netdev egress_guard_{cid}\n")) && !t.contains("_net1"),
+        "{t}"
+    );
+    guard(&n, "DEL", &cid, &pod.path(), &c0).unwrap();
+}

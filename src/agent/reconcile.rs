@@ -174,7 +174,7 @@ impl Reconciler {
                 }
             }
         }
-        if let Err(e) = state::remove(&self.state_dir, &s.container_id) {
+        if let Err(e) = state::remove(&self.state_dir, s.key()) {
             shared.error("gc");
             out.push(self.event("error", Some(s), vec![e.to_string()]));
             return;
@@ -186,7 +186,7 @@ impl Reconciler {
 
     fn still_recorded(&self, s: &PodState) -> bool {
         matches!(
-            state::load_file(&state::state_path(&self.state_dir, &s.container_id)),
+            state::load_file(&state::state_path(&self.state_dir, s.key())),
             Ok(Some(_))
         )
     }
@@ -358,7 +358,7 @@ mod tests {
             "mode": s.mode, "placement": s.placement, "table": s.table, "device": s.device,
             "policy": s.policy, "entries": s.entries, "nflog_group": s.nflog_group, "created": "x"
         });
-        std::fs::write(state::state_path(&dir, &s.container_id), json.to_string()).unwrap();
+        std::fs::write(state::state_path(&dir, s.key()), json.to_string()).unwrap();
         (dir, s)
     }
 
@@ -423,7 +423,7 @@ mod tests {
         let ev = r.pass(&mut k, &shared, &gone);
         assert_eq!(ev.len(), 1, "orphan waits one pass: {ev:?}");
         assert_eq!(ev[0].event, "collected");
-        assert!(!state::state_path(&dir, &s.container_id).exists());
+        assert!(!state::state_path(&dir, s.key()).exists());
         let ev = r.pass(&mut k, &shared, &gone);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0].table.as_deref(), Some("egress_guard_orphan"));

@@ -80,6 +80,14 @@ pub enum StateError {
 }
 
 impl PodState {
+    /// Name of the state file without `.json`: the table name without its prefix
+    /// (`<id>` for eth0, `<id>_<ifname>` otherwise), as the plugin writes it.
+    pub fn key(&self) -> &str {
+        self.table
+            .strip_prefix(crate::ruleset::TABLE_PREFIX)
+            .unwrap_or(&self.container_id)
+    }
+
     /// `namespace/name`, or the container id when the runtime gave no pod identity.
     pub fn who(&self) -> String {
         match (&self.pod_namespace, &self.pod_name) {
@@ -165,6 +173,7 @@ impl PodState {
         };
         let target = Target {
             container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
             attach,
             log_group: self.nflog_group,
         };
@@ -176,9 +185,9 @@ impl PodState {
     }
 }
 
-/// Path of a container's state file.
-pub fn state_path(dir: &Path, container_id: &str) -> PathBuf {
-    dir.join(format!("{container_id}.json"))
+/// Path of a state file by its key (see `PodState::key`).
+pub fn state_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.json"))
 }
 
 /// Reads one state file; `Ok(None)` if it vanished (a concurrent DEL).
@@ -232,9 +241,9 @@ pub fn load_dir(dir: &Path) -> (Vec<PodState>, Vec<StateError>) {
     (states, errors)
 }
 
-/// Removes a pod's state file; a missing file is fine.
-pub fn remove(dir: &Path, container_id: &str) -> Result<(), StateError> {
-    let path = state_path(dir, container_id);
+/// Removes a pod's state file by its key; a missing file is fine.
+pub fn remove(dir: &Path, key: &str) -> Result<(), StateError> {
+    let path = state_path(dir, key);
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

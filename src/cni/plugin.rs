@@ -222,6 +222,11 @@ struct StateFile<'a> {
     created: String,
 }
 
+/// State files are named like the table, without its prefix: `<id>.json`, `<id>_<ifname>.json`.
+fn state_key(table: &str) -> &str {
+    table.strip_prefix(TABLE_PREFIX).unwrap_or(table)
+}
+
 fn state_path(dir: &Path, cid: &str) -> PathBuf {
     dir.join(format!("{cid}.json"))
 }
@@ -262,7 +267,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
     let policy = resolve_policy(ctx, &whom)?;
     rec.mode = Some(policy.mode.to_string());
     rec.entries = Some(policy.entries.len());
-    let name = table_name(&cid);
+    let name = table_name(&cid, &ifname);
 
     if policy.mode == Mode::Off {
         // Nothing to install, but a stale table bound to this device name must not guard (or
@@ -295,6 +300,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
     let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
     let target = Target {
         container_id: cid.clone(),
+        ifname: ifname.clone(),
         attach: attach.clone(),
         log_group: ctx.conf.nflog_group,
     };
@@ -351,7 +357,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
     }
     write_state(
         &ctx.conf.state_dir,
-        &cid,
+        state_key(&table.name),
         &StateFile {
             container_id: &cid,
             ifname: &ifname,
@@ -381,7 +387,9 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
 fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
     let cid = container_id(ctx.env)?.to_string();
     let whom = who(&ctx.pod, &cid);
-    let name = table_name(&cid);
+    // Runtimes always set CNI_IFNAME on DEL; without it, assume the main interface.
+    let ifname = ctx.env.ifname.clone().unwrap_or_default();
+    let name = table_name(&cid, &ifname);
     let removed_host = ctx
         .kernel
         .remove(Where::Host, Family::Netdev, &name)
@@ -397,7 +405,7 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
             Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
         }
     }
-    remove_state(&ctx.conf.state_dir, &cid);
+    remove_state(&ctx.conf.state_dir, state_key(&name));
     log::info!("{whom}: DEL removed host table: {removed_host}, pod table: {removed_pod}");
     Ok(None)
 }
@@ -410,7 +418,7 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
     let policy = resolve_policy(ctx, &whom)?;
     rec.mode = Some(policy.mode.to_string());
     rec.entries = Some(policy.entries.len());
-    let name = table_name(&cid);
+    let name = table_name(&cid, &ifname);
     if policy.mode == Mode::Off {
         let present = ctx
             .kernel
@@ -427,6 +435,7 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
     let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
     let target = Target {
         container_id: cid.clone(),
+        ifname: ifname.clone(),
         attach: attach.clone(),
         log_group: ctx.conf.nflog_group,
     };
@@ -472,8 +481,10 @@ fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<V
             "GC needs \"cni.dev/valid-attachments\" in the configuration",
         ));
     };
-    let keep: std::collections::BTreeSet<String> =
-        valid.iter().map(|a| table_name(&a.container_id)).collect();
+    let keep: std::collections::BTreeSet<String> = valid
+        .iter()
+        .map(|a| table_name(&a.container_id, &a.ifname))
+        .collect();
     let tables = ctx
         .kernel
         .tables(Where::Host, Family::Netdev)
@@ -491,9 +502,9 @@ fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<V
     if let Ok(dir) = std::fs::read_dir(&ctx.conf.state_dir) {
         for entry in dir.flatten() {
             let file = entry.file_name().to_string_lossy().to_string();
-            if let Some(cid) = file.strip_suffix(".json") {
-                if !keep.contains(&table_name(cid)) && !file.starts_with('.') {
-                    remove_state(&ctx.conf.state_dir, cid);
+            if let Some(key) = file.strip_suffix(".json") {
+                if !keep.contains(&format!("{TABLE_PREFIX}{key}")) && !file.starts_with('.') {
+                    remove_state(&ctx.conf.state_dir, key);
                 }
             }
         }

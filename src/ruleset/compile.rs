@@ -39,6 +39,8 @@ impl Placement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub container_id: String,
+    /// The pod-side interface (CNI_IFNAME); part of the table name unless it is `eth0`.
+    pub ifname: String,
     pub attach: Attach,
     pub log_group: u16,
 }
@@ -61,8 +63,16 @@ impl Target {
     }
 }
 
-pub fn table_name(container_id: &str) -> String {
-    format!("{TABLE_PREFIX}{container_id}")
+/// The table of one attachment. The pod's main interface (`eth0`) gives `egress_guard_<id>`;
+/// another interface of the same container (a Multus secondary network chained with
+/// egress-guard too) gets its own table, `egress_guard_<id>_<ifname>`, so neither replaces
+/// the other.
+pub fn table_name(container_id: &str, ifname: &str) -> String {
+    if ifname == "eth0" || ifname.is_empty() {
+        format!("{TABLE_PREFIX}{container_id}")
+    } else {
+        format!("{TABLE_PREFIX}{container_id}_{ifname}")
+    }
 }
 
 const TCP: u8 = 6;
@@ -376,7 +386,7 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
     sets.retain(|s| s.dynamic || !s.elements.is_empty());
     Table {
         family: Family::Netdev,
-        name: table_name(&target.container_id),
+        name: table_name(&target.container_id, &target.ifname),
         comment: comment(policy, target),
         sets,
         chains: vec![
@@ -430,7 +440,7 @@ fn pod_table(policy: &Policy, target: &Target) -> Table {
     };
     Table {
         family: Family::Inet,
-        name: table_name(&target.container_id),
+        name: table_name(&target.container_id, &target.ifname),
         comment: comment(policy, target),
         sets,
         chains: vec![
