@@ -520,3 +520,106 @@ fn plugin_reads_annotations_from_the_api_server_when_the_runtime_sends_none() {
         .find("egress_guard_")
         .is_none());
 }
+
+/// `egress-guard install` removes the node's `egress-guard.io/not-ready` taint once the plugin
+/// is chained, keeps every other taint, and leaves the taint alone while it cannot chain.
+#[test]
+fn installer_removes_the_not_ready_taint_only_once_chained() {
+    let pki = pki();
+    let handler: Box<Handler> =
+        Box::new(
+            |req: &Seen| match (req.method.as_str(), req.path.as_str()) {
+                ("GET", "/api/v1/nodes/n1") => (
+                    200,
+                    r#"{"kind":"Node","metadata":{"name":"n1"},"spec":{"taints":[
+                {"key":"dedicated","value":"gpu","effect":"NoSchedule"},
+                {"key":"egress-guard.io/not-ready","effect":"NoSchedule"}]}}"#
+                        .to_string(),
+                ),
+                ("PATCH", "/api/v1/nodes/n1") => (200, r#"{"kind":"Node"}"#.to_string()),
+                _ => (404, r#"{"kind":"Status","code":404}"#.to_string()),
+            },
+        );
+    let server = Server::start(&pki, false, handler);
+    let dir = TempDir::new("taint");
+    let kc = kubeconfig(
+        dir.path(),
+        server.port,
+        &pki.ca_pem,
+        "token: installer-token",
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (conf_dir, bin_dir) = (dir.path().join("net.d"), dir.path().join("bin"));
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let install = |conf_dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+            .args(["install", "--once", "--node-name", "n1"])
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .arg("--cni-conf-dir")
+            .arg(conf_dir)
+            .arg("--cni-bin-dir")
+            .arg(&bin_dir)
+            .arg("--plugin-config")
+            .arg(root.join("conf/egress-guard.json"))
+            .arg("--binary")
+            .arg(env!("CARGO_BIN_EXE_egress-guard"))
+            .output()
+            .unwrap()
+    };
+
+    // Not chainable (the runtime's conflist does not parse): the taint stays.
+    std::fs::write(conf_dir.join("10-broken.conflist"), "{ not json").unwrap();
+    let out = install(&conf_dir);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        server.seen().iter().all(|s| s.method != "PATCH"),
+        "taint removed before chaining"
+    );
+
+    std::fs::remove_file(conf_dir.join("10-broken.conflist")).unwrap();
+    std::fs::copy(
+        root.join("tests/fixtures/conflists/10-containerd-net.conflist"),
+        conf_dir.join("10-containerd-net.conflist"),
+    )
+    .unwrap();
+    let out = install(&conf_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let chained: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(conf_dir.join("10-containerd-net.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        chained["plugins"].as_array().unwrap().last().unwrap()["type"],
+        "egress-guard"
+    );
+    let patches: Vec<Seen> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(
+        patches[0].content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        patches[0].authorization.as_deref(),
+        Some("Bearer installer-token")
+    );
+    let body: serde_json::Value = serde_json::from_str(&patches[0].body).unwrap();
+    assert_eq!(body[1]["op"], "replace");
+    assert_eq!(
+        body[1]["value"],
+        serde_json::json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])
+    );
+}
