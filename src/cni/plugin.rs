@@ -15,7 +15,7 @@ use super::{
 use crate::kernel::{HostPeer, Kernel, KernelError, Where};
 use crate::logging::{rfc3339, VerbRecord};
 use crate::policy::{parse_annotations, Mode, Policy};
-use crate::ruleset::{compile, table_name, Attach, Family, Target, TABLE_PREFIX};
+use crate::ruleset::{compile, table_name, Attach, Family, Table, Target, TABLE_PREFIX};
 
 /// Reads a pod's annotations from the API server: (kubeconfig, namespace, name).
 pub type FetchPod<'a> = &'a dyn Fn(&Path, &str, &str) -> Result<Vec<(String, String)>, String>;
@@ -252,6 +252,33 @@ fn remove_state(dir: &Path, cid: &str) {
     }
 }
 
+/// Chooses the placement, compiles the pod's table and notes both in the verb record.
+/// `None` when the policy installs nothing.
+fn plan<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    rec: &mut VerbRecord,
+    whom: &str,
+    policy: &Policy,
+    cid: &str,
+    netns: &str,
+    ifname: &str,
+) -> Result<Option<(Table, Attach, Option<String>)>, CniError> {
+    let (attach, device) = choose_attach(ctx, whom, netns, ifname)?;
+    let target = Target {
+        container_id: cid.to_string(),
+        ifname: ifname.to_string(),
+        attach: attach.clone(),
+        log_group: ctx.conf.nflog_group,
+    };
+    let Some(table) = compile(policy, &target) else {
+        return Ok(None);
+    };
+    rec.placement = Some(target.placement().as_str().to_string());
+    rec.table = Some(format!("{} {}", table.family.name(), table.name));
+    rec.device = device.clone();
+    Ok(Some((table, attach, device)))
+}
+
 fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<Value>, CniError> {
     let env = ctx.env;
     let cid = container_id(env)?.to_string();
@@ -297,19 +324,10 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         return Ok(Some(prev));
     }
 
-    let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
-    let target = Target {
-        container_id: cid.clone(),
-        ifname: ifname.clone(),
-        attach: attach.clone(),
-        log_group: ctx.conf.nflog_group,
-    };
-    let Some(table) = compile(&policy, &target) else {
+    let Some((table, attach, device)) = plan(ctx, rec, &whom, &policy, &cid, &netns, &ifname)?
+    else {
         return Ok(Some(prev));
     };
-    rec.placement = Some(target.placement().as_str().to_string());
-    rec.table = Some(format!("{} {}", table.family.name(), table.name));
-    rec.device = device.clone();
 
     match &attach {
         Attach::Host { device } => {
@@ -366,7 +384,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             pod_name: ctx.pod.name.as_deref(),
             pod_uid: ctx.pod.uid.as_deref(),
             mode: policy.mode,
-            placement: target.placement().as_str(),
+            placement: attach.placement().as_str(),
             table: &table.name,
             device: device.as_deref(),
             policy: policy.digest(),
@@ -379,7 +397,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         "{whom}: {} egress policy installed ({} entries, {} placement)",
         policy.mode,
         policy.entries.len(),
-        target.placement().as_str()
+        attach.placement().as_str()
     );
     Ok(Some(prev))
 }
@@ -432,19 +450,9 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
         }
         return Ok(None);
     }
-    let (attach, device) = choose_attach(ctx, &whom, &netns, &ifname)?;
-    let target = Target {
-        container_id: cid.clone(),
-        ifname: ifname.clone(),
-        attach: attach.clone(),
-        log_group: ctx.conf.nflog_group,
-    };
-    let Some(table) = compile(&policy, &target) else {
+    let Some((table, attach, _)) = plan(ctx, rec, &whom, &policy, &cid, &netns, &ifname)? else {
         return Ok(None);
     };
-    rec.placement = Some(target.placement().as_str().to_string());
-    rec.table = Some(format!("{} {}", table.family.name(), table.name));
-    rec.device = device;
     let at = match &attach {
         Attach::Host { .. } => Where::Host,
         Attach::Pod => Where::Netns(Path::new(&netns)),

@@ -54,12 +54,18 @@ pub enum Attach {
     Pod,
 }
 
-impl Target {
+impl Attach {
     pub fn placement(&self) -> Placement {
-        match self.attach {
+        match self {
             Attach::Host { .. } => Placement::Host,
             Attach::Pod => Placement::Pod,
         }
+    }
+}
+
+impl Target {
+    pub fn placement(&self) -> Placement {
+        self.attach.placement()
     }
 }
 
