@@ -176,6 +176,24 @@ fn choose_attach<K: Kernel>(
     }
 }
 
+/// After a failed install whose outcome is unknown (a transient error such as ENOBUFS can come
+/// after the kernel committed the batch), make sure no table of ours stays installed.
+fn undo_uncertain<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    whom: &str,
+    at: Where<'_>,
+    family: Family,
+    name: &str,
+    e: &KernelError,
+) {
+    if !e.is_transient() {
+        return;
+    }
+    if let Err(re) = ctx.kernel.remove(at, family, name) {
+        log::error!("{whom}: removing table {name} after a failed install: {re}");
+    }
+}
+
 /// Our tables in the host netns that must go before this pod's table is created: one with the
 /// same name (a repeated ADD) and any left bound to the same device name by a pod that died
 /// without DEL (netdev chains re-attach to a new device of the same name).
@@ -339,9 +357,28 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 table.element_count(),
                 stale.join(",")
             );
-            ctx.kernel
-                .install(Where::Host, Family::Netdev, &stale, Some(&table))
-                .map_err(|e| kernel_error(&whom, "installing the egress policy", &e))?;
+            let installed = ctx
+                .kernel
+                .install(Where::Host, Family::Netdev, &stale, Some(&table));
+            if let Err(e) = installed {
+                undo_uncertain(ctx, &whom, Where::Host, Family::Netdev, &name, &e);
+                return Err(kernel_error(&whom, "installing the egress policy", &e));
+            }
+            // The veth may have vanished while we installed (this kernel hooks absent names).
+            match ctx.kernel.host_peer(Path::new(&netns), &ifname) {
+                Ok(HostPeer::Veth { name: now, .. }) if now == *device => {}
+                other => {
+                    let _ = ctx.kernel.remove(Where::Host, Family::Netdev, &name);
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(p) => format!("it is now {p:?}"),
+                    };
+                    return Err(CniError::new(
+                        code::INTERFACE,
+                        format!("{whom}: host interface {device} went away during ADD: {why}"),
+                    ));
+                }
+            }
         }
         Attach::Pod => {
             if let Some(dev) = &device {
@@ -368,9 +405,10 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 table.rule_count(),
                 table.element_count()
             );
-            ctx.kernel
-                .install(at, Family::Inet, &replace, Some(&table))
-                .map_err(|e| kernel_error(&whom, "installing the egress policy", &e))?;
+            if let Err(e) = ctx.kernel.install(at, Family::Inet, &replace, Some(&table)) {
+                undo_uncertain(ctx, &whom, at, Family::Inet, &name, &e);
+                return Err(kernel_error(&whom, "installing the egress policy", &e));
+            }
         }
     }
     write_state(

@@ -15,6 +15,8 @@ pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_ACK: u16 = 0x4;
+/// Set on dump messages when the data changed during the dump.
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_EXCL: u16 = 0x200;
@@ -269,13 +271,37 @@ impl Socket {
         }
     }
 
-    /// Sends a dump request and collects every message until NLMSG_DONE.
+    /// Sends a dump request and collects every message until NLMSG_DONE. A dump the kernel
+    /// marks as interrupted (NLM_F_DUMP_INTR: the data changed while it was being read) may be
+    /// incomplete, so it is repeated; after a few interrupted tries the error is returned.
     pub fn dump(
         &mut self,
         op: &'static str,
         kind: u16,
         payload: &[u8],
     ) -> Result<Vec<Message>, NetlinkError> {
+        const TRIES: usize = 8;
+        for _ in 0..TRIES {
+            let (messages, interrupted) = self.dump_once(op, kind, payload)?;
+            if !interrupted {
+                return Ok(messages);
+            }
+        }
+        Err(NetlinkError::kernel(
+            op,
+            libc::EINTR,
+            Some(format!(
+                "dump interrupted {TRIES} times by concurrent changes"
+            )),
+        ))
+    }
+
+    fn dump_once(
+        &mut self,
+        op: &'static str,
+        kind: u16,
+        payload: &[u8],
+    ) -> Result<(Vec<Message>, bool), NetlinkError> {
         let seq = self.next_seq();
         self.send(&encode_message(
             kind,
@@ -284,6 +310,7 @@ impl Socket {
             payload,
         ))?;
         let mut out = Vec::new();
+        let mut interrupted = false;
         loop {
             let Some(msgs) = self.recv(false)? else {
                 continue;
@@ -292,12 +319,13 @@ impl Socket {
                 if m.seq != seq {
                     continue;
                 }
+                interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
                 match m.kind {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok((out, interrupted)),
                     NLMSG_ERROR => {
                         let (errno, _, text) = decode_error(&m);
                         if errno == 0 {
-                            return Ok(out);
+                            return Ok((out, interrupted));
                         }
                         return Err(NetlinkError::kernel(op, errno, text));
                     }

@@ -1,0 +1,89 @@
+//! A `Kernel` wrapper that injects the failures a real node produces at the worst moment:
+//! `ENOBUFS` before the transaction reaches the kernel or after it committed (the ack lost),
+//! the host-side veth vanishing between the peer lookup and the install, and a device the kernel
+//! refuses to hook.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::Path;
+
+use egress_guard::kernel::{HostPeer, Kernel, KernelError, Where};
+use egress_guard::netlink::nft::{Snapshot, TableInfo};
+use egress_guard::netlink::NetlinkError;
+use egress_guard::ruleset::{Family, Table};
+
+/// Called with the host-side device name after a successful peer lookup.
+pub type PeerHook = Box<dyn FnMut(&str)>;
+
+#[derive(Default)]
+pub struct Faults {
+    /// The next install fails with this errno without reaching the kernel.
+    pub fail_before: Option<i32>,
+    /// The next install reaches the kernel and commits, then reports this errno.
+    pub fail_after: Option<i32>,
+    /// Replace the peer the lookup finds with this device name.
+    pub peer_override: Option<String>,
+    /// Run after a successful peer lookup (for example: delete the veth).
+    pub after_peer: Option<PeerHook>,
+}
+
+pub struct Faulty<K: Kernel> {
+    pub inner: K,
+    pub faults: Faults,
+}
+
+fn enobufs(at: Where<'_>, errno: i32) -> KernelError {
+    KernelError::netlink(
+        "injected",
+        at,
+        NetlinkError::io("recv", std::io::Error::from_raw_os_error(errno)),
+    )
+}
+
+impl<K: Kernel> Kernel for Faulty<K> {
+    fn install(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        replace: &[String],
+        table: Option<&Table>,
+    ) -> Result<usize, KernelError> {
+        if let Some(errno) = self.faults.fail_before.take() {
+            return Err(enobufs(at, errno));
+        }
+        let n = self.inner.install(at, family, replace, table)?;
+        if let Some(errno) = self.faults.fail_after.take() {
+            return Err(enobufs(at, errno));
+        }
+        Ok(n)
+    }
+    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
+        self.inner.remove(at, family, name)
+    }
+    fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError> {
+        self.inner.tables(at, family)
+    }
+    fn read(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Snapshot>, KernelError> {
+        self.inner.read(at, family, name)
+    }
+    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
+        let mut peer = self.inner.host_peer(netns, ifname)?;
+        if let (Some(name), HostPeer::Veth { index, .. }) = (&self.faults.peer_override, &peer) {
+            peer = HostPeer::Veth {
+                name: name.clone(),
+                index: *index,
+            };
+        }
+        if let (Some(hook), HostPeer::Veth { name, .. }) = (&mut self.faults.after_peer, &peer) {
+            hook(name);
+        }
+        Ok(peer)
+    }
+    fn has_netdev_egress(&self) -> bool {
+        self.inner.has_netdev_egress()
+    }
+}
