@@ -254,7 +254,10 @@ pub fn netconf(data: &[u8]) {
             let names = k.table_names();
             assert!(names.len() <= 1, "{names:?}");
             for n in &names {
-                assert!(n.ends_with(&table_name(FUZZ_CID, "eth0")), "foreign table {n}");
+                assert!(
+                    n.ends_with(&table_name(FUZZ_CID, "eth0")),
+                    "foreign table {n}"
+                );
             }
             match verb(&mut k, "CHECK", &stdin, args) {
                 Ok(_) | Err((1, _)) => {}
