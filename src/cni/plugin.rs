@@ -222,6 +222,28 @@ fn stale_host_tables<K: Kernel>(
         .collect())
 }
 
+/// Removes, on their own, our host tables left bound to `device` (and this attachment's own
+/// table), for when no new host table is created in the same transaction.
+fn clear_stale_host_tables<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    whom: &str,
+    name: &str,
+    device: &str,
+) -> Result<(), CniError> {
+    let stale = stale_host_tables(ctx, whom, name, Some(device))?;
+    if stale.is_empty() {
+        return Ok(());
+    }
+    log::info!(
+        "{whom}: removing stale table(s) {} bound to {device}",
+        stale.join(", ")
+    );
+    ctx.kernel
+        .install(Where::Host, Family::Netdev, &stale, None)
+        .map_err(|e| kernel_error(whom, "removing stale tables", &e))?;
+    Ok(())
+}
+
 #[derive(serde::Serialize)]
 struct StateFile<'a> {
     container_id: &'a str,
@@ -320,16 +342,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         if ctx.conf.placement != PlacementPref::Pod {
             match ctx.kernel.host_peer(Path::new(&netns), &ifname) {
                 Ok(HostPeer::Veth { name: dev, .. }) => {
-                    let stale = stale_host_tables(ctx, &whom, &name, Some(&dev))?;
-                    if !stale.is_empty() {
-                        log::info!(
-                            "{whom}: removing stale table(s) {} bound to {dev}",
-                            stale.join(", ")
-                        );
-                        ctx.kernel
-                            .install(Where::Host, Family::Netdev, &stale, None)
-                            .map_err(|e| kernel_error(&whom, "removing stale tables", &e))?;
-                    }
+                    clear_stale_host_tables(ctx, &whom, &name, &dev)?
                 }
                 Ok(HostPeer::None { .. }) => {}
                 Err(e) => log::warn!("{whom}: mode off; host interface lookup failed: {e}"),
@@ -368,7 +381,11 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             match ctx.kernel.host_peer(Path::new(&netns), &ifname) {
                 Ok(HostPeer::Veth { name: now, .. }) if now == *device => {}
                 other => {
-                    let _ = ctx.kernel.remove(Where::Host, Family::Netdev, &name);
+                    if let Err(e) = ctx.kernel.remove(Where::Host, Family::Netdev, &name) {
+                        log::error!(
+                            "{whom}: removing table {name} after its device went away: {e}"
+                        );
+                    }
                     let why = match other {
                         Err(e) => e.to_string(),
                         Ok(p) => format!("it is now {p:?}"),
@@ -382,12 +399,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         }
         Attach::Pod => {
             if let Some(dev) = &device {
-                let stale = stale_host_tables(ctx, &whom, &name, Some(dev))?;
-                if !stale.is_empty() {
-                    ctx.kernel
-                        .install(Where::Host, Family::Netdev, &stale, None)
-                        .map_err(|e| kernel_error(&whom, "removing stale tables", &e))?;
-                }
+                clear_stale_host_tables(ctx, &whom, &name, dev)?;
             }
             let at = Where::Netns(Path::new(&netns));
             let existing = ctx
