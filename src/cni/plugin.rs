@@ -201,23 +201,17 @@ fn stale_host_tables<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
     name: &str,
-    device: Option<&str>,
+    device: &str,
 ) -> Result<Vec<String>, CniError> {
     let tables = ctx
         .kernel
         .tables(Where::Host, Family::Netdev)
         .map_err(|e| kernel_error(whom, "listing tables", &e))?;
-    let dev_token = device.map(|d| format!("dev={d}"));
+    let dev_token = format!("dev={device}");
     Ok(tables
         .into_iter()
         .filter(|t| t.name.starts_with(TABLE_PREFIX))
-        .filter(|t| {
-            t.name == name
-                || dev_token
-                    .as_ref()
-                    .map(|d| t.comment.split_whitespace().any(|w| w == d))
-                    .unwrap_or(false)
-        })
+        .filter(|t| t.name == name || t.comment.split_whitespace().any(|w| w == dev_token))
         .map(|t| t.name)
         .collect())
 }
@@ -230,7 +224,7 @@ fn clear_stale_host_tables<K: Kernel>(
     name: &str,
     device: &str,
 ) -> Result<(), CniError> {
-    let stale = stale_host_tables(ctx, whom, name, Some(device))?;
+    let stale = stale_host_tables(ctx, whom, name, device)?;
     if stale.is_empty() {
         return Ok(());
     }
@@ -362,7 +356,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
 
     match &attach {
         Attach::Host { device } => {
-            let stale = stale_host_tables(ctx, &whom, &name, Some(device))?;
+            let stale = stale_host_tables(ctx, &whom, &name, device)?;
             log::debug!(
                 "{whom}: installing table netdev {} on {device} in host netns: {} rules, {} set elements, replacing [{}]",
                 table.name,
