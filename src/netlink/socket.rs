@@ -99,6 +99,8 @@ fn decode_error(msg: &Message) -> (i32, u32, Option<String>) {
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
+    /// Receive buffer, allocated once: a dump arrives in many datagrams.
+    buf: Vec<u8>,
 }
 
 impl Socket {
@@ -119,6 +121,7 @@ impl Socket {
         let sock = Socket {
             fd,
             seq: std::process::id().wrapping_mul(1000),
+            buf: vec![0u8; RECV_BUF],
         };
         sock.setopt_int(libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
         sock.setopt_int(libc::SOL_NETLINK, NETLINK_EXT_ACK, 1)?;
@@ -209,8 +212,8 @@ impl Socket {
     }
 
     /// Receives one datagram. `nonblocking` returns `Ok(None)` when nothing is queued.
-    pub fn recv(&self, nonblocking: bool) -> Result<Option<Vec<Message>>, NetlinkError> {
-        let mut buf = vec![0u8; RECV_BUF];
+    pub fn recv(&mut self, nonblocking: bool) -> Result<Option<Vec<Message>>, NetlinkError> {
+        let buf = &mut self.buf;
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         loop {
             // SAFETY: buf is valid for writes of its length.
@@ -230,8 +233,7 @@ impl Socket {
                     _ => return Err(NetlinkError::io("recv", e)),
                 }
             }
-            buf.truncate(rc as usize);
-            return Ok(Some(decode_messages(&buf)));
+            return Ok(Some(decode_messages(&buf[..rc as usize])));
         }
     }
 
