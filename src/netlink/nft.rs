@@ -707,38 +707,15 @@ pub struct Batch {
 
 /// Encodes a list of operations as one atomic batch.
 pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
-    let mut seq = first_seq;
-    let mut bytes = Vec::new();
-    let mut seqs = Vec::new();
-    let mut push = |bytes: &mut Vec<u8>, kind: u16, flags: u16, payload: Vec<u8>, ack: bool| {
-        seq = seq.wrapping_add(1);
-        let f = if ack { flags | NLM_F_ACK } else { flags };
-        bytes.extend(encode_message(kind, NLM_F_REQUEST | f, seq, &payload));
-        if ack {
-            seqs.push(seq);
-        }
-    };
-    push(
-        &mut bytes,
-        NFNL_MSG_BATCH_BEGIN,
-        0,
-        nfgen(0, NFNL_SUBSYS_NFTABLES),
-        false,
-    );
-    let mut messages = 0;
+    // Inner messages first; they are numbered and framed by BEGIN/END below.
+    let mut inner: Vec<(u16, u16, Vec<u8>)> = Vec::new();
+    let mut push = |kind: u16, flags: u16, payload: Vec<u8>| inner.push((kind, flags, payload));
     for op in ops {
         match op {
             Op::DeleteTable { family, name } => {
                 let mut a = AttrBuf::new();
                 a.put_str(TABLE_NAME, name);
-                push(
-                    &mut bytes,
-                    msg_type(MSG_DELTABLE),
-                    0,
-                    with_header(family.nfproto(), a),
-                    true,
-                );
-                messages += 1;
+                push(msg_type(MSG_DELTABLE), 0, with_header(family.nfproto(), a));
             }
             Op::CreateTable(t) => {
                 let fam = t.family.nfproto();
@@ -747,13 +724,10 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                     .put_be32(2, 0)
                     .put(TABLE_USERDATA, &comment_udata(&t.comment));
                 push(
-                    &mut bytes,
                     msg_type(MSG_NEWTABLE),
                     NLM_F_CREATE | NLM_F_EXCL,
                     with_header(fam, a),
-                    true,
                 );
-                messages += 1;
                 let set_id = |name: &str| {
                     t.sets
                         .iter()
@@ -790,13 +764,10 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                         });
                     }
                     push(
-                        &mut bytes,
                         msg_type(MSG_NEWSET),
                         NLM_F_CREATE | NLM_F_EXCL,
                         with_header(fam, a),
-                        true,
                     );
-                    messages += 1;
                     // Elements in chunks so no single message grows past netlink's limits.
                     for chunk in s.elements.chunks(256) {
                         let mut a = AttrBuf::new();
@@ -815,13 +786,10 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                             }
                         });
                         push(
-                            &mut bytes,
                             msg_type(MSG_NEWSETELEM),
                             NLM_F_CREATE | NLM_F_EXCL,
                             with_header(fam, a),
-                            true,
                         );
-                        messages += 1;
                     }
                 }
                 for c in &t.chains {
@@ -837,13 +805,10 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                     a.put_be32(CHAIN_POLICY, c.policy.code())
                         .put_str(CHAIN_TYPE, "filter");
                     push(
-                        &mut bytes,
                         msg_type(MSG_NEWCHAIN),
                         NLM_F_CREATE | NLM_F_EXCL,
                         with_header(fam, a),
-                        true,
                     );
-                    messages += 1;
                     for r in &c.rules {
                         let mut a = AttrBuf::new();
                         a.put_str(RULE_TABLE, &t.name).put_str(RULE_CHAIN, &c.name);
@@ -853,29 +818,39 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                             }
                         });
                         push(
-                            &mut bytes,
                             msg_type(MSG_NEWRULE),
                             NLM_F_CREATE | NLM_F_APPEND,
                             with_header(fam, a),
-                            true,
                         );
-                        messages += 1;
                     }
                 }
             }
         }
     }
-    push(
-        &mut bytes,
-        NFNL_MSG_BATCH_END,
-        0,
-        nfgen(0, NFNL_SUBSYS_NFTABLES),
-        false,
-    );
+    // Only the last message asks for an ack: the kernel reports every failing message whether
+    // or not it asked, and one ack instead of one per message saves a receive per message.
+    let mut seq = first_seq;
+    let mut bytes = Vec::new();
+    let mut frame = |bytes: &mut Vec<u8>, kind: u16, flags: u16, payload: &[u8]| {
+        seq = seq.wrapping_add(1);
+        bytes.extend(encode_message(kind, NLM_F_REQUEST | flags, seq, payload));
+        seq
+    };
+    let batch_header = nfgen(0, NFNL_SUBSYS_NFTABLES);
+    frame(&mut bytes, NFNL_MSG_BATCH_BEGIN, 0, &batch_header);
+    let mut seqs = Vec::new();
+    for (i, (kind, flags, payload)) in inner.iter().enumerate() {
+        if i + 1 == inner.len() {
+            seqs.push(frame(&mut bytes, *kind, flags | NLM_F_ACK, payload));
+        } else {
+            frame(&mut bytes, *kind, *flags, payload);
+        }
+    }
+    frame(&mut bytes, NFNL_MSG_BATCH_END, 0, &batch_header);
     Batch {
         bytes,
         seqs,
-        messages,
+        messages: inner.len(),
     }
 }
 
@@ -1029,7 +1004,7 @@ pub fn run_batch(sock: &mut Socket, ops: &[Op<'_>]) -> Result<usize, NetlinkErro
     let first = sock.next_seq();
     let batch = encode_batch(ops, first);
     // The batch used begin + messages + end sequence numbers after `first`.
-    for _ in 0..batch.seqs.len() + 2 {
+    for _ in 0..batch.messages + 2 {
         sock.next_seq();
     }
     sock.transact("nf_tables transaction", &batch.bytes, &batch.seqs)?;
@@ -1081,6 +1056,38 @@ mod tests {
             assert_eq!(decoded, exprs);
         }
         let _ = Rule { stmts };
+    }
+
+    #[test]
+    fn batch_is_framed_and_only_its_last_message_asks_for_an_ack() {
+        let table = Table {
+            family: Family::Netdev,
+            name: "egress_guard_x".into(),
+            comment: "c".into(),
+            sets: vec![],
+            chains: vec![],
+        };
+        let ops = [
+            Op::DeleteTable {
+                family: Family::Netdev,
+                name: "egress_guard_old".into(),
+            },
+            Op::CreateTable(&table),
+        ];
+        let batch = encode_batch(&ops, 100);
+        let msgs = crate::netlink::socket::decode_messages(&batch.bytes);
+        assert_eq!(msgs.len(), batch.messages + 2);
+        assert_eq!(msgs[0].kind, NFNL_MSG_BATCH_BEGIN);
+        assert_eq!(msgs[msgs.len() - 1].kind, NFNL_MSG_BATCH_END);
+        let acked: Vec<u32> = msgs
+            .iter()
+            .filter(|m| m.flags & NLM_F_ACK != 0)
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(acked, vec![msgs[msgs.len() - 2].seq]);
+        assert_eq!(batch.seqs, acked);
+        let seqs: Vec<u32> = msgs.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (101..101 + msgs.len() as u32).collect::<Vec<_>>());
     }
 
     #[test]
