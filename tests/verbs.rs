@@ -650,3 +650,55 @@ fn second_interface_of_a_container_gets_its_own_table() {
     );
     guard(&n, "DEL", &cid, &pod.path(), &c0).unwrap();
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn host_link_check_notices_a_vanished_or_renamed_veth() {
+    if !can_run_root_tests("host_link_check_notices_a_vanished_or_renamed_veth") {
+        return;
+    }
+    use egress_guard::kernel::netns::NetnsGuard;
+    use egress_guard::kernel::{HostPeer, Kernel, NetlinkKernel};
+    let n = Node::new("hl");
+    let pod = manual_pod(&n, "p", "vhl0", 2);
+    let path = pod.path();
+    let check = |dev: &str, index: u32| {
+        let _inside = NetnsGuard::enter(std::path::Path::new(&format!(
+            "/var/run/netns/{}",
+            n.node.name
+        )))
+        .unwrap();
+        NetlinkKernel::new()
+            .host_link_is(std::path::Path::new(&path), "eth0", dev, index)
+            .unwrap()
+    };
+    let index = {
+        let _inside = NetnsGuard::enter(std::path::Path::new(&format!(
+            "/var/run/netns/{}",
+            n.node.name
+        )))
+        .unwrap();
+        match NetlinkKernel::new()
+            .host_peer(std::path::Path::new(&path), "eth0")
+            .unwrap()
+        {
+            HostPeer::Veth { name, index } => {
+                assert_eq!(name, "vhl0");
+                index
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(check("vhl0", index));
+    assert!(
+        !check("vhl0", index + 1000),
+        "another ifindex is not the same link"
+    );
+    ip(&n.node.name, "link set vhl0 name vhl0x");
+    assert!(!check("vhl0", index), "renamed");
+    ip(&n.node.name, "link del vhl0x");
+    assert!(!check("vhl0", index), "deleted");
+}

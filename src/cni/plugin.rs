@@ -147,12 +147,15 @@ fn resolve_policy<K: Kernel>(ctx: &Ctx<'_, K>, whom: &str) -> Result<Policy, Cni
 }
 
 /// Where the ruleset goes, from the configured preference, the kernel and the interface type.
+/// The pod's host-side interface: name and ifindex.
+type HostLink = (String, u32);
+
 fn choose_attach<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
     netns: &str,
     ifname: &str,
-) -> Result<(Attach, Option<String>), CniError> {
+) -> Result<(Attach, Option<HostLink>), CniError> {
     if ctx.conf.placement == PlacementPref::Pod {
         return Ok((Attach::Pod, None));
     }
@@ -162,12 +165,14 @@ fn choose_attach<K: Kernel>(
         .map_err(|e| kernel_error(whom, "finding the pod's host-side interface", &e))?;
     let egress = ctx.kernel.has_netdev_egress();
     match (peer, ctx.conf.placement, egress) {
-        (HostPeer::Veth { name, .. }, _, true) => Ok((Attach::Host { device: name.clone() }, Some(name))),
+        (HostPeer::Veth { name, index }, _, true) => {
+            Ok((Attach::Host { device: name.clone() }, Some((name, index))))
+        }
         (HostPeer::Veth { name, .. }, PlacementPref::Host, false) => Err(CniError::new(
             code::KERNEL_REJECTED,
             format!("{whom}: placement \"host\" needs the netdev egress hook (kernel 5.16 or later); use placement \"auto\" or \"pod\" (host interface {name})"),
         )),
-        (HostPeer::Veth { name, .. }, _, false) => Ok((Attach::Pod, Some(name))),
+        (HostPeer::Veth { name, index }, _, false) => Ok((Attach::Pod, Some((name, index)))),
         (HostPeer::None { kind }, PlacementPref::Host, _) => Err(CniError::new(
             code::INTERFACE,
             format!("{whom}: placement \"host\" needs a veth with its peer in the host namespace, but \"{ifname}\" is a {kind}"),
@@ -296,7 +301,7 @@ fn plan<K: Kernel>(
     cid: &str,
     netns: &str,
     ifname: &str,
-) -> Result<Option<(Table, Attach, Option<String>)>, CniError> {
+) -> Result<Option<(Table, Attach, Option<HostLink>)>, CniError> {
     let (attach, device) = choose_attach(ctx, whom, netns, ifname)?;
     let target = Target {
         container_id: cid.to_string(),
@@ -309,7 +314,7 @@ fn plan<K: Kernel>(
     };
     rec.placement = Some(target.placement().as_str().to_string());
     rec.table = Some(format!("{} {}", table.family.name(), table.name));
-    rec.device = device.clone();
+    rec.device = device.as_ref().map(|(name, _)| name.clone());
     Ok(Some((table, attach, device)))
 }
 
@@ -349,8 +354,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         return Ok(Some(prev));
     }
 
-    let Some((table, attach, device)) = plan(ctx, rec, &whom, &policy, &cid, &netns, &ifname)?
-    else {
+    let Some((table, attach, peer)) = plan(ctx, rec, &whom, &policy, &cid, &netns, &ifname)? else {
         return Ok(Some(prev));
     };
 
@@ -372,8 +376,12 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 return Err(kernel_error(&whom, "installing the egress policy", &e));
             }
             // The veth may have vanished while we installed (this kernel hooks absent names).
-            match ctx.kernel.host_peer(Path::new(&netns), &ifname) {
-                Ok(HostPeer::Veth { name: now, .. }) if now == *device => {}
+            let index = peer.as_ref().map(|(_, i)| *i).unwrap_or(0);
+            match ctx
+                .kernel
+                .host_link_is(Path::new(&netns), &ifname, device, index)
+            {
+                Ok(true) => {}
                 other => {
                     if let Err(e) = ctx.kernel.remove(Where::Host, Family::Netdev, &name) {
                         log::error!(
@@ -382,7 +390,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                     }
                     let why = match other {
                         Err(e) => e.to_string(),
-                        Ok(p) => format!("it is now {p:?}"),
+                        Ok(_) => format!("ifindex {index} is gone or renamed"),
                     };
                     return Err(CniError::new(
                         code::INTERFACE,
@@ -392,7 +400,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             }
         }
         Attach::Pod => {
-            if let Some(dev) = &device {
+            if let Some((dev, _)) = &peer {
                 clear_stale_host_tables(ctx, &whom, &name, dev)?;
             }
             let at = Where::Netns(Path::new(&netns));
@@ -430,7 +438,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             mode: policy.mode,
             placement: attach.placement().as_str(),
             table: &table.name,
-            device: device.as_deref(),
+            device: peer.as_ref().map(|(n, _)| n.as_str()),
             policy: policy.digest(),
             entries: policy.entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: ctx.conf.nflog_group,

@@ -91,6 +91,20 @@ pub trait Kernel {
     ) -> Result<Option<Snapshot>, KernelError>;
     /// The host-side peer of `ifname` in the pod netns at `netns`.
     fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError>;
+    /// Whether the host-side interface found by `host_peer` (name and ifindex) is still there.
+    /// The default repeats the whole lookup; implementations may check more cheaply.
+    fn host_link_is(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        device: &str,
+        index: u32,
+    ) -> Result<bool, KernelError> {
+        Ok(matches!(
+            self.host_peer(netns, ifname)?,
+            HostPeer::Veth { name, index: i } if name == device && i == index
+        ))
+    }
     /// Whether netdev egress hooks are available (kernel >= 5.16).
     fn has_netdev_egress(&self) -> bool;
 }

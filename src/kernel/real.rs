@@ -123,6 +123,26 @@ impl Kernel for NetlinkKernel {
         Ok(find_host_peer(sock, netns, ifname, &self.peer_hints)?)
     }
 
+    fn host_link_is(
+        &mut self,
+        _netns: &Path,
+        _ifname: &str,
+        device: &str,
+        index: u32,
+    ) -> Result<bool, KernelError> {
+        // One request in the host netns: the ifindex still names the same link.
+        let sock = match &mut self.host_rtnl {
+            Some(s) => s,
+            slot @ None => slot.insert(
+                Socket::open(NETLINK_ROUTE)
+                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
+            ),
+        };
+        let link = crate::netlink::rtnl::link_by_index(sock, index)
+            .map_err(|e| KernelError::netlink("looking up the host interface", Where::Host, e))?;
+        Ok(link.is_some_and(|l| l.name == device))
+    }
+
     fn has_netdev_egress(&self) -> bool {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
