@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::node::Node;
-use common::{can_run_root_tests, exec_in, ip, plugin_bin, Netns};
+use common::{can_run_root_tests, exec_in, plugin_bin, Netns};
 use egress_guard::cni::plugin::{run, Invocation};
 use egress_guard::cni::{CniError, Env};
 use egress_guard::kernel::fake::RecordingKernel;
@@ -629,33 +629,6 @@ fn pod_env<'a>(
     ]
 }
 
-/// A pod netns wired to the node with a veth named `host_if`.
-fn manual_pod(n: &Node, tag: &str, host_if: &str, octet: u8) -> Netns {
-    let pod = n.pod_netns(tag);
-    add_veth(n, &pod, host_if, octet);
-    pod
-}
-
-fn add_veth(n: &Node, pod: &Netns, host_if: &str, octet: u8) {
-    ip(
-        &n.node.name,
-        &format!(
-            "link add {host_if} type veth peer name eth0 netns {}",
-            pod.name
-        ),
-    );
-    ip(&n.node.name, &format!("link set {host_if} up"));
-    ip(
-        &pod.name,
-        &format!(
-            "addr add 10.33.{}.{}/32 dev eth0",
-            octet / 200,
-            octet % 200 + 2
-        ),
-    );
-    ip(&pod.name, "link set eth0 up");
-}
-
 fn guard_tables(ns: &str) -> BTreeSet<String> {
     exec_in(ns, &["nft", "list", "tables"])
         .lines()
@@ -694,8 +667,8 @@ fn bad_input_through_the_plugin_binary_leaves_nothing() {
         return;
     }
     let n = Node::new("hb");
-    let pod = manual_pod(&n, "p", "vhb0", 1);
-    let other = manual_pod(&n, "o", "vhb1", 2);
+    let pod = n.manual_pod("p", "vhb0", 1);
+    let other = n.manual_pod("o", "vhb1", 2);
     let state = n.tmp.path.join("state");
     let path = pod.path();
     let opath = other.path();
@@ -777,7 +750,7 @@ fn sigkill_at_random_points_leaves_the_table_complete_or_absent() {
         return;
     }
     let n = Node::new("hk");
-    let pod = manual_pod(&n, "p", "vhk0", 1);
+    let pod = n.manual_pod("p", "vhk0", 1);
     let path = pod.path();
     let cid = format!("{}p", n.prefix);
     let state = n.tmp.path.join("state");
@@ -872,7 +845,7 @@ fn concurrent_add_del_on_64_pods() {
     let n = Node::new("hc");
     let state = n.tmp.path.join("state");
     let pods: Vec<Netns> = (0..PODS)
-        .map(|i| manual_pod(&n, &format!("p{i}"), &format!("vhc{i}"), i as u8))
+        .map(|i| n.manual_pod(&format!("p{i}"), &format!("vhc{i}"), i as u8))
         .collect();
     let sockets_before = netlink_sockets(&n.node.name);
     let secs = mutate::soak_secs().unwrap_or(20);
@@ -989,7 +962,7 @@ fn library_verbs_leak_no_descriptors_or_sockets() {
         return;
     }
     let n = Node::new("hl");
-    let pod = manual_pod(&n, "p", "vhl0", 1);
+    let pod = n.manual_pod("p", "vhl0", 1);
     let state = n.tmp.path.join("state");
     let path = pod.path();
     let cid = format!("{}p", n.prefix);
@@ -1053,8 +1026,8 @@ fn vanishing_veth_refused_hook_and_enobufs_fail_clean() {
         return;
     }
     let n = Node::new("hv");
-    let pod = manual_pod(&n, "p", "vhv0", 1);
-    let bystander = manual_pod(&n, "b", "vhv1", 2);
+    let pod = n.manual_pod("p", "vhv0", 1);
+    let bystander = n.manual_pod("b", "vhv1", 2);
     let state = n.tmp.path.join("state");
     let path = pod.path();
     let bpath = bystander.path();
@@ -1193,7 +1166,7 @@ fn vanishing_veth_refused_hook_and_enobufs_fail_clean() {
         problems.push(format!("DEL after the veth vanished: {e}"));
     }
     // The racy version with the real binary: the veth is deleted at a random moment.
-    add_veth(&n, &pod, "vhv0", 1);
+    n.add_veth(&pod, "vhv0", 1);
     let env = pod_env(&cid, &path, "eth0", ARGS);
     let mut rng = Rng::new(mutate::seed_from_env());
     for round in 0..iterations(12) {
@@ -1228,7 +1201,7 @@ fn vanishing_veth_refused_hook_and_enobufs_fail_clean() {
             "DEL left the table"
         );
         wait_gone(&n, "vhv0");
-        add_veth(&n, &pod, "vhv0", 1);
+        n.add_veth(&pod, "vhv0", 1);
     }
     let be = pod_env(&bcid, &bpath, "eth0", ARGS);
     assert!(exec_raw(&n.node.name, "DEL", &be, bc.as_bytes()).0);

@@ -7,7 +7,7 @@ mod common;
 use common::chain::{exec_plugin, Attachment, Chain, PluginError};
 use common::node::{Node, INET4};
 use common::probe::{self, Server};
-use common::{can_run_root_tests, exec_in, ip, Netns};
+use common::{can_run_root_tests, exec_in, ip};
 use serde_json::{json, Value};
 
 fn conf(n: &Node, version: &str, annotations: Value, prev: Option<Value>) -> Value {
@@ -49,25 +49,6 @@ fn guard(
     exec_plugin(&n.node.name, "egress-guard", cmd, &env(cid, netns), c)
 }
 
-/// A pod netns wired to the node with a veth named `host_if`.
-fn manual_pod(n: &Node, tag: &str, host_if: &str, last_octet: u8) -> Netns {
-    let pod = n.pod_netns(tag);
-    ip(
-        &n.node.name,
-        &format!(
-            "link add {host_if} type veth peer name eth0 netns {}",
-            pod.name
-        ),
-    );
-    ip(&n.node.name, &format!("link set {host_if} up"));
-    ip(
-        &pod.name,
-        &format!("addr add 10.33.0.{last_octet}/32 dev eth0"),
-    );
-    ip(&pod.name, "link set eth0 up");
-    pod
-}
-
 /// Netns deletion is asynchronous: wait until the host end of a dead pod's veth is gone.
 fn wait_link_gone(n: &Node, dev: &str) {
     for _ in 0..200 {
@@ -101,7 +82,7 @@ fn stale_table_on_a_reused_device_name_is_replaced() {
         return;
     }
     let n = Node::new("st");
-    let old = manual_pod(&n, "old", "vstale0", 2);
+    let old = n.manual_pod("old", "vstale0", 2);
     let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vstale0")));
     let old_cid = format!("{}old", n.prefix);
     guard(&n, "ADD", &old_cid, &old.path(), &c).unwrap();
@@ -116,7 +97,7 @@ fn stale_table_on_a_reused_device_name_is_replaced() {
 
     // A new pod gets a veth of the same name and asks for nothing: the stale table must go,
     // otherwise the old pod's policy would apply to it.
-    let new = manual_pod(&n, "new", "vstale0", 3);
+    let new = n.manual_pod("new", "vstale0", 3);
     let off = conf(&n, "1.0.0", json!({}), Some(prev_result("vstale0")));
     let new_cid = format!("{}new", n.prefix);
     guard(&n, "ADD", &new_cid, &new.path(), &off).unwrap();
@@ -130,11 +111,11 @@ fn stale_table_on_a_reused_device_name_is_replaced() {
     wait_link_gone(&n, "vstale0");
 
     // Same again, but the new pod is enforced: replaced in the same transaction.
-    let old = manual_pod(&n, "old2", "vstale0", 2);
+    let old = n.manual_pod("old2", "vstale0", 2);
     guard(&n, "ADD", &old_cid, &old.path(), &c).unwrap();
     drop(old);
     wait_link_gone(&n, "vstale0");
-    let new = manual_pod(&n, "new2", "vstale0", 3);
+    let new = n.manual_pod("new2", "vstale0", 3);
     guard(&n, "ADD", &new_cid, &new.path(), &c).unwrap();
     let t = tables(&n);
     assert!(!t.contains(&format!("egress_guard_{old_cid}")), "{t}");
@@ -152,7 +133,7 @@ fn repeated_add_replaces_its_own_table() {
         return;
     }
     let n = Node::new("ra");
-    let pod = manual_pod(&n, "p", "vra0", 2);
+    let pod = n.manual_pod("p", "vra0", 2);
     let cid = format!("{}p", n.prefix);
     let c1 = conf(&n, "1.0.0", enforce(), Some(prev_result("vra0")));
     guard(&n, "ADD", &cid, &pod.path(), &c1).unwrap();
@@ -189,8 +170,8 @@ fn check_reports_drift_and_gc_collects_orphans() {
         return;
     }
     let n = Node::new("dr");
-    let a = manual_pod(&n, "a", "vdra", 2);
-    let b = manual_pod(&n, "b", "vdrb", 3);
+    let a = n.manual_pod("a", "vdra", 2);
+    let b = n.manual_pod("b", "vdrb", 3);
     let (cid_a, cid_b) = (format!("{}a", n.prefix), format!("{}b", n.prefix));
     let ca = conf(&n, "1.0.0", enforce(), Some(prev_result("vdra")));
     let cb = conf(&n, "1.0.0", enforce(), Some(prev_result("vdrb")));
@@ -285,7 +266,7 @@ fn del_is_idempotent() {
         return;
     }
     let n = Node::new("dl");
-    let pod = manual_pod(&n, "p", "vdl0", 2);
+    let pod = n.manual_pod("p", "vdl0", 2);
     let cid = format!("{}p", n.prefix);
     let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vdl0")));
     let bare = conf(&n, "1.0.0", json!({}), None);
@@ -313,7 +294,7 @@ fn add_errors_carry_the_right_code_and_leave_nothing() {
         return;
     }
     let n = Node::new("er");
-    let pod = manual_pod(&n, "p", "ver0", 2);
+    let pod = n.manual_pod("p", "ver0", 2);
     let cid = format!("{}p", n.prefix);
     let good = conf(&n, "1.0.0", enforce(), Some(prev_result("ver0")));
     let cases: Vec<(&str, Value, CniEnv, u64, &str)> = vec![
@@ -539,7 +520,7 @@ fn each_verb_writes_one_json_record() {
         return;
     }
     let n = Node::new("lg");
-    let pod = manual_pod(&n, "p", "vlg0", 2);
+    let pod = n.manual_pod("p", "vlg0", 2);
     let cid = format!("{}p", n.prefix);
     let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vlg0")));
     guard(&n, "ADD", &cid, &pod.path(), &c).unwrap();
@@ -592,7 +573,7 @@ fn second_interface_of_a_container_gets_its_own_table() {
     // A Multus-style secondary network chained with egress-guard as well: eth0 and net1 of the
     // same container must not replace each other's table.
     let n = Node::new("mi");
-    let pod = manual_pod(&n, "p", "vmi0", 2);
+    let pod = n.manual_pod("p", "vmi0", 2);
     ip(
         &n.node.name,
         &format!("link add vmi1 type veth peer name net1 netns {}", pod.name),
@@ -663,7 +644,7 @@ fn host_link_check_notices_a_vanished_or_renamed_veth() {
     use egress_guard::kernel::netns::NetnsGuard;
     use egress_guard::kernel::{HostPeer, Kernel, NetlinkKernel};
     let n = Node::new("hl");
-    let pod = manual_pod(&n, "p", "vhl0", 2);
+    let pod = n.manual_pod("p", "vhl0", 2);
     let path = pod.path();
     let check = |dev: &str, index: u32| {
         let _inside = NetnsGuard::enter(std::path::Path::new(&format!(

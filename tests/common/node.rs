@@ -104,6 +104,30 @@ impl Node {
         self.tmp.join("cni.log")
     }
 
+    /// A pod netns wired to the node by hand (no CNI plugin): see `add_veth`.
+    pub fn manual_pod(&self, tag: &str, host_if: &str, n: u8) -> Netns {
+        let pod = self.pod_netns(tag);
+        self.add_veth(&pod, host_if, n);
+        pod
+    }
+
+    /// A veth from the node (`host_if`) to the pod's `eth0`, which gets 10.33.x.y/32 from `n`.
+    pub fn add_veth(&self, pod: &Netns, host_if: &str, n: u8) {
+        ip(
+            &self.node.name,
+            &format!(
+                "link add {host_if} type veth peer name eth0 netns {}",
+                pod.name
+            ),
+        );
+        ip(&self.node.name, &format!("link set {host_if} up"));
+        ip(
+            &pod.name,
+            &format!("addr add 10.33.{}.{}/32 dev eth0", n / 200, n % 200 + 2),
+        );
+        ip(&pod.name, "link set eth0 up");
+    }
+
     /// egress-guard's conflist entry with test paths.
     pub fn guard_entry(&self, extra: serde_json::Value) -> serde_json::Value {
         let mut v = serde_json::json!({
