@@ -22,6 +22,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cri::client::PodSpec;
+use crate::cri::image;
 use crate::cri::node::{run, teardown, Node, BASE};
 use crate::cri::{nft, ALLOW, MODE};
 use crate::stats::{lat_row, ratio, Report, Samples};
@@ -51,24 +52,10 @@ pub fn nft_files() -> Result<Vec<String>, String> {
     Ok(files)
 }
 
-fn sha_blob(oci: &Path, file: &Path) -> Result<(String, u64), String> {
-    let f = file.to_string_lossy();
-    let hex = run("sha256sum", &[&f])?
-        .split_whitespace()
-        .next()
-        .ok_or("sha256sum printed nothing")?
-        .to_string();
-    let size = fs::metadata(file).map_err(|e| e.to_string())?.len();
-    fs::copy(file, oci.join("blobs/sha256").join(&hex)).map_err(|e| e.to_string())?;
-    Ok((format!("sha256:{hex}"), size))
-}
-
 /// A one-layer OCI image: the host's `nft` with its libraries and `/rules.nft`; returns the
 /// tarball for `ctr images import` and the layer size.
 pub fn build_init_image(work: &Path, rules: &str) -> Result<(PathBuf, u64), String> {
     let rootfs = work.join("rootfs");
-    let oci = work.join("oci");
-    fs::create_dir_all(oci.join("blobs/sha256")).map_err(|e| e.to_string())?;
     for f in nft_files()? {
         let dst = rootfs.join(f.trim_start_matches('/'));
         if let Some(d) = dst.parent() {
@@ -88,59 +75,13 @@ pub fn build_init_image(work: &Path, rules: &str) -> Result<(PathBuf, u64), Stri
             "/rules.nft",
         ],
     )?;
-    let s = |p: &Path| p.to_string_lossy().into_owned();
-    let layer = work.join("layer.tar");
-    run(
-        "tar",
-        &[
-            "--numeric-owner",
-            "--owner=0",
-            "--group=0",
-            "--mtime=@0",
-            "-C",
-            &s(&rootfs),
-            "-cf",
-            &s(&layer),
-            ".",
-        ],
-    )?;
-    let (ld, ls) = sha_blob(&oci, &layer)?;
-    let config = work.join("config.json");
-    let cfg = json!({"architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/usr/sbin/nft", "-f", "/rules.nft"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [ld]}});
-    fs::write(&config, cfg.to_string()).map_err(|e| e.to_string())?;
-    let (cd, cs) = sha_blob(&oci, &config)?;
-    let manifest = work.join("manifest.json");
-    let man = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]});
-    fs::write(&manifest, man.to_string()).map_err(|e| e.to_string())?;
-    let (md, ms) = sha_blob(&oci, &manifest)?;
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": INIT_IMAGE, "org.opencontainers.image.ref.name": "1"}}]});
-    fs::write(oci.join("index.json"), index.to_string()).map_err(|e| e.to_string())?;
-    fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(|e| e.to_string())?;
-    let tarball = work.join("nft-init-oci.tar");
-    run(
-        "tar",
-        &[
-            "--numeric-owner",
-            "--owner=0",
-            "--group=0",
-            "-C",
-            &s(&oci),
-            "-cf",
-            &s(&tarball),
-            "oci-layout",
-            "index.json",
-            "blobs",
-        ],
-    )?;
-    Ok((tarball, ls))
+    image::pack(
+        work,
+        &rootfs,
+        &["/usr/sbin/nft", "-f", "/rules.nft"],
+        INIT_IMAGE,
+        "nft-init-oci.tar",
+    )
 }
 
 /// The container verbs the harness's client does not have.

@@ -26,13 +26,11 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), String> {
     fs::write(path, v.to_string()).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
-/// Builds the image tarball under `work` and returns its path.
+/// Builds the pause image tarball under `work` and returns its path.
 pub fn build(work: &Path) -> Result<PathBuf, String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri/pause.c");
     let rootfs = work.join("rootfs");
-    let oci = work.join("oci");
     fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
-    fs::create_dir_all(oci.join("blobs/sha256")).map_err(|e| e.to_string())?;
     let s = |p: &Path| p.to_string_lossy().into_owned();
     run(
         "gcc",
@@ -45,6 +43,22 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
             &s(&src),
         ],
     )?;
+    let (tarball, _) = pack(work, &rootfs, &["/pause"], IMAGE, "pause-oci.tar")?;
+    Ok(tarball)
+}
+
+/// Packs the tree `rootfs` as a one-layer OCI image named `image` (with `entrypoint`) into an
+/// image-layout tarball `work/<tarball>` for `ctr images import`; returns it and the layer size.
+pub fn pack(
+    work: &Path,
+    rootfs: &Path,
+    entrypoint: &[&str],
+    image: &str,
+    tarball: &str,
+) -> Result<(PathBuf, u64), String> {
+    let oci = work.join("oci");
+    fs::create_dir_all(oci.join("blobs/sha256")).map_err(|e| e.to_string())?;
+    let s = |p: &Path| p.to_string_lossy().into_owned();
     let layer = work.join("layer.tar");
     run(
         "tar",
@@ -54,10 +68,10 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
             "--group=0",
             "--mtime=@0",
             "-C",
-            &s(&rootfs),
+            &s(rootfs),
             "-cf",
             &s(&layer),
-            "pause",
+            ".",
         ],
     )?;
     let (layer_digest, layer_size) = blob(&oci, &layer)?;
@@ -66,7 +80,7 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
         &config,
         &json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Entrypoint": ["/pause"], "WorkingDir": "/"},
+            "config": {"Entrypoint": entrypoint, "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         }),
     )?;
@@ -84,7 +98,7 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
         }),
     )?;
     let (manifest_digest, manifest_size) = blob(&oci, &manifest)?;
-    let tag = IMAGE.rsplit(':').next().unwrap_or("latest");
+    let tag = image.rsplit(':').next().unwrap_or("latest");
     write_json(
         &oci.join("index.json"),
         &json!({
@@ -94,7 +108,7 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": manifest_digest, "size": manifest_size,
                 "platform": {"architecture": "amd64", "os": "linux"},
-                "annotations": {"io.containerd.image.name": IMAGE,
+                "annotations": {"io.containerd.image.name": image,
                                 "org.opencontainers.image.ref.name": tag},
             }],
         }),
@@ -103,7 +117,7 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
         &oci.join("oci-layout"),
         &json!({"imageLayoutVersion": "1.0.0"}),
     )?;
-    let tarball = work.join("pause-oci.tar");
+    let out = work.join(tarball);
     run(
         "tar",
         &[
@@ -113,11 +127,11 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
             "-C",
             &s(&oci),
             "-cf",
-            &s(&tarball),
+            &s(&out),
             "oci-layout",
             "index.json",
             "blobs",
         ],
     )?;
-    Ok(tarball)
+    Ok((out, layer_size))
 }
