@@ -181,7 +181,7 @@ fn cleanup() {
 fn main() -> ExitCode {
     match std::env::var("EGRESS_GUARD_BENCH").as_deref() {
         Err(_) => {
-            eprintln!("egress-guard benchmarks: run `sudo bench/run` (QUICK=1 for a short run)");
+            eprintln!("egress-guard benchmarks: run `bench/run` (QUICK=1 for a short run)");
             return ExitCode::SUCCESS;
         }
         Ok("cleanup") => {
