@@ -354,3 +354,67 @@ pub fn raw_tcp_syn(ns: &str, src: &str, dst: &str, sport: u16, dport: u16) {
     });
     std::thread::sleep(Duration::from_millis(200));
 }
+
+/// Records the payload (after the IPv4 header) of every packet of IP protocol `proto` arriving
+/// in the namespace.
+pub fn raw_ip_sniffer(ns: &str, proto: i32) -> Server {
+    Server::spawn(ns, move |stop, seen, ready| {
+        // SAFETY: plain socket call; checked below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+        assert!(
+            fd >= 0,
+            "raw socket {proto}: {}",
+            std::io::Error::last_os_error()
+        );
+        set_timeout(fd, Duration::from_millis(50));
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::SeqCst) {
+            // SAFETY: buf is valid for writes of its length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 20 {
+                let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                if let Some(payload) = buf.get(ihl..n as usize) {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(payload).to_string());
+                }
+            }
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    })
+}
+
+/// Sends `payload` three times as raw IPv4 packets of protocol `proto` from `ns` to `dst`.
+pub fn raw_ip_send(ns: &str, dst: &str, proto: i32, payload: &str) {
+    let d: Ipv4Addr = dst.parse().unwrap();
+    let payload = payload.as_bytes().to_vec();
+    in_ns(ns, move || {
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+        assert!(
+            fd >= 0,
+            "raw socket {proto}: {}",
+            std::io::Error::last_os_error()
+        );
+        let (ss, len) = sockaddr(IpAddr::V4(d));
+        for _ in 0..3 {
+            // SAFETY: buffers valid for the call.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    payload.as_ptr().cast(),
+                    payload.len(),
+                    0,
+                    (&ss as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    });
+    std::thread::sleep(Duration::from_millis(200));
+}
