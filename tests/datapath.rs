@@ -154,7 +154,7 @@ fn check_raw(r: &mut Report, n: &Node, guarded: &str, control: &str) {
     probe::raw_tcp_syn(guarded, &g4, INET4, 40002, 7777);
     // SCTP and an arbitrary IP protocol (GRE) sent raw: the default deny is not TCP/UDP-only.
     for (proto, name) in [(132, "SCTP"), (47, "GRE")] {
-        let seen = probe::raw_ip_sniffer(&n.inet.name, proto);
+        let seen = Server::raw_ip_sniffer(&n.inet.name, proto);
         probe::raw_ip_send(control, INET4, proto, &format!("control-{name}"));
         probe::raw_ip_send(guarded, INET4, proto, &format!("guarded-{name}"));
         let got = |m: &str| seen.seen.lock().unwrap().iter().any(|s| s.contains(m));

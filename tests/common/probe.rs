@@ -109,10 +109,32 @@ impl Server {
 
     /// Records every IPv4 TCP segment arriving in the namespace as "tcp SPORT>DPORT".
     pub fn raw_tcp_sniffer(ns: &str) -> Server {
+        Server::raw_sniffer(ns, libc::IPPROTO_TCP, |l4| {
+            let ports = l4.get(..4)?;
+            let sport = u16::from_be_bytes([ports[0], ports[1]]);
+            let dport = u16::from_be_bytes([ports[2], ports[3]]);
+            Some(format!("tcp {sport}>{dport}"))
+        })
+    }
+
+    /// Records the payload (after the IPv4 header) of every packet of IP protocol `proto`.
+    pub fn raw_ip_sniffer(ns: &str, proto: i32) -> Server {
+        Server::raw_sniffer(ns, proto, |l4| {
+            Some(String::from_utf8_lossy(l4).to_string())
+        })
+    }
+
+    /// A raw IPv4 socket for `proto` in `ns`; `record` turns what follows the IP header into
+    /// the entry stored in `seen` (or nothing).
+    fn raw_sniffer(ns: &str, proto: i32, record: fn(&[u8]) -> Option<String>) -> Server {
         Server::spawn(ns, move |stop, seen, ready| {
             // SAFETY: plain socket call; checked below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
-            assert!(fd >= 0);
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+            assert!(
+                fd >= 0,
+                "raw socket {proto}: {}",
+                std::io::Error::last_os_error()
+            );
             set_timeout(fd, Duration::from_millis(50));
             ready.send(()).unwrap();
             let mut buf = [0u8; 2048];
@@ -121,10 +143,8 @@ impl Server {
                 let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if n > 20 {
                     let ihl = ((buf[0] & 0x0f) as usize) * 4;
-                    if (n as usize) >= ihl + 4 {
-                        let sport = u16::from_be_bytes([buf[ihl], buf[ihl + 1]]);
-                        let dport = u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]);
-                        seen.lock().unwrap().push(format!("tcp {sport}>{dport}"));
+                    if let Some(entry) = buf.get(ihl..n as usize).and_then(record) {
+                        seen.lock().unwrap().push(entry);
                     }
                 }
             }
@@ -310,86 +330,37 @@ pub fn ping(ns: &str, dst: &str) -> bool {
 /// Sends a hand-built IPv4 TCP SYN (IP header included) from `ns`; fire and forget.
 pub fn raw_tcp_syn(ns: &str, src: &str, dst: &str, sport: u16, dport: u16) {
     let (s, d): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
-    in_ns(ns, move || {
-        // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let mut tcp = vec![0u8; 20];
-        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = 0x02;
-        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&s.octets());
-        pseudo.extend_from_slice(&d.octets());
-        pseudo.extend_from_slice(&[0, 6, 0, 20]);
-        pseudo.extend_from_slice(&tcp);
-        let c = checksum(&pseudo);
-        tcp[16..18].copy_from_slice(&c.to_be_bytes());
-        let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0];
-        ip.extend_from_slice(&s.octets());
-        ip.extend_from_slice(&d.octets());
-        let c = checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        ip.extend_from_slice(&tcp);
-        let (ss, len) = sockaddr(IpAddr::V4(d));
-        for _ in 0..3 {
-            // SAFETY: buffers valid for the call.
-            unsafe {
-                libc::sendto(
-                    fd,
-                    ip.as_ptr().cast(),
-                    ip.len(),
-                    0,
-                    (&ss as *const libc::sockaddr_storage).cast(),
-                    len,
-                )
-            };
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-    });
-    std::thread::sleep(Duration::from_millis(200));
-}
-
-/// Records the payload (after the IPv4 header) of every packet of IP protocol `proto` arriving
-/// in the namespace.
-pub fn raw_ip_sniffer(ns: &str, proto: i32) -> Server {
-    Server::spawn(ns, move |stop, seen, ready| {
-        // SAFETY: plain socket call; checked below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
-        assert!(
-            fd >= 0,
-            "raw socket {proto}: {}",
-            std::io::Error::last_os_error()
-        );
-        set_timeout(fd, Duration::from_millis(50));
-        ready.send(()).unwrap();
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::SeqCst) {
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 20 {
-                let ihl = ((buf[0] & 0x0f) as usize) * 4;
-                if let Some(payload) = buf.get(ihl..n as usize) {
-                    seen.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(payload).to_string());
-                }
-            }
-        }
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-    })
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&s.octets());
+    pseudo.extend_from_slice(&d.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&tcp);
+    // IPPROTO_RAW: the buffer carries its own IP header.
+    raw_send(ns, d, libc::IPPROTO_RAW, ip);
 }
 
 /// Sends `payload` three times as raw IPv4 packets of protocol `proto` from `ns` to `dst`.
 pub fn raw_ip_send(ns: &str, dst: &str, proto: i32, payload: &str) {
-    let d: Ipv4Addr = dst.parse().unwrap();
-    let payload = payload.as_bytes().to_vec();
+    raw_send(ns, dst.parse().unwrap(), proto, payload.as_bytes().to_vec());
+}
+
+/// Sends `bytes` three times on a raw IPv4 socket of `proto` from `ns` to `dst`; fire and forget.
+fn raw_send(ns: &str, dst: Ipv4Addr, proto: i32, bytes: Vec<u8>) {
     in_ns(ns, move || {
         // SAFETY: plain socket call.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
@@ -398,14 +369,14 @@ pub fn raw_ip_send(ns: &str, dst: &str, proto: i32, payload: &str) {
             "raw socket {proto}: {}",
             std::io::Error::last_os_error()
         );
-        let (ss, len) = sockaddr(IpAddr::V4(d));
+        let (ss, len) = sockaddr(IpAddr::V4(dst));
         for _ in 0..3 {
             // SAFETY: buffers valid for the call.
             unsafe {
                 libc::sendto(
                     fd,
-                    payload.as_ptr().cast(),
-                    payload.len(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
                     0,
                     (&ss as *const libc::sockaddr_storage).cast(),
                     len,
