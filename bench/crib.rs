@@ -392,22 +392,7 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
         ],
     )?;
     let (tarball, layer) = build_init_image(&work, &rules)?;
-    run(
-        "ctr",
-        &[
-            "-a",
-            &up.0.sock.to_string_lossy(),
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            "--snapshotter",
-            "native",
-            "--platform",
-            "linux/amd64",
-            &tarball.to_string_lossy(),
-        ],
-    )?;
+    image::import(&up.0.sock, &tarball)?;
     let ctr = Containers::connect(&up.0.sock)?;
     let mut b = Bench {
         up,

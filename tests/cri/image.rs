@@ -135,3 +135,24 @@ pub fn pack(
     )?;
     Ok((out, layer_size))
 }
+
+/// Imports an image-layout tarball into containerd (namespace k8s.io, native snapshotter).
+pub fn import(sock: &Path, tarball: &Path) -> Result<(), String> {
+    run(
+        "ctr",
+        &[
+            "-a",
+            &sock.to_string_lossy(),
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+            "--platform",
+            "linux/amd64",
+            &tarball.to_string_lossy(),
+        ],
+    )?;
+    Ok(())
+}

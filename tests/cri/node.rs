@@ -245,22 +245,7 @@ impl Node {
         node.write_cni(plugin)?;
         node.write_config()?;
         node.spawn_containerd()?;
-        run(
-            "ctr",
-            &[
-                "-a",
-                &s(&node.sock),
-                "-n",
-                "k8s.io",
-                "images",
-                "import",
-                "--snapshotter",
-                "native",
-                "--platform",
-                "linux/amd64",
-                &s(&tarball),
-            ],
-        )?;
+        image::import(&node.sock, &tarball)?;
         Ok(node)
     }
 
