@@ -171,70 +171,50 @@ fn load_key(key: &[Selector], out: &mut Vec<Expr>) {
     }
 }
 
+/// A load into the first register followed by "equals `data`".
+fn load_eq(load: Expr, data: Vec<u8>, out: &mut Vec<Expr>) {
+    out.push(load);
+    out.push(Expr::Cmp {
+        sreg: REG32_00,
+        op: CMP_EQ,
+        data,
+    });
+}
+
+fn meta(key: u32) -> Expr {
+    Expr::Meta {
+        key,
+        dreg: REG32_00,
+    }
+}
+
 /// Lowers one statement to kernel expressions.
 pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
     let r = REG32_00;
     match stmt {
         Stmt::L3(l3) => match family {
-            Family::Netdev => {
-                out.push(Expr::Meta {
-                    key: META_PROTOCOL,
-                    dreg: r,
-                });
-                out.push(Expr::Cmp {
-                    sreg: r,
-                    op: CMP_EQ,
-                    data: l3.ethertype().to_be_bytes().to_vec(),
-                });
-            }
-            Family::Inet => {
-                out.push(Expr::Meta {
-                    key: META_NFPROTO,
-                    dreg: r,
-                });
-                out.push(Expr::Cmp {
-                    sreg: r,
-                    op: CMP_EQ,
-                    data: vec![l3.nfproto()],
-                });
-            }
+            Family::Netdev => load_eq(
+                meta(META_PROTOCOL),
+                l3.ethertype().to_be_bytes().to_vec(),
+                out,
+            ),
+            Family::Inet => load_eq(meta(META_NFPROTO), vec![l3.nfproto()], out),
         },
-        Stmt::L4Proto(p) => {
-            out.push(Expr::Meta {
-                key: META_L4PROTO,
-                dreg: r,
-            });
-            out.push(Expr::Cmp {
-                sreg: r,
-                op: CMP_EQ,
-                data: vec![*p],
-            });
-        }
-        Stmt::IcmpType(t) => {
-            out.push(Expr::Payload {
+        Stmt::L4Proto(p) => load_eq(meta(META_L4PROTO), vec![*p], out),
+        Stmt::IcmpType(t) => load_eq(
+            Expr::Payload {
                 base: BASE_TRANSPORT,
                 offset: 0,
                 len: 1,
                 dreg: r,
-            });
-            out.push(Expr::Cmp {
-                sreg: r,
-                op: CMP_EQ,
-                data: vec![*t],
-            });
-        }
+            },
+            vec![*t],
+            out,
+        ),
         Stmt::OifName(name) => {
             let mut data = name.as_bytes().to_vec();
             data.resize(16, 0);
-            out.push(Expr::Meta {
-                key: META_OIFNAME,
-                dreg: r,
-            });
-            out.push(Expr::Cmp {
-                sreg: r,
-                op: CMP_EQ,
-                data,
-            });
+            load_eq(meta(META_OIFNAME), data, out);
         }
         Stmt::CtState(mask) => {
             out.push(Expr::Ct {
