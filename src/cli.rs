@@ -45,9 +45,6 @@ pub fn run_plugin() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut kernel = NetlinkKernel::new();
-    if let Ok(conf) = NetConf::parse(&stdin) {
-        kernel.peer_hints = conf.host_interface_hints();
-    }
     let outcome = run(Invocation {
         kernel: &mut kernel,
         env: &env,

@@ -663,7 +663,7 @@ fn host_link_check_notices_a_vanished_or_renamed_veth() {
         )))
         .unwrap();
         match NetlinkKernel::new()
-            .host_peer(std::path::Path::new(&path), "eth0")
+            .host_peer(std::path::Path::new(&path), "eth0", &[])
             .unwrap()
         {
             HostPeer::Veth { name, index } => {

@@ -161,7 +161,7 @@ fn choose_attach<K: Kernel>(
     }
     let peer = ctx
         .kernel
-        .host_peer(Path::new(netns), ifname)
+        .host_peer(Path::new(netns), ifname, &ctx.conf.host_interface_hints())
         .map_err(|e| kernel_error(whom, "finding the pod's host-side interface", &e))?;
     let egress = ctx.kernel.has_netdev_egress();
     match (peer, ctx.conf.placement, egress) {
@@ -339,7 +339,8 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         // Nothing to install, but a stale table bound to this device name must not guard (or
         // break) a pod that asked for nothing.
         if ctx.conf.placement != PlacementPref::Pod {
-            match ctx.kernel.host_peer(Path::new(&netns), &ifname) {
+            let hints = ctx.conf.host_interface_hints();
+            match ctx.kernel.host_peer(Path::new(&netns), &ifname, &hints) {
                 Ok(HostPeer::Veth { name: dev, .. }) => {
                     clear_stale_host_tables(ctx, &whom, &name, &dev)?
                 }

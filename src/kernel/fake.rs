@@ -148,7 +148,12 @@ impl Kernel for RecordingKernel {
             .map(|(s, _)| s.clone()))
     }
 
-    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
+    fn host_peer(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        _hints: &[String],
+    ) -> Result<HostPeer, KernelError> {
         self.calls
             .push(format!("peer {} {ifname}", netns.display()));
         self.peers.get(netns).cloned().ok_or_else(|| {

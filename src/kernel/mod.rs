@@ -89,8 +89,14 @@ pub trait Kernel {
         family: Family,
         name: &str,
     ) -> Result<Option<Snapshot>, KernelError>;
-    /// The host-side peer of `ifname` in the pod netns at `netns`.
-    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError>;
+    /// The host-side peer of `ifname` in the pod netns at `netns`. `hints` are host interface
+    /// names from prevResult, tried (and verified) when the peer index does not lead to it.
+    fn host_peer(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        hints: &[String],
+    ) -> Result<HostPeer, KernelError>;
     /// Whether the host-side interface found by `host_peer` (name and ifindex) is still there.
     /// The default repeats the whole lookup; implementations may check more cheaply.
     fn host_link_is(
@@ -101,7 +107,7 @@ pub trait Kernel {
         index: u32,
     ) -> Result<bool, KernelError> {
         Ok(matches!(
-            self.host_peer(netns, ifname)?,
+            self.host_peer(netns, ifname, &[])?,
             HostPeer::Veth { name, index: i } if name == device && i == index
         ))
     }

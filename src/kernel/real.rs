@@ -15,8 +15,6 @@ use crate::ruleset::{Family, Table};
 pub struct NetlinkKernel {
     host_nft: Option<Socket>,
     host_rtnl: Option<Socket>,
-    /// Candidate host-side interface names (from prevResult), verified before use.
-    pub peer_hints: Vec<String>,
 }
 
 impl NetlinkKernel {
@@ -112,7 +110,12 @@ impl Kernel for NetlinkKernel {
         self.with_nft(at, &what, |s| nft::read_table(s, family, name))
     }
 
-    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
+    fn host_peer(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        hints: &[String],
+    ) -> Result<HostPeer, KernelError> {
         let sock = match &mut self.host_rtnl {
             Some(s) => s,
             slot @ None => slot.insert(
@@ -120,7 +123,7 @@ impl Kernel for NetlinkKernel {
                     .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
             ),
         };
-        Ok(find_host_peer(sock, netns, ifname, &self.peer_hints)?)
+        Ok(find_host_peer(sock, netns, ifname, hints)?)
     }
 
     fn host_link_is(

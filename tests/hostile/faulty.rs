@@ -70,8 +70,13 @@ impl<K: Kernel> Kernel for Faulty<K> {
     ) -> Result<Option<Snapshot>, KernelError> {
         self.inner.read(at, family, name)
     }
-    fn host_peer(&mut self, netns: &Path, ifname: &str) -> Result<HostPeer, KernelError> {
-        let mut peer = self.inner.host_peer(netns, ifname)?;
+    fn host_peer(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        hints: &[String],
+    ) -> Result<HostPeer, KernelError> {
+        let mut peer = self.inner.host_peer(netns, ifname, hints)?;
         if let (Some(name), HostPeer::Veth { index, .. }) = (&self.faults.peer_override, &peer) {
             peer = HostPeer::Veth {
                 name: name.clone(),
