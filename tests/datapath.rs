@@ -335,10 +335,21 @@ fn run_escape_suite(kind: &str) {
         false,
         left.contains("egress_guard_"),
     );
+    let state = n.tmp.join("state");
     r.expect(
         "no state file left after DEL",
         false,
-        std::fs::read_dir(n.tmp.join("state"))
+        std::fs::read_dir(&state)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name() != "devices" && e.file_name() != "devices.complete")
+            })
+            .unwrap_or(false),
+    );
+    r.expect(
+        "no device index entry left after DEL",
+        false,
+        std::fs::read_dir(std::path::Path::new(&state).join("devices"))
             .map(|d| d.count() > 0)
             .unwrap_or(false),
     );

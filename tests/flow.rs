@@ -13,9 +13,13 @@ use serde_json::{json, Value};
 
 const NETNS: &str = "/var/run/netns/pod-a";
 
+/// One state dir per test (each test runs on its own thread) and per run.
 fn state_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("flow-{:?}", std::thread::current().id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "flow-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -434,4 +438,142 @@ fn version_and_unknown_command() {
     let err = out.result.unwrap_err();
     assert_eq!(err.code, 4);
     assert!(err.msg.contains("FROB"));
+}
+
+fn add_as(k: &mut RecordingKernel, cid: &str, c: &Value) {
+    let mut e = env("ADD", "ml");
+    e.container_id = Some(cid.into());
+    let stdin = c.to_string().into_bytes();
+    run(Invocation {
+        kernel: k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+}
+
+fn listed_tables(k: &RecordingKernel) -> bool {
+    k.calls.iter().any(|c| c.starts_with("list host"))
+}
+
+#[test]
+fn stale_table_is_found_through_the_device_index_without_listing_tables() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    // The first ADD on a node has no index yet: it lists the tables and builds the index.
+    add_as(&mut k, "cid-dead", &c);
+    assert!(listed_tables(&k), "{:?}", k.calls);
+    assert!(dir.join("devices.complete").exists());
+    assert!(dir.join("devices/vethA/egress_guard_cid-dead").exists());
+
+    // That pod dies without DEL; a new pod gets a veth of the same name.
+    k.calls.clear();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    assert!(!listed_tables(&k), "listed every table: {:?}", k.calls);
+    assert!(
+        k.calls
+            .iter()
+            .any(|c| c.contains("replace=[egress_guard_cid-dead]")
+                && c.contains("table=egress_guard_cid-a")),
+        "{:?}",
+        k.calls
+    );
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    let entries: Vec<String> = std::fs::read_dir(dir.join("devices/vethA"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, vec!["egress_guard_cid-a"]);
+
+    // DEL forgets the entry with the table.
+    invoke(&mut k, "DEL", "ml", &c).result.unwrap();
+    assert!(k.table_names().is_empty());
+    assert!(!dir.join("devices/vethA").exists());
+}
+
+#[test]
+fn device_index_that_cannot_be_written_is_not_trusted() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    // A marker says "complete" but the index cannot be read or written.
+    std::fs::write(dir.join("devices.complete"), b"").unwrap();
+    std::fs::write(dir.join("devices"), b"not a directory").unwrap();
+    // A stale table the index knows nothing about.
+    let stale = egress_guard::ruleset::Table {
+        family: Family::Netdev,
+        name: "egress_guard_cid-dead".into(),
+        comment: "egress-guard dev=vethA mode=enforce policy=0".into(),
+        sets: vec![],
+        chains: vec![],
+    };
+    k.install(Where::Host, Family::Netdev, &[], Some(&stale))
+        .unwrap();
+    k.calls.clear();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    assert!(listed_tables(&k), "{:?}", k.calls);
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert!(
+        !dir.join("devices.complete").exists(),
+        "an index that failed to record a table must not be marked complete"
+    );
+    // And the next ADD lists again.
+    k.calls.clear();
+    add_as(&mut k, "cid-b", &c);
+    assert!(listed_tables(&k), "{:?}", k.calls);
+}
+
+#[test]
+fn gc_prunes_index_entries_of_gone_tables_but_not_fresh_ones() {
+    let mut k = kernel();
+    let dir = state_dir();
+    let c = conf(Some(enforce()), json!({}));
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let old = dir.join("devices/vethOld");
+    std::fs::create_dir_all(&old).unwrap();
+    let gone = old.join("egress_guard_gone");
+    let f = std::fs::File::create(&gone).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    drop(f);
+    // Recorded a moment ago by an ADD that has not installed its table yet.
+    let fresh = dir.join("devices/vethNew/egress_guard_pending");
+    std::fs::create_dir_all(fresh.parent().unwrap()).unwrap();
+    std::fs::write(&fresh, b"").unwrap();
+
+    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "stateDir": dir, "cni.dev/valid-attachments": [{"containerID": "cid-a", "ifname": "eth0"}]});
+    let stdin = gc.to_string().into_bytes();
+    let e = Env {
+        command: "GC".into(),
+        ..Default::default()
+    };
+    run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+    assert!(!gone.exists(), "entry of a gone table survived GC");
+    assert!(!old.exists());
+    assert!(fresh.exists(), "a fresh entry was pruned");
+    assert!(dir.join("devices/vethA/egress_guard_cid-a").exists());
+}
+
+#[test]
+fn add_fails_closed_when_the_device_index_can_neither_record_nor_be_distrusted() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    std::fs::write(dir.join("devices"), b"not a directory").unwrap();
+    std::fs::create_dir_all(dir.join("devices.complete/x")).unwrap();
+    let out = invoke(&mut k, "ADD", "ml", &c);
+    let err = out.result.unwrap_err();
+    assert_eq!(err.code, 5, "{}", err.msg);
+    assert!(err.msg.contains("device index"), "{}", err.msg);
+    assert!(k.table_names().is_empty(), "{:?}", k.table_names());
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::metrics::Shared;
 use super::state::{self, PodState};
+use crate::devindex::DeviceIndex;
 use crate::kernel::{Kernel, KernelError, Where};
 use crate::netlink::nft::expected_snapshot;
 use crate::ruleset::{Family, TABLE_PREFIX};
@@ -257,6 +258,22 @@ impl Reconciler {
             at.describe(),
             table.rule_count()
         );
+        if let (true, Some(dev)) = (s.is_host(), s.device.as_deref()) {
+            // As ADD does: recorded before it exists, or the index is no longer trusted.
+            let index = DeviceIndex::new(&self.state_dir);
+            if let Err(e) = index.add(dev, &table.name) {
+                log::warn!(
+                    "{}: recording {} in the device index: {e}",
+                    s.who(),
+                    table.name
+                );
+                if let Err(e) = index.invalidate() {
+                    shared.error("repair");
+                    out.push(self.event("repair-failed", Some(s), vec![e.to_string()]));
+                    return;
+                }
+            }
+        }
         match kernel.install(at, table.family, &replace, Some(&table)) {
             Ok(_) => {
                 if !self.still_recorded(s) {
@@ -290,9 +307,15 @@ impl Reconciler {
         known: &BTreeSet<&str>,
         device_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<EventRecord>, ReconcileError> {
+        let listed_at = std::time::SystemTime::now();
         let tables = kernel
             .tables(Where::Host, Family::Netdev)
             .map_err(ReconcileError::List)?;
+        let mut live: BTreeSet<String> = tables
+            .iter()
+            .filter(|t| t.name.starts_with(TABLE_PREFIX))
+            .map(|t| t.name.clone())
+            .collect();
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for t in tables
@@ -318,6 +341,7 @@ impl Reconciler {
             ev.table = Some(t.name.clone());
             match kernel.remove(Where::Host, Family::Netdev, &t.name) {
                 Ok(_) => {
+                    live.remove(&t.name);
                     shared.with(|e| e.gc_removals += 1);
                     ev.detail = vec![format!(
                         "table netdev {} had no state file and its device {} is gone",
@@ -335,6 +359,10 @@ impl Reconciler {
             }
         }
         self.orphans = seen;
+        // Collected pods' tables are not in `live` either: the listing came after `collect`.
+        if let Err(e) = DeviceIndex::new(&self.state_dir).prune(&live, listed_at) {
+            log::warn!("pruning the device index: {e}");
+        }
         Ok(out)
     }
 }
@@ -397,6 +425,12 @@ mod tests {
             ev.iter().map(|e| e.event).collect::<Vec<_>>(),
             ["drift", "repaired"]
         );
+        let device = s.device.clone().unwrap();
+        assert_eq!(
+            DeviceIndex::new(&dir).tables(&device).unwrap(),
+            vec![s.table.clone()],
+            "a reinstalled table is recorded in the device index"
+        );
         assert!(
             r.pass(&mut k, &shared, &up).is_empty(),
             "repaired table is intact"
@@ -417,6 +451,18 @@ mod tests {
         orphan.comment = "egress-guard dev=vethgone mode=enforce policy=x".into();
         k.install(Where::Host, Family::Netdev, &[], Some(&orphan))
             .unwrap();
+        // Index entries of both, old enough to be pruned once their tables are gone.
+        let index = DeviceIndex::new(&dir);
+        for (dev, t) in [
+            (s.device.clone().unwrap(), s.table.clone()),
+            ("vethgone".into(), orphan.name.clone()),
+        ] {
+            index.add(&dev, &t).unwrap();
+            let path = dir.join("devices").join(&dev).join(&t);
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(std::time::SystemTime::now() - 2 * crate::devindex::PRUNE_GRACE)
+                .unwrap();
+        }
         let shared = Shared::new(dir.clone(), "n".into());
         let mut r = Reconciler::new(dir.clone(), true, "n".into());
         let gone = |_: &str| false;
@@ -428,6 +474,14 @@ mod tests {
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0].table.as_deref(), Some("egress_guard_orphan"));
         assert!(k.table_names().is_empty(), "{:?}", k.table_names());
+        assert!(
+            !dir.join("devices/vethgone").exists()
+                && index
+                    .tables(s.device.as_deref().unwrap())
+                    .unwrap()
+                    .is_empty(),
+            "index entries of collected tables are pruned"
+        );
         shared.with(|e| assert_eq!(e.gc_removals, 2));
         let _ = std::fs::remove_dir_all(&dir);
     }

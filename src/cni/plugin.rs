@@ -12,8 +12,10 @@ use super::{
     code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb,
     SUPPORTED_VERSIONS,
 };
+use crate::devindex::DeviceIndex;
 use crate::kernel::{HostPeer, Kernel, KernelError, Where};
 use crate::logging::{rfc3339, VerbRecord};
+use crate::netlink::nft::TableInfo;
 use crate::policy::{parse_annotations, Mode, Policy};
 use crate::ruleset::{compile, table_name, Attach, Family, Table, Target, TABLE_PREFIX};
 
@@ -199,26 +201,134 @@ fn undo_uncertain<K: Kernel>(
     }
 }
 
+/// Whether our table's comment names `device` as the one its chains are bound to.
+fn bound_to(comment: &str, device: &str) -> bool {
+    comment
+        .split_whitespace()
+        .any(|w| w.strip_prefix("dev=") == Some(device))
+}
+
 /// Our tables in the host netns that must go before this pod's table is created: one with the
 /// same name (a repeated ADD) and any left bound to the same device name by a pod that died
 /// without DEL (netdev chains re-attach to a new device of the same name).
+///
+/// With a complete device index (`crate::devindex`) that is one lookup per recorded candidate,
+/// whatever the number of pods on the node. Otherwise every netdev table is listed, and the
+/// index is rebuilt from the listing for the next ADD.
 fn stale_host_tables<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
     name: &str,
     device: &str,
 ) -> Result<Vec<String>, CniError> {
+    let index = DeviceIndex::new(&ctx.conf.state_dir);
+    if index.is_complete() {
+        match index.tables(device) {
+            Ok(mut candidates) => {
+                if !candidates.iter().any(|t| t == name) {
+                    candidates.push(name.to_string());
+                }
+                let mut stale = Vec::new();
+                for t in candidates
+                    .into_iter()
+                    .filter(|t| t.starts_with(TABLE_PREFIX))
+                {
+                    let info = ctx
+                        .kernel
+                        .table(Where::Host, Family::Netdev, &t)
+                        .map_err(|e| kernel_error(whom, &format!("looking up table {t}"), &e))?;
+                    match info {
+                        Some(info) if t == name || bound_to(&info.comment, device) => stale.push(t),
+                        // Re-created on another device since; recorded there as well.
+                        Some(_) => {}
+                        None if t != name => {
+                            if let Err(e) = index.forget_missing(device, &t) {
+                                log::warn!("{whom}: pruning the device index: {e}");
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                return Ok(stale);
+            }
+            Err(e) => log::warn!(
+                "{whom}: reading the device index for {device}: {e}; listing tables instead"
+            ),
+        }
+    }
     let tables = ctx
         .kernel
         .tables(Where::Host, Family::Netdev)
         .map_err(|e| kernel_error(whom, "listing tables", &e))?;
-    let dev_token = format!("dev={device}");
+    rebuild_index(&index, &tables, whom);
     Ok(tables
         .into_iter()
         .filter(|t| t.name.starts_with(TABLE_PREFIX))
-        .filter(|t| t.name == name || t.comment.split_whitespace().any(|w| w == dev_token))
+        .filter(|t| t.name == name || bound_to(&t.comment, device))
         .map(|t| t.name)
         .collect())
+}
+
+/// Records every host table of ours found in a full listing, then marks the index complete.
+/// Tables created meanwhile by other plugin runs recorded themselves before they were created.
+fn rebuild_index(index: &DeviceIndex, tables: &[TableInfo], whom: &str) {
+    let recorded = tables
+        .iter()
+        .filter(|t| t.name.starts_with(TABLE_PREFIX))
+        .filter_map(|t| {
+            let dev = t
+                .comment
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("dev="))?;
+            Some((dev, t.name.as_str()))
+        })
+        .try_for_each(|(dev, t)| index.add(dev, t));
+    if let Err(e) = recorded.and_then(|_| index.mark_complete()) {
+        log::warn!(
+            "{whom}: cannot build the device index (tables will be listed on each ADD): {e}"
+        );
+        if let Err(e) = index.invalidate() {
+            log::warn!("{whom}: cannot remove the device index marker: {e}");
+        }
+    }
+}
+
+/// Notes in the device index that `name` may be bound to `device`, before it is installed. If
+/// that fails the index stops being trusted; if even that fails, ADD fails rather than leave an
+/// index that could hide this table from a later pod on the same device name.
+fn record_in_index<K: Kernel>(
+    ctx: &Ctx<'_, K>,
+    whom: &str,
+    device: &str,
+    name: &str,
+) -> Result<(), CniError> {
+    let index = DeviceIndex::new(&ctx.conf.state_dir);
+    let Err(e) = index.add(device, name) else {
+        return Ok(());
+    };
+    match index.invalidate() {
+        Ok(()) => {
+            log::warn!("{whom}: cannot record table {name} for {device} in the device index under {}: {e}; ADD will list tables until it is rebuilt", ctx.conf.state_dir.display());
+            Ok(())
+        }
+        Err(e2) => Err(CniError::new(
+            code::IO_FAILURE,
+            format!(
+                "{whom}: cannot record table {name} for {device} in the device index under {} ({e}) nor mark the index stale ({e2})",
+                ctx.conf.state_dir.display()
+            ),
+        )),
+    }
+}
+
+/// Forgets tables that are gone from the device index (best effort: leftovers are harmless).
+fn forget_in_index<K: Kernel>(ctx: &Ctx<'_, K>, device: &str, tables: &[String]) {
+    let index = DeviceIndex::new(&ctx.conf.state_dir);
+    for t in tables {
+        if let Err(e) = index.remove(device, t) {
+            log::warn!("device index: forgetting {t} on {device}: {e}");
+        }
+    }
 }
 
 /// Removes, on their own, our host tables left bound to `device` (and this attachment's own
@@ -240,6 +350,7 @@ fn clear_stale_host_tables<K: Kernel>(
     ctx.kernel
         .install(Where::Host, Family::Netdev, &stale, None)
         .map_err(|e| kernel_error(whom, "removing stale tables", &e))?;
+    forget_in_index(ctx, device, &stale);
     Ok(())
 }
 
@@ -280,6 +391,13 @@ fn write_state(dir: &Path, cid: &str, state: &StateFile<'_>) {
     if let Err(e) = result {
         log::warn!("cannot write state file {}: {e}", path.display());
     }
+}
+
+/// The host device an earlier ADD recorded in its state file, if any.
+fn recorded_device(dir: &Path, cid: &str) -> Option<String> {
+    let bytes = std::fs::read(state_path(dir, cid)).ok()?;
+    let state: Value = serde_json::from_slice(&bytes).ok()?;
+    state.get("device")?.as_str().map(str::to_string)
 }
 
 fn remove_state(dir: &Path, cid: &str) {
@@ -369,6 +487,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 table.element_count(),
                 stale.join(",")
             );
+            record_in_index(ctx, &whom, device, &name)?;
             let installed = ctx
                 .kernel
                 .install(Where::Host, Family::Netdev, &stale, Some(&table));
@@ -376,6 +495,8 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 undo_uncertain(ctx, &whom, Where::Host, Family::Netdev, &name, &e);
                 return Err(kernel_error(&whom, "installing the egress policy", &e));
             }
+            let gone: Vec<String> = stale.into_iter().filter(|t| *t != name).collect();
+            forget_in_index(ctx, device, &gone);
             // The veth may have vanished while we installed (this kernel hooks absent names).
             let index = peer.as_ref().map(|(_, i)| *i).unwrap_or(0);
             match ctx
@@ -476,6 +597,9 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
             Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
         }
     }
+    if let Some(device) = recorded_device(&ctx.conf.state_dir, state_key(&name)) {
+        forget_in_index(ctx, &device, std::slice::from_ref(&name));
+    }
     remove_state(&ctx.conf.state_dir, state_key(&name));
     log::info!("{whom}: DEL removed host table: {removed_host}, pod table: {removed_pod}");
     Ok(None)
@@ -546,19 +670,30 @@ fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<V
         .iter()
         .map(|a| table_name(&a.container_id, &a.ifname))
         .collect();
+    let listed_at = std::time::SystemTime::now();
     let tables = ctx
         .kernel
         .tables(Where::Host, Family::Netdev)
         .map_err(|e| kernel_error("GC", "listing tables", &e))?;
     let mut removed = Vec::new();
+    let mut live = std::collections::BTreeSet::new();
     for t in tables
         .into_iter()
-        .filter(|t| t.name.starts_with(TABLE_PREFIX) && !keep.contains(&t.name))
+        .filter(|t| t.name.starts_with(TABLE_PREFIX))
     {
+        if keep.contains(&t.name) {
+            live.insert(t.name);
+            continue;
+        }
         ctx.kernel
             .remove(Where::Host, Family::Netdev, &t.name)
             .map_err(|e| kernel_error("GC", &format!("removing table {}", t.name), &e))?;
         removed.push(t.name);
+    }
+    // Entries of tables that are gone (never fresh ones: a concurrent ADD records its table
+    // just before installing it, after this listing).
+    if let Err(e) = DeviceIndex::new(&ctx.conf.state_dir).prune(&live, listed_at) {
+        log::warn!("GC: pruning the device index: {e}");
     }
     if let Ok(dir) = std::fs::read_dir(&ctx.conf.state_dir) {
         for entry in dir.flatten() {

@@ -124,6 +124,8 @@ impl Kernel for RecordingKernel {
     }
 
     fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError> {
+        self.calls
+            .push(format!("list {} {}", at.describe(), family.name()));
         let a = at.describe();
         Ok(self
             .tables
@@ -134,6 +136,23 @@ impl Kernel for RecordingKernel {
                 comment: s.comment.clone(),
             })
             .collect())
+    }
+
+    fn table(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<TableInfo>, KernelError> {
+        self.calls
+            .push(format!("get {} {} {name}", at.describe(), family.name()));
+        Ok(self
+            .tables
+            .get(&key(at, family, name))
+            .map(|(s, _)| TableInfo {
+                name: name.to_string(),
+                comment: s.comment.clone(),
+            }))
     }
 
     fn read(

@@ -83,6 +83,13 @@ pub trait Kernel {
     /// Deletes a table; `Ok(false)` if it did not exist.
     fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError>;
     fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError>;
+    /// One table's name and comment, by a lookup (not a listing). `None` if it does not exist.
+    fn table(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<TableInfo>, KernelError>;
     fn read(
         &mut self,
         at: Where<'_>,

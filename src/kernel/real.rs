@@ -100,6 +100,16 @@ impl Kernel for NetlinkKernel {
         self.with_nft(at, "listing tables", |s| nft::list_tables(s, family))
     }
 
+    fn table(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<TableInfo>, KernelError> {
+        let what = format!("looking up table {} {name}", family.name());
+        self.with_nft(at, &what, |s| nft::get_table(s, family, name))
+    }
+
     fn read(
         &mut self,
         at: Where<'_>,

@@ -80,6 +80,8 @@ const META_L4PROTO: u32 = 16;
 const CT_STATE: u32 = 0;
 const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
+const CMP_LTE: u32 = 3;
+const CMP_GTE: u32 = 5;
 const BASE_NETWORK: u32 = 1;
 const BASE_TRANSPORT: u32 = 2;
 const DYNSET_OP_UPDATE: u32 = 1;
@@ -211,6 +213,24 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
             vec![*t],
             out,
         ),
+        Stmt::IcmpTypeRange(lo, hi) => {
+            out.push(Expr::Payload {
+                base: BASE_TRANSPORT,
+                offset: 0,
+                len: 1,
+                dreg: r,
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_GTE,
+                data: vec![*lo],
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_LTE,
+                data: vec![*hi],
+            });
+        }
         Stmt::OifName(name) => {
             let mut data = name.as_bytes().to_vec();
             data.resize(16, 0);
@@ -855,17 +875,43 @@ pub fn list_tables(sock: &mut Socket, family: Family) -> Result<Vec<TableInfo>, 
     Ok(msgs
         .iter()
         .filter(|m| m.kind == msg_type(MSG_NEWTABLE))
-        .map(|m| {
-            let a = attrs_of(m);
-            TableInfo {
-                name: a.get(TABLE_NAME).map(|x| x.string()).unwrap_or_default(),
-                comment: a
-                    .get(TABLE_USERDATA)
-                    .map(|x| parse_comment_udata(x.value))
-                    .unwrap_or_default(),
-            }
-        })
+        .map(table_info)
         .collect())
+}
+
+fn table_info(m: &Message) -> TableInfo {
+    let a = attrs_of(m);
+    TableInfo {
+        name: a.get(TABLE_NAME).map(|x| x.string()).unwrap_or_default(),
+        comment: a
+            .get(TABLE_USERDATA)
+            .map(|x| parse_comment_udata(x.value))
+            .unwrap_or_default(),
+    }
+}
+
+/// One table by name (a lookup, not a dump of every table). `None` if it does not exist.
+pub fn get_table(
+    sock: &mut Socket,
+    family: Family,
+    name: &str,
+) -> Result<Option<TableInfo>, NetlinkError> {
+    let mut req = AttrBuf::new();
+    req.put_str(TABLE_NAME, name);
+    match sock.request(
+        "get table",
+        msg_type(MSG_GETTABLE),
+        0,
+        &with_header(family.nfproto(), req),
+    ) {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .filter(|m| m.kind == msg_type(MSG_NEWTABLE))
+            .map(table_info)
+            .find(|t| t.name == name)),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads one table back. `None` if it does not exist.
@@ -875,10 +921,7 @@ pub fn read_table(
     name: &str,
 ) -> Result<Option<Snapshot>, NetlinkError> {
     let fam = family.nfproto();
-    let Some(info) = list_tables(sock, family)?
-        .into_iter()
-        .find(|t| t.name == name)
-    else {
+    let Some(info) = get_table(sock, family, name)? else {
         return Ok(None);
     };
     let mut snap = Snapshot {
@@ -1002,6 +1045,7 @@ mod tests {
             Stmt::L3(L3::Ipv4),
             Stmt::L4Proto(6),
             Stmt::IcmpType(3),
+            Stmt::IcmpTypeRange(11, 12),
             Stmt::OifName("lo".into()),
             Stmt::CtState(6),
             Stmt::Lookup {

@@ -86,11 +86,33 @@ const UDP: u8 = 17;
 const SCTP: u8 = 132;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
-/// Neighbour discovery the pod needs to reach its gateway: RS, NS, NA.
+/// Neighbour discovery the pod needs to reach its gateway: RS, NS, NA (not RA, 134).
 const ND_TYPES: [u8; 3] = [133, 135, 136];
 /// ICMP replies and errors the pod may send to a peer that sent to it.
 const ICMP4_REPLY_TYPES: [u8; 4] = [0, 3, 11, 12];
-const ICMP6_REPLY_TYPES: [u8; 5] = [129, 1, 2, 3, 4];
+const ICMP6_REPLY_TYPES: [u8; 5] = [1, 2, 3, 4, 129];
+
+/// One match per run of consecutive types (ascending input): fewer rules, fewer messages in
+/// the transaction, and the kernel looks the table up by name once per message.
+fn icmp_type_matches(types: &[u8]) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < types.len() {
+        let lo = types[i];
+        let mut hi = lo;
+        while i + 1 < types.len() && types[i + 1] == hi.wrapping_add(1) && hi < u8::MAX {
+            hi = types[i + 1];
+            i += 1;
+        }
+        out.push(if lo == hi {
+            Stmt::IcmpType(lo)
+        } else {
+            Stmt::IcmpTypeRange(lo, hi)
+        });
+        i += 1;
+    }
+    out
+}
 
 fn rule(stmts: Vec<Stmt>) -> Rule {
     Rule { stmts }
@@ -205,13 +227,13 @@ fn allow_rules(sets: &[Set], v4: bool) -> Vec<Rule> {
 }
 
 fn nd_rules() -> Vec<Rule> {
-    ND_TYPES
-        .iter()
-        .map(|&t| {
+    icmp_type_matches(&ND_TYPES)
+        .into_iter()
+        .map(|m| {
             rule(vec![
                 Stmt::L3(L3::Ipv6),
                 Stmt::L4Proto(ICMPV6),
-                Stmt::IcmpType(t),
+                m,
                 Stmt::Verdict(Verdict::Accept),
             ])
         })
@@ -329,11 +351,11 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
             },
             Stmt::Verdict(Verdict::Accept),
         ]));
-        for &t in types {
+        for m in icmp_type_matches(types) {
             from_pod.push(rule(vec![
                 Stmt::L3(l3),
                 Stmt::L4Proto(icmp),
-                Stmt::IcmpType(t),
+                m,
                 Stmt::Lookup {
                     set: peers.into(),
                     key: vec![saddr, daddr],

@@ -256,6 +256,8 @@ pub enum Stmt {
     L4Proto(u8),
     /// First byte of the transport header (ICMP/ICMPv6 type) equals.
     IcmpType(u8),
+    /// First byte of the transport header lies in `lo..=hi` (one rule for consecutive types).
+    IcmpTypeRange(u8, u8),
     /// `oifname` equals.
     OifName(String),
     /// `ct state` has any of the bits in the mask.

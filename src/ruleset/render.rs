@@ -191,7 +191,7 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
             }),
             Stmt::L3(p) => l3 = Some(*p),
             Stmt::L4Proto(p) => {
-                let implied = matches!(next, Some(Stmt::IcmpType(_)))
+                let implied = matches!(next, Some(Stmt::IcmpType(_) | Stmt::IcmpTypeRange(..)))
                     || (matches!(p, 6 | 17 | 132) && uses_transport(next));
                 if implied {
                     l4 = Some(*p);
@@ -203,6 +203,14 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                 let v6 = l3 == Some(L3::Ipv6);
                 let name = if v6 { "icmpv6" } else { "icmp" };
                 parts.push(format!("{name} type {}", icmp_type_name(v6, *t)));
+            }
+            Stmt::IcmpTypeRange(lo, hi) => {
+                let name = if l3 == Some(L3::Ipv6) {
+                    "icmpv6"
+                } else {
+                    "icmp"
+                };
+                parts.push(format!("{name} type {lo}-{hi}"));
             }
             Stmt::OifName(n) => parts.push(format!("oifname \"{n}\"")),
             Stmt::CtState(mask) => {

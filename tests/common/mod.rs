@@ -117,13 +117,15 @@ impl Drop for TempDir {
     }
 }
 
-/// The plugin binary under test: cargo's for integration tests, else `EGRESS_GUARD_BIN` (the
-/// demo example sets it).
+/// The plugin binary under test: `EGRESS_GUARD_BIN` when set (the demo example and the bench
+/// set it), else cargo's for integration tests and benches.
 pub fn plugin_bin() -> String {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_egress-guard") {
-        return p.to_string();
+    if let Ok(p) = std::env::var("EGRESS_GUARD_BIN") {
+        return p;
     }
-    std::env::var("EGRESS_GUARD_BIN").unwrap_or_else(|_| "target/release/egress-guard".to_string())
+    option_env!("CARGO_BIN_EXE_egress-guard")
+        .unwrap_or("target/release/egress-guard")
+        .to_string()
 }
 
 /// `nft list table` output made comparable with `render`: dynamic set contents and counter

@@ -62,6 +62,14 @@ impl<K: Kernel> Kernel for Faulty<K> {
     fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError> {
         self.inner.tables(at, family)
     }
+    fn table(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<TableInfo>, KernelError> {
+        self.inner.table(at, family, name)
+    }
     fn read(
         &mut self,
         at: Where<'_>,

@@ -501,6 +501,7 @@ pub fn evaluate(table: &Table, chain: &str, p: &Packet) -> Verdict {
                 Stmt::L3(L3::Ipv6) => !p.arp && p.v6,
                 Stmt::L4Proto(n) => !p.arp && p.proto == *n,
                 Stmt::IcmpType(t) => !p.arp && p.icmp_type == *t,
+                Stmt::IcmpTypeRange(lo, hi) => !p.arp && (*lo..=*hi).contains(&p.icmp_type),
                 Stmt::OifName(_) => false,
                 Stmt::CtState(_) => false,
                 Stmt::Lookup { set, key } => {
