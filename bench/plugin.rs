@@ -434,7 +434,7 @@ pub fn rss(bn: &mut BenchNode, r: &mut Report) -> Result<(), String> {
     );
     r.table(&["run", "peak RSS MiB"], &rows);
     r.note(&format!(
-        "egress-guard binary (release, stripped): {:.2} MiB ({size} bytes). For comparison \
+        "egress-guard binary (release, stripped, statically linked): {:.2} MiB ({size} bytes). For comparison \
          `nft` and the {} shared libraries it loads (what an init image must carry): {:.2} MiB.",
         size as f64 / 1048576.0,
         nft_files.len() - 1,
