@@ -59,7 +59,7 @@ impl Plan {
                 iperf_reps: 5,
                 iperf_secs: 3,
                 rr_count: 5000,
-                cri_rounds: 4,
+                cri_rounds: 10,
                 cri_per: 10,
             }
         }
