@@ -157,6 +157,9 @@ impl DeviceIndex {
         let mut pruned = 0;
         for dev in devices {
             let dev = dev?;
+            if !dev.file_type()?.is_dir() {
+                continue;
+            }
             let Some(device) = dev.file_name().to_str().map(str::to_string) else {
                 continue;
             };
@@ -231,6 +234,7 @@ mod tests {
         idx.add("veth1", "egress_guard_a").expect("add");
         idx.add("veth1", "egress_guard_b").expect("add");
         idx.add("veth2", "egress_guard_c").expect("add");
+        std::fs::write(idx.root.join("stray-file"), b"").expect("stray file");
         let live: BTreeSet<String> = ["egress_guard_b".to_string()].into();
         // Fresh entries survive: their ADD may not have installed its table yet.
         assert_eq!(idx.prune(&live, SystemTime::now()).expect("prune"), 0);
