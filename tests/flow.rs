@@ -66,6 +66,39 @@ fn invoke(k: &mut RecordingKernel, cmd: &str, ns: &str, c: &Value) -> Outcome {
     })
 }
 
+/// ADD of the pod in `c` as another container.
+fn add_as(k: &mut RecordingKernel, cid: &str, c: &Value) {
+    let mut e = env("ADD", "ml");
+    e.container_id = Some(cid.into());
+    let stdin = c.to_string().into_bytes();
+    run(Invocation {
+        kernel: k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+}
+
+/// GC with `cid`/eth0 as the only valid attachment.
+fn gc_keeping(k: &mut RecordingKernel, dir: &Path, cid: &str) {
+    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "stateDir": dir, "cni.dev/valid-attachments": [{"containerID": cid, "ifname": "eth0"}]});
+    let stdin = gc.to_string().into_bytes();
+    let e = Env {
+        command: "GC".into(),
+        ..Default::default()
+    };
+    run(Invocation {
+        kernel: k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+}
+
 fn kernel() -> RecordingKernel {
     let mut k = RecordingKernel::new();
     k.peers.insert(
@@ -104,18 +137,8 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
     let mut k = kernel();
     // A table left by another container on the same device name.
     let mut other = kernel();
-    let mut e = env("ADD", "ml");
-    e.container_id = Some("cid-dead".into());
     let c = conf(Some(enforce()), json!({}));
-    let stdin = c.to_string().into_bytes();
-    run(Invocation {
-        kernel: &mut other,
-        env: &e,
-        stdin: &stdin,
-        fetch_pod: &no_api,
-    })
-    .result
-    .unwrap();
+    add_as(&mut other, "cid-dead", &c);
     let stale = other
         .read(Where::Host, Family::Netdev, "egress_guard_cid-dead")
         .unwrap()
@@ -153,17 +176,7 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
 fn mode_off_installs_nothing_but_clears_stale_tables() {
     let mut k = kernel();
     let c = conf(Some(enforce()), json!({}));
-    let mut e = env("ADD", "ml");
-    e.container_id = Some("cid-dead".into());
-    let stdin = c.to_string().into_bytes();
-    run(Invocation {
-        kernel: &mut k,
-        env: &e,
-        stdin: &stdin,
-        fetch_pod: &no_api,
-    })
-    .result
-    .unwrap();
+    add_as(&mut k, "cid-dead", &c);
     let off = conf(Some(json!({})), json!({}));
     let out = invoke(&mut k, "ADD", "ml", &off);
     assert!(out.result.is_ok());
@@ -383,31 +396,8 @@ fn gc_removes_only_invalid_attachments() {
     let mut k = kernel();
     let c = conf(Some(enforce()), json!({}));
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
-    let mut e = env("ADD", "ml");
-    e.container_id = Some("cid-b".into());
-    let stdin = c.to_string().into_bytes();
-    run(Invocation {
-        kernel: &mut k,
-        env: &e,
-        stdin: &stdin,
-        fetch_pod: &no_api,
-    })
-    .result
-    .unwrap();
-    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "stateDir": state_dir(), "cni.dev/valid-attachments": [{"containerID": "cid-b", "ifname": "eth0"}]});
-    let stdin = gc.to_string().into_bytes();
-    let e = Env {
-        command: "GC".into(),
-        ..Default::default()
-    };
-    run(Invocation {
-        kernel: &mut k,
-        env: &e,
-        stdin: &stdin,
-        fetch_pod: &no_api,
-    })
-    .result
-    .unwrap();
+    add_as(&mut k, "cid-b", &c);
+    gc_keeping(&mut k, &state_dir(), "cid-b");
     assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-b"]);
 }
 
@@ -438,20 +428,6 @@ fn version_and_unknown_command() {
     let err = out.result.unwrap_err();
     assert_eq!(err.code, 4);
     assert!(err.msg.contains("FROB"));
-}
-
-fn add_as(k: &mut RecordingKernel, cid: &str, c: &Value) {
-    let mut e = env("ADD", "ml");
-    e.container_id = Some(cid.into());
-    let stdin = c.to_string().into_bytes();
-    run(Invocation {
-        kernel: k,
-        env: &e,
-        stdin: &stdin,
-        fetch_pod: &no_api,
-    })
-    .result
-    .unwrap();
 }
 
 fn listed_tables(k: &RecordingKernel) -> bool {
@@ -544,20 +520,7 @@ fn gc_prunes_index_entries_of_gone_tables_but_not_fresh_ones() {
     std::fs::create_dir_all(fresh.parent().unwrap()).unwrap();
     std::fs::write(&fresh, b"").unwrap();
 
-    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "stateDir": dir, "cni.dev/valid-attachments": [{"containerID": "cid-a", "ifname": "eth0"}]});
-    let stdin = gc.to_string().into_bytes();
-    let e = Env {
-        command: "GC".into(),
-        ..Default::default()
-    };
-    run(Invocation {
-        kernel: &mut k,
-        env: &e,
-        stdin: &stdin,
-        fetch_pod: &no_api,
-    })
-    .result
-    .unwrap();
+    gc_keeping(&mut k, &dir, "cid-a");
     assert!(!gone.exists(), "entry of a gone table survived GC");
     assert!(!old.exists());
     assert!(fresh.exists(), "a fresh entry was pruned");
