@@ -111,6 +111,23 @@ impl DeviceIndex {
         }
     }
 
+    /// Records `table` for `device` before the table is installed. If the entry cannot be
+    /// written the index stops being trusted (`Ok(Some(why))`); `Err((add, invalidate))` when
+    /// even that failed, and the caller must not install the table.
+    pub fn record(
+        &self,
+        device: &str,
+        table: &str,
+    ) -> Result<Option<io::Error>, (io::Error, io::Error)> {
+        let Err(e) = self.add(device, table) else {
+            return Ok(None);
+        };
+        match self.invalidate() {
+            Ok(()) => Ok(Some(e)),
+            Err(e2) => Err((e, e2)),
+        }
+    }
+
     /// Forgets one entry (and the device's directory once it is empty).
     pub fn remove(&self, device: &str, table: &str) -> io::Result<()> {
         let dir = self.dir(device)?;

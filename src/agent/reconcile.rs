@@ -12,7 +12,7 @@ use super::state::{self, PodState};
 use crate::devindex::DeviceIndex;
 use crate::kernel::{Kernel, KernelError, Where};
 use crate::netlink::nft::expected_snapshot;
-use crate::ruleset::{Family, TABLE_PREFIX};
+use crate::ruleset::{comment_devices, Family, TABLE_PREFIX};
 
 /// Schema of the event lines the agent writes next to flow records.
 pub const EVENT_SCHEMA: &str = "egress-guard.event/v1";
@@ -260,16 +260,21 @@ impl Reconciler {
         );
         if let (true, Some(dev)) = (s.is_host(), s.device.as_deref()) {
             // As ADD does: recorded before it exists, or the index is no longer trusted.
-            let index = DeviceIndex::new(&self.state_dir);
-            if let Err(e) = index.add(dev, &table.name) {
-                log::warn!(
+            match DeviceIndex::new(&self.state_dir).record(dev, &table.name) {
+                Ok(None) => {}
+                Ok(Some(e)) => log::warn!(
                     "{}: recording {} in the device index: {e}",
                     s.who(),
                     table.name
-                );
-                if let Err(e) = index.invalidate() {
+                ),
+                Err((e, e2)) => {
+                    log::warn!(
+                        "{}: recording {} in the device index: {e}",
+                        s.who(),
+                        table.name
+                    );
                     shared.error("repair");
-                    out.push(self.event("repair-failed", Some(s), vec![e.to_string()]));
+                    out.push(self.event("repair-failed", Some(s), vec![e2.to_string()]));
                     return;
                 }
             }
@@ -322,11 +327,7 @@ impl Reconciler {
             .into_iter()
             .filter(|t| t.name.starts_with(TABLE_PREFIX) && !known.contains(t.name.as_str()))
         {
-            let device = t
-                .comment
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("dev="))
-                .map(str::to_string);
+            let device = comment_devices(&t.comment).next().map(str::to_string);
             if device.as_deref().map(device_exists).unwrap_or(false) {
                 continue;
             }

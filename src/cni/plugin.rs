@@ -17,7 +17,9 @@ use crate::kernel::{HostPeer, Kernel, KernelError, Where};
 use crate::logging::{rfc3339, VerbRecord};
 use crate::netlink::nft::TableInfo;
 use crate::policy::{parse_annotations, Mode, Policy};
-use crate::ruleset::{compile, table_name, Attach, Family, Table, Target, TABLE_PREFIX};
+use crate::ruleset::{
+    comment_devices, compile, table_name, Attach, Family, Table, Target, TABLE_PREFIX,
+};
 
 /// Reads a pod's annotations from the API server: (kubeconfig, namespace, name).
 pub type FetchPod<'a> = &'a dyn Fn(&Path, &str, &str) -> Result<Vec<(String, String)>, String>;
@@ -203,9 +205,7 @@ fn undo_uncertain<K: Kernel>(
 
 /// Whether our table's comment names `device` as the one its chains are bound to.
 fn bound_to(comment: &str, device: &str) -> bool {
-    comment
-        .split_whitespace()
-        .any(|w| w.strip_prefix("dev=") == Some(device))
+    comment_devices(comment).any(|d| d == device)
 }
 
 /// Our tables in the host netns that must go before this pod's table is created: one with the
@@ -276,10 +276,7 @@ fn rebuild_index(index: &DeviceIndex, tables: &[TableInfo], whom: &str) {
         .iter()
         .filter(|t| t.name.starts_with(TABLE_PREFIX))
         .filter_map(|t| {
-            let dev = t
-                .comment
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("dev="))?;
+            let dev = comment_devices(&t.comment).next()?;
             Some((dev, t.name.as_str()))
         })
         .try_for_each(|(dev, t)| index.add(dev, t));
@@ -302,16 +299,13 @@ fn record_in_index<K: Kernel>(
     device: &str,
     name: &str,
 ) -> Result<(), CniError> {
-    let index = DeviceIndex::new(&ctx.conf.state_dir);
-    let Err(e) = index.add(device, name) else {
-        return Ok(());
-    };
-    match index.invalidate() {
-        Ok(()) => {
+    match DeviceIndex::new(&ctx.conf.state_dir).record(device, name) {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => {
             log::warn!("{whom}: cannot record table {name} for {device} in the device index under {}: {e}; ADD will list tables until it is rebuilt", ctx.conf.state_dir.display());
             Ok(())
         }
-        Err(e2) => Err(CniError::new(
+        Err((e, e2)) => Err(CniError::new(
             code::IO_FAILURE,
             format!(
                 "{whom}: cannot record table {name} for {device} in the device index under {} ({e}) nor mark the index stale ({e2})",
@@ -526,14 +520,12 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 clear_stale_host_tables(ctx, &whom, &name, dev)?;
             }
             let at = Where::Netns(Path::new(&netns));
-            let existing = ctx
+            let replace: Vec<String> = ctx
                 .kernel
-                .tables(at, Family::Inet)
-                .map_err(|e| kernel_error(&whom, "listing tables in the pod", &e))?;
-            let replace: Vec<String> = existing
-                .into_iter()
-                .filter(|t| t.name == name)
+                .table(at, Family::Inet, &name)
+                .map_err(|e| kernel_error(&whom, "looking up the pod's table", &e))?
                 .map(|t| t.name)
+                .into_iter()
                 .collect();
             log::debug!(
                 "{whom}: installing table inet {} in pod netns {netns}: {} rules, {} set elements",

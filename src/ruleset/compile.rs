@@ -263,6 +263,14 @@ fn closing_rules(mode: Mode, container_id: &str, group: u16) -> (Vec<Rule>, Verd
     (rules, verdict)
 }
 
+/// The devices a host table's comment (written by `comment`) names as its chains' device, in
+/// order; ours name exactly one.
+pub fn comment_devices(comment: &str) -> impl Iterator<Item = &str> {
+    comment
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("dev="))
+}
+
 fn comment(policy: &Policy, target: &Target) -> String {
     match &target.attach {
         Attach::Host { device: dev } => format!(

@@ -6,7 +6,8 @@ mod intervals;
 mod render;
 
 pub use compile::{
-    compile, table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX,
+    comment_devices, compile, table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED,
+    TABLE_PREFIX,
 };
 pub use intervals::{disjoint_boxes, Box2};
 pub use render::render;
