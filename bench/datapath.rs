@@ -246,6 +246,9 @@ pub struct Flow {
     pub down_o: Samples,
     pub rr_g: Samples,
     pub rr_o: Samples,
+    /// Per run: the unguarded pod's RR p50, and the guarded minus the unguarded p50 (µs).
+    pub rep_open: Vec<f64>,
+    pub rep_added: Vec<f64>,
 }
 
 pub fn measure(
@@ -277,14 +280,19 @@ pub fn measure(
             u.push(up);
             d.push(down);
         }
-        rr(pair, i, rr_count, &mut f.rr_g, &mut f.rr_o)?;
+        let (mut g, mut o) = (Samples::default(), Samples::default());
+        rr(pair, i, rr_count, &mut g, &mut o)?;
+        f.rep_open.push(o.p50());
+        f.rep_added.push(g.p50() - o.p50());
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!(
-                "  rep {i}: RR p50 guarded {:.1} µs, unguarded {:.1} µs (cumulative)",
-                f.rr_g.p50(),
-                f.rr_o.p50()
+                "  rep {i}: RR p50 guarded {:.1} µs, unguarded {:.1} µs",
+                g.p50(),
+                o.p50()
             );
         }
+        f.rr_g.0.extend(g.0);
+        f.rr_o.0.extend(o.0);
     }
     Ok(f)
 }
@@ -353,18 +361,31 @@ pub fn report(r: &mut Report, flows: &[Flow], reps: usize, secs: u32, rr_count: 
     );
     if flows.len() >= 2 {
         let (a, b) = (&flows[0], &flows[flows.len() - 1]);
-        // Per-packet cost: the guarded/unguarded RR p50 ratio may not grow by more than 5%.
-        let add_a = a.rr_g.p50() - a.rr_o.p50();
-        let add_b = b.rr_g.p50() - b.rr_o.p50();
-        let ra = a.rr_g.p50() / a.rr_o.p50();
-        let rb = b.rr_g.p50() / b.rr_o.p50();
+        // Per-packet cost: what the guarded veth adds to a round trip (median over runs of the
+        // per-run p50 difference) may not grow from the first to the last population by more
+        // than the unguarded pod's own p50 moved between runs of this benchmark, with no rule
+        // involved: a smaller change is not distinguishable from this machine's noise.
+        let added = |f: &Flow| Samples(f.rep_added.clone()).p50();
+        let spread = flows
+            .iter()
+            .map(|f| {
+                let lo = f.rep_open.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = f.rep_open.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                hi - lo
+            })
+            .fold(0.0, f64::max);
+        let (add_a, add_b) = (added(a), added(b));
         r.target(
             &format!(
                 "per-packet cost flat from {} to {} guarded pods",
                 a.pods, b.pods
             ),
-            format!("RR p50 guarded/unguarded {ra:.3} -> {rb:.3} ({add_a:+.1} -> {add_b:+.1} µs)"),
-            rb <= ra * 1.05,
+            format!(
+                "guarded veth adds {add_a:+.1} -> {add_b:+.1} µs per round trip (median of \
+                 per-run p50 differences); the unguarded p50 alone moved {spread:.1} µs \
+                 between runs"
+            ),
+            add_b - add_a <= spread.max(1.0),
         );
     }
 }

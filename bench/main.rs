@@ -124,6 +124,12 @@ fn node_benches(plan: &Plan, r: &mut Report, p: &Progress) -> Result<f64, String
             }
             stages.push(st);
         }
+        if n == 0 && wanted("names") {
+            p.say("ADD next to 500 foreign tables, by name length");
+            let rounds = 4;
+            let st = plugin::name_length_stage(&bn, &measured, 500, plan.runs, rounds)?;
+            plugin::report_names(r, &st, rounds);
+        }
         if n == 0 && wanted("parallel") {
             p.say("16 concurrent ADDs");
             plugin::parallel(&mut bn, plan.batches, r, single_p50)?;

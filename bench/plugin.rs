@@ -447,3 +447,122 @@ pub fn rss(bn: &mut BenchNode, r: &mut Report) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// Host ADD next to `count` empty foreign tables whose names have `len` characters (`len` 0:
+/// none). The kernel finds the table of every message in a batch by walking the netns' list of
+/// tables, measuring each name and comparing it; this shows what that costs per table and how
+/// much of it the names' length decides.
+pub struct NameStage {
+    pub count: usize,
+    pub series: Vec<(usize, Samples)>,
+}
+
+/// Name lengths compared: none, 16 characters, and 77 (what `egress_guard_` plus a 64-hex
+/// container ID, the form containerd and CRI-O use, adds up to).
+pub const NAME_LENGTHS: [usize; 3] = [0, 16, 77];
+
+fn foreign_names(count: usize, len: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("egbench_{i:0w$x}", w = len - "egbench_".len()))
+        .collect()
+}
+
+fn foreign_tables(node: &str, names: &[String], verb: &str) -> Result<(), String> {
+    let script: String = names
+        .iter()
+        .map(|n| format!("{verb} table inet {n}\n"))
+        .collect();
+    exec_ok(node, "nft", &["-f", "/dev/stdin"], &[], script.as_bytes()).map(|_| ())
+}
+
+fn count_foreign(node: &str) -> Result<usize, String> {
+    let (_, out) = exec_ok(node, "nft", &["list", "tables", "inet"], &[], b"")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("table inet egbench_"))
+        .count())
+}
+
+/// `rounds` rounds; in each, every name length in turn: create the tables, `runs / rounds`
+/// host ADD+DEL pairs (ADD timed), delete the tables.
+pub fn name_length_stage(
+    bn: &BenchNode,
+    m: &Measured,
+    count: usize,
+    runs: usize,
+    rounds: usize,
+) -> Result<NameStage, String> {
+    let node = bn.node_path();
+    let eh = bn.entry("host");
+    let mut series: Vec<(usize, Samples)> = NAME_LENGTHS
+        .iter()
+        .map(|&l| (l, Samples::default()))
+        .collect();
+    let per = (runs / rounds).max(1);
+    for _ in 0..rounds {
+        for (len, smp) in series.iter_mut() {
+            let names = if *len == 0 {
+                Vec::new()
+            } else {
+                foreign_names(count, *len)
+            };
+            if !names.is_empty() {
+                foreign_tables(&node, &names, "add")?;
+            }
+            let present = count_foreign(&node)?;
+            if present != names.len() {
+                return Err(format!(
+                    "expected {} foreign tables, found {present}",
+                    names.len()
+                ));
+            }
+            for _ in 0..per {
+                smp.push(bn.guard("ADD", &eh, &m.host)?);
+                bn.guard("DEL", &eh, &m.host)?;
+            }
+            if !names.is_empty() {
+                foreign_tables(&node, &names, "delete")?;
+            }
+        }
+    }
+    Ok(NameStage { count, series })
+}
+
+pub fn report_names(r: &mut Report, st: &NameStage, rounds: usize) {
+    r.section(
+        "1b. What the growth with pods is made of: the kernel's table lookup",
+        &format!(
+            "Host ADD (spawn to exit, ms) on the node without guarded pods, next to {} empty \
+             inet tables created by `nft -f` whose names have the given length, or none. \
+             {rounds} rounds, each taking every configuration in turn. For every message of a \
+             batch the kernel walks the netns' list of tables (a new table is appended at its \
+             end) and, for each table, measures its name (`strlen`) before comparing it.",
+            st.count
+        ),
+    );
+    let rows: Vec<Vec<String>> = st
+        .series
+        .iter()
+        .map(|(len, s)| {
+            let what = if *len == 0 {
+                "none".to_string()
+            } else {
+                format!("{} tables, names of {len} characters", st.count)
+            };
+            lat_row(&[&what], s)
+        })
+        .collect();
+    r.table(
+        &["foreign tables", "n", "p50 ms", "p90 ms", "p99 ms"],
+        &rows,
+    );
+    let base = st.series[0].1.p50();
+    for (len, s) in st.series.iter().skip(1) {
+        r.note(&format!(
+            "- {len}-character names: +{:.2} ms over none at p50, {:.2} µs per table.",
+            s.p50() - base,
+            (s.p50() - base) * 1000.0 / st.count as f64
+        ));
+    }
+    r.note("");
+}
