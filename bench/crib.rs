@@ -1,9 +1,10 @@
 //! Item 2 of issue 6, through containerd's CRI (the harness of tests/cri): RunPodSandbox with
 //! the chain bridge + portmap (no egress-guard), with egress-guard appended, and without it but
 //! followed by an init container that installs the same rules with `nft -f` inside the sandbox
-//! and exits (the way egress-guard replaces). The conflist is switched between configurations
-//! by rewriting containerd's CNI conf dir, which it watches; every switch is confirmed with a
-//! warm-up pod before any sample is taken.
+//! and exits (the way egress-guard replaces). The three configurations are interleaved pod by
+//! pod: before each pod the conflist in containerd's watched conf dir is rewritten when the pod
+//! needs the other one, and every pod is classified by what it got (its egress-guard table is
+//! there or not), so a reload containerd has not made yet cannot put a pod in the wrong series.
 
 use std::collections::HashMap;
 use std::fs;
@@ -243,7 +244,9 @@ struct Bench {
     ctr: Containers,
     conf_with: Value,
     conf_without: Value,
+    current: Option<Cfg>,
     seq: usize,
+    inits: usize,
 }
 
 impl Bench {
@@ -299,8 +302,12 @@ impl Bench {
         Ok(nft::table(id)?.is_some())
     }
 
-    /// Installs `cfg`'s conflist and waits until a warm-up pod shows containerd uses it.
-    fn switch(&mut self, cfg: Cfg) -> Result<(), String> {
+    /// Makes `cfg`'s conflist the one in containerd's conf dir, if it is not already, and
+    /// gives containerd time to reload it (not timed). Whether it did is checked on each pod.
+    fn use_conf(&mut self, cfg: Cfg) -> Result<(), String> {
+        if self.current == Some(cfg) {
+            return Ok(());
+        }
         let conf = if cfg == Cfg::With {
             &self.conf_with
         } else {
@@ -311,23 +318,101 @@ impl Bench {
         let text = serde_json::to_string_pretty(conf).map_err(|e| e.to_string())?;
         fs::write(Path::new(BASE).join("net.d/10-egcri.conflist"), text)
             .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.current = Some(cfg);
+        std::thread::sleep(Duration::from_millis(150));
+        Ok(())
+    }
+
+    /// One pod of `kind`, retried (after a longer wait) while containerd still used the other
+    /// conflist. Returns (RunPodSandbox[+init] ms, teardown ms, sandbox id before removal).
+    fn sample(&mut self, kind: Kind, stale: &mut usize) -> Result<(f64, f64, String), String> {
+        let cfg = kind.cfg();
         loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let (_, id) = self.pod("warm", false)?;
+            self.use_conf(cfg)?;
+            let (ms, id) = self.pod(kind.tag(), kind == Kind::Init)?;
             let guarded = self.has_guard(&id)?;
-            self.delete(&id)?;
             if guarded == (cfg == Cfg::With) {
-                return Ok(());
+                if kind == Kind::Init {
+                    // The first init pod and every tenth after it.
+                    if self.inits % 10 == 0 {
+                        self.check_init_table(&id)?;
+                    }
+                    self.inits += 1;
+                }
+                let del = self.delete(&id)?;
+                return Ok((ms, del, id));
             }
-            if Instant::now() > deadline {
+            self.delete(&id)?;
+            *stale += 1;
+            if *stale > 50 {
                 return Err(format!(
-                    "containerd did not pick up the {cfg:?} conflist in 30 s"
+                    "containerd kept using the other conflist for {stale} pods"
                 ));
             }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The init container really installed its table in the sandbox.
+    fn check_init_table(&self, id: &str) -> Result<(), String> {
+        let ns = self
+            .node()
+            .cri
+            .status(id)
+            .map_err(|e| e.to_string())?
+            .netns
+            .ok_or("sandbox without netns")?;
+        run(
+            "nsenter",
+            &[
+                &format!("--net={}", ns.display()),
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "egress_guard_init",
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| format!("init container left no table: {e}"))
+    }
+}
+
+/// The three configurations measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Guarded,
+    Init,
+}
+
+impl Kind {
+    fn cfg(self) -> Cfg {
+        if self == Kind::Guarded {
+            Cfg::With
+        } else {
+            Cfg::Without
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Plain => "pl",
+            Kind::Guarded => "eg",
+            Kind::Init => "in",
         }
     }
 }
+
+/// Every order of the three configurations, taken in turn, so that none always follows the
+/// same one.
+const ORDERS: [[Kind; 3]; 6] = [
+    [Kind::Plain, Kind::Guarded, Kind::Init],
+    [Kind::Guarded, Kind::Init, Kind::Plain],
+    [Kind::Init, Kind::Plain, Kind::Guarded],
+    [Kind::Plain, Kind::Init, Kind::Guarded],
+    [Kind::Init, Kind::Guarded, Kind::Plain],
+    [Kind::Guarded, Kind::Plain, Kind::Init],
+];
 
 #[derive(Default)]
 struct Series {
@@ -399,63 +484,32 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
         ctr,
         conf_with,
         conf_without,
+        current: None,
         seq: 0,
+        inits: 0,
     };
     let (mut plain, mut guarded, mut init) =
         (Series::default(), Series::default(), Series::default());
-    for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [Cfg::Without, Cfg::With]
-        } else {
-            [Cfg::With, Cfg::Without]
-        };
-        for cfg in order {
-            b.switch(cfg)?;
-            for k in 0..per {
-                if cfg == Cfg::With {
-                    let (ms, id) = b.pod("eg", false)?;
-                    if !b.has_guard(&id)? {
-                        return Err(format!("sandbox {id} has no egress-guard table"));
-                    }
-                    guarded.run.push(ms);
-                    guarded.del.push(b.delete(&id)?);
-                    continue;
-                }
-                let both = if k % 2 == 0 {
-                    [false, true]
-                } else {
-                    [true, false]
-                };
-                for with_init in both {
-                    let (ms, id) = b.pod(if with_init { "in" } else { "pl" }, with_init)?;
-                    if with_init && k == 0 {
-                        let ns = b
-                            .node()
-                            .cri
-                            .status(&id)
-                            .map_err(|e| e.to_string())?
-                            .netns
-                            .ok_or("sandbox without netns")?;
-                        run(
-                            "nsenter",
-                            &[
-                                &format!("--net={}", ns.display()),
-                                "nft",
-                                "list",
-                                "table",
-                                "inet",
-                                "egress_guard_init",
-                            ],
-                        )
-                        .map_err(|e| format!("init container left no table: {e}"))?;
-                    }
-                    let s = if with_init { &mut init } else { &mut plain };
-                    s.run.push(ms);
-                    s.del.push(b.delete(&id)?);
-                }
+    let mut stale = 0;
+    for i in 0..rounds * per {
+        for kind in ORDERS[i % ORDERS.len()] {
+            let (ms, del, id) = b.sample(kind, &mut stale)?;
+            if kind == Kind::Guarded && b.has_guard(&id)? {
+                return Err(format!(
+                    "sandbox {id}'s egress-guard table survived its removal"
+                ));
             }
+            let s = match kind {
+                Kind::Plain => &mut plain,
+                Kind::Guarded => &mut guarded,
+                Kind::Init => &mut init,
+            };
+            s.run.push(ms);
+            s.del.push(del);
         }
     }
+    let own_add = verb_ms(&b.node().plugin_log, "ADD");
+    let own_del = verb_ms(&b.node().plugin_log, "DEL");
     r.section(
         "2. End to end through containerd's CRI: RunPodSandbox (+ init container)",
         &format!(
@@ -465,11 +519,14 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
              container (image: the host's `nft` and its libraries, {:.1} MiB layer, native \
              snapshotter, NET_ADMIN) running `nft -f` of the pod-placement ruleset, polled with \
              ContainerStatus every 2 ms until it exited 0 (a kubelet notices later: its PLEG \
-             relists every second). {rounds} rounds, each switching the conflist both ways \
-             (confirmed by a warm-up pod) and taking {per} pods per configuration; plain and \
-             + init pods alternate. Milliseconds; teardown = StopPodSandbox + RemovePodSandbox.",
+             relists every second). {n} pods per configuration, interleaved pod by pod (every \
+             order of the three in turn; the conflist is rewritten before a pod that needs the \
+             other one, and each pod is classified by whether it got a table: {stale} pods \
+             started before containerd reloaded were discarded). Milliseconds; teardown = \
+             StopPodSandbox + RemovePodSandbox.",
             containerd_version(),
-            layer as f64 / 1048576.0
+            layer as f64 / 1048576.0,
+            n = rounds * per,
         ),
     );
     r.table(
@@ -497,6 +554,16 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
         init_cost,
         guard_cost
     ));
+    r.note(&format!(
+        "egress-guard's own time inside these sandboxes, from its log (`duration_us`, plugin \
+         start to result, excluding process start): ADD p50 {:.2} ms, p90 {:.2} ms ({} runs \
+         that installed a table); DEL p50 {:.2} ms ({} runs).",
+        own_add.p50(),
+        own_add.pct(90.0),
+        own_add.len(),
+        own_del.p50(),
+        own_del.len()
+    ));
     r.target(
         "egress-guard raises RunPodSandbox p50 by < 5%",
         format!("{:+.1}%", over * 100.0),
@@ -514,4 +581,19 @@ fn containerd_version() -> String {
         .ok()
         .and_then(|v| v.split_whitespace().nth(2).map(str::to_string))
         .unwrap_or_else(|| "?".into())
+}
+
+/// Milliseconds of the plugin's `verb` runs that succeeded (and, for ADD, installed a table),
+/// from the `duration_us` of its per-verb log records.
+fn verb_ms(log: &Path, verb: &str) -> Samples {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    Samples(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["verb"] == verb && v["outcome"] == "ok")
+            .filter(|v| verb != "ADD" || v["table"].is_string())
+            .filter_map(|v| v["duration_us"].as_f64())
+            .map(|us| us / 1000.0)
+            .collect(),
+    )
 }
