@@ -142,8 +142,30 @@ impl Drop for Servers {
     }
 }
 
-/// One iperf3 run from `pod` (reverse: server sends). Gbit/s received.
-fn iperf(pod: &Pod, secs: u32, reverse: bool) -> Result<f64, String> {
+/// Busy CPU time of the whole machine so far (user, nice, system, irq, softirq), seconds.
+fn busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| [0, 1, 2, 5, 6].contains(i))
+                .filter_map(|(_, v)| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(f64::NAN);
+    // USER_HZ is 100 on Linux/x86_64 (sysconf(_SC_CLK_TCK)).
+    ticks / 100.0
+}
+
+/// One iperf3 run from `pod` (reverse: server sends): Gbit/s received, and the machine's busy
+/// CPU milliseconds per GB received (both ends, the whole stack and the rules: with the CPUs
+/// saturated, throughput is what this allows).
+fn iperf(pod: &Pod, secs: u32, reverse: bool) -> Result<(f64, f64), String> {
     let port = IPERF_PORT.to_string();
     let t = secs.to_string();
     let mut args = vec![
@@ -164,13 +186,16 @@ fn iperf(pod: &Pod, secs: u32, reverse: bool) -> Result<f64, String> {
     }
     let mut last = String::new();
     for _ in 0..20 {
+        let busy0 = busy_secs();
         let out = Command::new("ip")
             .args(&args)
             .output()
             .map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            return Ok(bps / 1e9);
+        let busy = busy_secs() - busy0;
+        let got = &v["end"]["sum_received"];
+        if let (Some(bps), Some(bytes)) = (got["bits_per_second"].as_f64(), got["bytes"].as_f64()) {
+            return Ok((bps / 1e9, busy * 1e3 / (bytes / 1e9)));
         }
         last = format!("{} {}", v["error"], String::from_utf8_lossy(&out.stderr));
         std::thread::sleep(Duration::from_millis(250));
@@ -244,6 +269,11 @@ pub struct Flow {
     pub up_o: Samples,
     pub down_g: Samples,
     pub down_o: Samples,
+    /// Busy CPU ms per GB received, per run.
+    pub up_cpu_g: Samples,
+    pub up_cpu_o: Samples,
+    pub down_cpu_g: Samples,
+    pub down_cpu_o: Samples,
     pub rr_g: Samples,
     pub rr_o: Samples,
     /// Per run: the unguarded pod's RR p50, and the guarded minus the unguarded p50 (µs).
@@ -270,15 +300,27 @@ pub fn measure(
             [(&pair.open, false), (&pair.guarded, true)]
         };
         for (pod, g) in order {
-            let up = iperf(pod, secs, false)?;
-            let down = iperf(pod, secs, true)?;
-            let (u, d) = if g {
-                (&mut f.up_g, &mut f.down_g)
+            let (up, up_cpu) = iperf(pod, secs, false)?;
+            let (down, down_cpu) = iperf(pod, secs, true)?;
+            let (u, d, uc, dc) = if g {
+                (
+                    &mut f.up_g,
+                    &mut f.down_g,
+                    &mut f.up_cpu_g,
+                    &mut f.down_cpu_g,
+                )
             } else {
-                (&mut f.up_o, &mut f.down_o)
+                (
+                    &mut f.up_o,
+                    &mut f.down_o,
+                    &mut f.up_cpu_o,
+                    &mut f.down_cpu_o,
+                )
             };
             u.push(up);
             d.push(down);
+            uc.push(up_cpu);
+            dc.push(down_cpu);
         }
         let (mut g, mut o) = (Samples::default(), Samples::default());
         rr(pair, i, rr_count, &mut g, &mut o)?;
@@ -309,7 +351,10 @@ pub fn report(r: &mut Report, flows: &[Flow], reps: usize, secs: u32, rr_count: 
              crosses the egress-hook chain, which refreshes the reply-flow set) and its ACKs go \
              up through the allowlist. Request/response: one TCP connection from each pod, 1-byte \
              ping-pong alternating between the two connections transaction by transaction, \
-             {rr_count} round trips per pod and run (after 100 warm-up), microseconds."
+             {rr_count} round trips per pod and run (after 100 warm-up), microseconds. \
+             \"busy CPU ms per GB\": the whole machine's busy CPU time (`/proc/stat`) during an \
+             iperf3 run divided by the GB received; with both vCPUs saturated it is what sets \
+             the throughput, and it includes the rules' cost."
         ),
     );
     let mut rows = Vec::new();
@@ -317,6 +362,16 @@ pub fn report(r: &mut Report, flows: &[Flow], reps: usize, secs: u32, rr_count: 
         for (what, g, o) in [
             ("TCP up, Gbit/s (median)", &f.up_g, &f.up_o),
             ("TCP down, Gbit/s (median)", &f.down_g, &f.down_o),
+            (
+                "TCP up, busy CPU ms per GB (median)",
+                &f.up_cpu_g,
+                &f.up_cpu_o,
+            ),
+            (
+                "TCP down, busy CPU ms per GB (median)",
+                &f.down_cpu_g,
+                &f.down_cpu_o,
+            ),
         ] {
             rows.push(vec![
                 f.pods.to_string(),
