@@ -209,9 +209,13 @@ fn main() -> ExitCode {
         plugin.display(),
         if plan.quick { "QUICK" } else { "full run" }
     ));
-    let add_p50 = match node_benches(&plan, &mut r, &p) {
-        Ok(v) => v,
-        Err(e) => {
+    let node_wanted = ["latency", "names", "parallel", "datapath", "rss"]
+        .iter()
+        .any(|s| wanted(s));
+    let add_p50 = match node_wanted.then(|| node_benches(&plan, &mut r, &p)) {
+        None => f64::NAN,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
             failed.push(format!("namespace node: {e}"));
             f64::NAN
         }
