@@ -349,6 +349,8 @@ impl Bench {
                     "containerd kept using the other conflist for {stale} pods"
                 ));
             }
+            // Write the file again (containerd may have missed the event), then wait longer.
+            self.current = None;
             std::thread::sleep(Duration::from_millis(300));
         }
     }
