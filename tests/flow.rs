@@ -471,6 +471,59 @@ fn stale_table_is_found_through_the_device_index_without_listing_tables() {
 }
 
 #[test]
+fn add_with_a_complete_index_and_nothing_recorded_looks_nothing_up() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    state_dir();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    invoke(&mut k, "DEL", "ml", &c).result.unwrap();
+    // Every lookup by name costs the kernel a walk over all the node's tables.
+    k.calls.clear();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    assert!(
+        !k.calls
+            .iter()
+            .any(|c| c.starts_with("get host") || c.starts_with("list host")),
+        "{:?}",
+        k.calls
+    );
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+}
+
+#[test]
+fn repeated_add_replaces_its_own_table_the_index_recorded_elsewhere() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    // The index holds this pod's table under another device (as after a rename).
+    let other = dir.join("devices/vethOther");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::rename(
+        dir.join("devices/vethA/egress_guard_cid-a"),
+        other.join("egress_guard_cid-a"),
+    )
+    .unwrap();
+    k.calls.clear();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let installs: Vec<&String> = k
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("install"))
+        .collect();
+    assert_eq!(installs.len(), 2, "{:?}", k.calls);
+    assert!(installs[0].contains("replace=[]"), "{:?}", k.calls);
+    assert!(
+        installs[1].contains("replace=[egress_guard_cid-a]")
+            && installs[1].contains("table=egress_guard_cid-a"),
+        "{:?}",
+        k.calls
+    );
+    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert!(dir.join("devices/vethA/egress_guard_cid-a").exists());
+}
+
+#[test]
 fn device_index_that_cannot_be_written_is_not_trusted() {
     let mut k = kernel();
     let c = conf(Some(enforce()), json!({}));

@@ -213,8 +213,10 @@ fn bound_to(comment: &str, device: &str) -> bool {
 /// without DEL (netdev chains re-attach to a new device of the same name).
 ///
 /// With a complete device index (`crate::devindex`) that is one lookup per recorded candidate,
-/// whatever the number of pods on the node. Otherwise every netdev table is listed, and the
-/// index is rebuilt from the listing for the next ADD.
+/// whatever the number of pods on the node; a table of this pod's name recorded under another
+/// device is not looked for here: its creation fails with EEXIST and `install_host` replaces it
+/// then (every lookup costs the kernel a walk over all the node's tables). Otherwise every
+/// netdev table is listed, and the index is rebuilt from the listing for the next ADD.
 fn stale_host_tables<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
@@ -224,10 +226,7 @@ fn stale_host_tables<K: Kernel>(
     let index = DeviceIndex::new(&ctx.conf.state_dir);
     if index.is_complete() {
         match index.tables(device) {
-            Ok(mut candidates) => {
-                if !candidates.iter().any(|t| t == name) {
-                    candidates.push(name.to_string());
-                }
+            Ok(candidates) => {
                 let mut stale = Vec::new();
                 for t in candidates
                     .into_iter()
@@ -290,6 +289,39 @@ fn rebuild_index(index: &DeviceIndex, tables: &[TableInfo], whom: &str) {
     }
 }
 
+/// Installs `table` in the host netns replacing `stale`. If a table of the same name exists that
+/// `stale` does not hold (a repeated ADD the device index recorded under another device), it is
+/// looked up and the transaction retried once replacing it too.
+fn install_host<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    whom: &str,
+    stale: &mut Vec<String>,
+    table: &Table,
+) -> Result<usize, KernelError> {
+    let first = ctx
+        .kernel
+        .install(Where::Host, Family::Netdev, stale, Some(table));
+    match first {
+        Err(e) if e.already_exists() && !stale.contains(&table.name) => {
+            if ctx
+                .kernel
+                .table(Where::Host, Family::Netdev, &table.name)?
+                .is_none()
+            {
+                return Err(e);
+            }
+            log::info!(
+                "{whom}: table {} already existed outside the device index; replacing it",
+                table.name
+            );
+            stale.push(table.name.clone());
+            ctx.kernel
+                .install(Where::Host, Family::Netdev, stale, Some(table))
+        }
+        other => other,
+    }
+}
+
 /// Notes in the device index that `name` may be bound to `device`, before it is installed. If
 /// that fails the index stops being trusted; if even that fails, ADD fails rather than leave an
 /// index that could hide this table from a later pod on the same device name.
@@ -333,7 +365,18 @@ fn clear_stale_host_tables<K: Kernel>(
     name: &str,
     device: &str,
 ) -> Result<(), CniError> {
-    let stale = stale_host_tables(ctx, whom, name, device)?;
+    let mut stale = stale_host_tables(ctx, whom, name, device)?;
+    // This attachment's own host table, wherever the index recorded it: nothing is created
+    // here whose EEXIST would reveal it.
+    if !stale.iter().any(|t| t == name)
+        && ctx
+            .kernel
+            .table(Where::Host, Family::Netdev, name)
+            .map_err(|e| kernel_error(whom, &format!("looking up table {name}"), &e))?
+            .is_some()
+    {
+        stale.push(name.to_string());
+    }
     if stale.is_empty() {
         return Ok(());
     }
@@ -473,7 +516,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
 
     match &attach {
         Attach::Host { device } => {
-            let stale = stale_host_tables(ctx, &whom, &name, device)?;
+            let mut stale = stale_host_tables(ctx, &whom, &name, device)?;
             log::debug!(
                 "{whom}: installing table netdev {} on {device} in host netns: {} rules, {} set elements, replacing [{}]",
                 table.name,
@@ -482,9 +525,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 stale.join(",")
             );
             record_in_index(ctx, &whom, device, &name)?;
-            let installed = ctx
-                .kernel
-                .install(Where::Host, Family::Netdev, &stale, Some(&table));
+            let installed = install_host(ctx, &whom, &mut stale, &table);
             if let Err(e) = installed {
                 undo_uncertain(ctx, &whom, Where::Host, Family::Netdev, &name, &e);
                 return Err(kernel_error(&whom, "installing the egress policy", &e));

@@ -60,6 +60,10 @@ impl KernelError {
     pub fn is_transient(&self) -> bool {
         matches!(self, KernelError::Netlink { source, .. } if source.is_transient())
     }
+    /// The kernel refused to create something because it already exists (EEXIST).
+    pub fn already_exists(&self) -> bool {
+        matches!(self, KernelError::Netlink { source, .. } if source.errno() == Some(libc::EEXIST))
+    }
     pub fn netns_missing(&self) -> bool {
         match self {
             KernelError::Netns(e) => e.is_missing(),
