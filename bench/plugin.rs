@@ -65,8 +65,8 @@ pub fn latency_stage(
     let (eh, ep) = (bn.entry("host"), bn.entry("pod"));
     let node = bn.node_path();
     let podns = m.pod.netns_path();
-    let t_host = format!("egress_guard_{}", m.host.cid);
-    let t_pod = format!("egress_guard_{}", m.pod.cid);
+    let t_host = egress_guard::ruleset::table_name(&m.host.cid, "eth0");
+    let t_pod = egress_guard::ruleset::table_name(&m.pod.cid, "eth0");
     for i in 0..runs {
         st.host_add.push(bn.guard("ADD", &eh, &m.host)?);
         if i == 0 && !BenchNode::has_table(&node, "netdev", &m.host.cid)? {
@@ -396,7 +396,7 @@ pub fn rss(bn: &mut BenchNode, r: &mut Report) -> Result<(), String> {
                 "delete",
                 "table",
                 "netdev",
-                &format!("egress_guard_{}", m.host.cid),
+                &egress_guard::ruleset::table_name(&m.host.cid, "eth0"),
             ],
             &[],
             b"",
@@ -409,7 +409,7 @@ pub fn rss(bn: &mut BenchNode, r: &mut Report) -> Result<(), String> {
                 "delete",
                 "table",
                 "inet",
-                &format!("egress_guard_{}", m.pod.cid),
+                &egress_guard::ruleset::table_name(&m.pod.cid, "eth0"),
             ],
             &[],
             b"",
@@ -457,9 +457,10 @@ pub struct NameStage {
     pub series: Vec<(usize, Samples)>,
 }
 
-/// Name lengths compared: none, 16 characters, and 77 (what `egress_guard_` plus a 64-hex
-/// container ID, the form containerd and CRI-O use, adds up to).
-pub const NAME_LENGTHS: [usize; 3] = [0, 16, 77];
+/// Name lengths compared: none, 29 characters (egress-guard's table names: `egress_guard_`
+/// and 16 hex digits of a hash), and 77 (`egress_guard_` and a 64-hex container ID, the form
+/// containerd and CRI-O use: the names of earlier builds).
+pub const NAME_LENGTHS: [usize; 3] = [0, 29, 77];
 
 fn foreign_names(count: usize, len: usize) -> Vec<String> {
     (0..count)

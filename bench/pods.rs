@@ -241,9 +241,9 @@ impl BenchNode {
         Ok(file)
     }
 
-    /// Whether table `family egress_guard_<cid>` exists in the netns at `ns_path`.
+    /// Whether `cid`'s table (`family egress_guard_<hash>`) exists in the netns at `ns_path`.
     pub fn has_table(ns_path: &str, family: &str, cid: &str) -> Result<bool, String> {
-        let t = format!("egress_guard_{cid}");
+        let t = egress_guard::ruleset::table_name(cid, "eth0");
         let (_, out) = exec_timed(ns_path, "nft", &["list", "table", family, &t], &[], b"")?;
         Ok(out.status.success())
     }
@@ -254,9 +254,9 @@ impl BenchNode {
         Ok(String::from_utf8_lossy(&out.stdout).lines().count())
     }
 
-    /// The text of table `netdev egress_guard_<cid>` in the node netns.
+    /// The text of `cid`'s table (`netdev egress_guard_<hash>`) in the node netns.
     pub fn table_text(&self, cid: &str) -> Result<String, String> {
-        let t = format!("egress_guard_{cid}");
+        let t = egress_guard::ruleset::table_name(cid, "eth0");
         let (_, out) = exec_ok(
             &self.node_path(),
             "nft",

@@ -191,7 +191,7 @@ fn main() {
         );
     }
 
-    let table = format!("egress_guard_{cid}");
+    let table = egress_guard::ruleset::table_name(&cid, "eth0");
     let listing = exec_in(
         &n.node.name,
         &["nft", "list", "chain", "netdev", &table, "from_pod"],

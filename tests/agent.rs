@@ -439,7 +439,7 @@ fn hand_deleted_rule_is_drift_and_repair_restores_it() {
         annotations("enforce", "@orchestrator"),
     );
     let res = add(&chain, &a);
-    let table = format!("egress_guard_{}", a.container_id);
+    let table = egress_guard::ruleset::table_name(&a.container_id, "eth0");
 
     let watcher = Agent::start(&n, &[]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -541,13 +541,16 @@ fn tables_of_pods_deleted_without_del_are_collected() {
     let tables = node_tables(&n);
     for a in [&gone, &keep, &orphan] {
         assert!(
-            tables.contains(&format!("egress_guard_{}", a.container_id)),
+            tables.contains(&egress_guard::ruleset::table_name(&a.container_id, "eth0")),
             "{tables}"
         );
     }
     // Sandboxes destroyed without DEL; for one the state file is lost as well.
     let state_of = |a: &Attachment| {
-        std::path::Path::new(&state_dir(&n)).join(format!("{}.json", a.container_id))
+        std::path::Path::new(&state_dir(&n)).join(format!(
+            "{}.json",
+            &egress_guard::ruleset::table_name(&a.container_id, "eth0")["egress_guard_".len()..]
+        ))
     };
     std::fs::remove_file(state_of(&orphan)).unwrap();
     drop(gone_ns);
@@ -559,7 +562,7 @@ fn tables_of_pods_deleted_without_del_are_collected() {
             v["event"] == "collected" && v["pod"] == "gone-pod"
         })
         .expect("table of the deleted pod not collected");
-    let orphan_table = format!("egress_guard_{}", orphan.container_id);
+    let orphan_table = egress_guard::ruleset::table_name(&orphan.container_id, "eth0");
     agent
         .wait_for("egress-guard.event/v1", Duration::from_secs(6), |v| {
             v["event"] == "collected" && v["table"] == orphan_table.as_str()
@@ -567,12 +570,18 @@ fn tables_of_pods_deleted_without_del_are_collected() {
         .expect("orphan table without state file not collected");
     let tables = node_tables(&n);
     assert!(
-        !tables.contains(&format!("egress_guard_{}", gone.container_id)),
+        !tables.contains(&egress_guard::ruleset::table_name(
+            &gone.container_id,
+            "eth0"
+        )),
         "{tables}"
     );
     assert!(!tables.contains(&orphan_table), "{tables}");
     assert!(
-        tables.contains(&format!("egress_guard_{}", keep.container_id)),
+        tables.contains(&egress_guard::ruleset::table_name(
+            &keep.container_id,
+            "eth0"
+        )),
         "a live pod's table stays: {tables}"
     );
     assert!(

@@ -290,7 +290,7 @@ fn run_escape_suite(kind: &str) {
     check_raw(&mut r, &n, &guarded.name, &control.name);
 
     // What the kernel holds is what `render` promised.
-    let table = format!("egress_guard_{cid}");
+    let table = egress_guard::ruleset::table_name(&cid, "eth0");
     let listing = exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
     let rendered = render_for(&n, &entry, &ann, "ml", &cid, &host_veth(&gres));
     r.expect(
@@ -407,7 +407,7 @@ fn audit_mode_passes_traffic_and_counts_it() {
             "list",
             "chain",
             "netdev",
-            &format!("egress_guard_{cid}"),
+            &egress_guard::ruleset::table_name(&cid, "eth0"),
             "from_pod",
         ],
     );
@@ -555,7 +555,10 @@ fn pod_placement_guards_inside_the_pod() {
     r.expect(
         "table lives in the pod netns",
         true,
-        in_pod.contains(&format!("inet egress_guard_{cid}")),
+        in_pod.contains(&format!(
+            "inet {}",
+            egress_guard::ruleset::table_name(&cid, "eth0")
+        )),
     );
     r.expect(
         "no table in the host netns",

@@ -14,6 +14,16 @@ use serde_json::{json, Value};
 const NETNS: &str = "/var/run/netns/pod-a";
 
 /// One state dir per test (each test runs on its own thread) and per run.
+/// The table egress-guard names for container `cid`'s `eth0`.
+fn tn(cid: &str) -> String {
+    egress_guard::ruleset::table_name(cid, "eth0")
+}
+
+/// The name of `cid`'s state file without `.json`: its table's name without the prefix.
+fn key(cid: &str) -> String {
+    tn(cid)["egress_guard_".len()..].to_string()
+}
+
 fn state_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "flow-{}-{:?}",
@@ -121,15 +131,18 @@ fn add_installs_host_table_and_prints_prev_result() {
     let c = conf(Some(enforce()), json!({}));
     let out = invoke(&mut k, "ADD", "ml", &c);
     assert_eq!(out.result.unwrap().unwrap(), c["prevResult"]);
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-a"))]
+    );
     let text = k
-        .rendered(Where::Host, Family::Netdev, "egress_guard_cid-a")
+        .rendered(Where::Host, Family::Netdev, &tn("cid-a"))
         .unwrap();
     assert!(text.contains("device \"vethA\""), "{text}");
     assert_eq!(out.record.outcome, "ok");
     assert_eq!(out.record.placement.as_deref(), Some("host"));
     assert_eq!(out.record.entries, Some(1));
-    assert!(state_dir().join("cid-a.json").exists());
+    assert!(state_dir().join(format!("{}.json", key("cid-a"))).exists());
 }
 
 #[test]
@@ -140,13 +153,13 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
     let c = conf(Some(enforce()), json!({}));
     add_as(&mut other, "cid-dead", &c);
     let stale = other
-        .read(Where::Host, Family::Netdev, "egress_guard_cid-dead")
+        .read(Where::Host, Family::Netdev, &tn("cid-dead"))
         .unwrap()
         .unwrap();
     assert!(stale.comment.contains("dev=vethA"));
     let table = egress_guard::ruleset::Table {
         family: Family::Netdev,
-        name: "egress_guard_cid-dead".into(),
+        name: tn("cid-dead"),
         comment: stale.comment.clone(),
         sets: vec![],
         chains: vec![],
@@ -164,12 +177,15 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
     assert!(
         k.calls
             .iter()
-            .any(|c| c.contains("replace=[egress_guard_cid-dead]")
-                && c.contains("table=egress_guard_cid-a")),
+            .any(|c| c.contains(&format!("replace=[{}]", tn("cid-dead")))
+                && c.contains(&format!("table={}", tn("cid-a")))),
         "{:?}",
         k.calls
     );
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-a"))]
+    );
 }
 
 #[test]
@@ -217,7 +233,7 @@ fn placement_follows_interface_kind_and_kernel() {
         .unwrap();
     assert_eq!(
         k.table_names(),
-        vec![format!("{NETNS} inet egress_guard_cid-a")]
+        vec![format!("{NETNS} inet {}", tn("cid-a"))]
     );
     // ...and an error when host placement is demanded.
     let mut k = kernel();
@@ -366,7 +382,7 @@ fn check_reports_tampering_and_del_cleans_up() {
     let c = conf(Some(enforce()), json!({}));
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert!(invoke(&mut k, "CHECK", "ml", &c).result.is_ok());
-    k.tamper(Where::Host, Family::Netdev, "egress_guard_cid-a", |s| {
+    k.tamper(Where::Host, Family::Netdev, &tn("cid-a"), |s| {
         s.chains[0].rules.pop();
     });
     let err = invoke(&mut k, "CHECK", "ml", &c).result.unwrap_err();
@@ -387,7 +403,7 @@ fn check_reports_tampering_and_del_cleans_up() {
     );
     assert!(invoke(&mut k, "DEL", "ml", &c).result.is_ok());
     assert!(k.table_names().is_empty());
-    assert!(!state_dir().join("cid-a.json").exists());
+    assert!(!state_dir().join(format!("{}.json", key("cid-a"))).exists());
     assert!(invoke(&mut k, "DEL", "ml", &c).result.is_ok(), "second DEL");
 }
 
@@ -398,7 +414,10 @@ fn gc_removes_only_invalid_attachments() {
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     add_as(&mut k, "cid-b", &c);
     gc_keeping(&mut k, &state_dir(), "cid-b");
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-b"]);
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-b"))]
+    );
 }
 
 #[test]
@@ -443,7 +462,9 @@ fn stale_table_is_found_through_the_device_index_without_listing_tables() {
     add_as(&mut k, "cid-dead", &c);
     assert!(listed_tables(&k), "{:?}", k.calls);
     assert!(dir.join("devices.complete").exists());
-    assert!(dir.join("devices/vethA/egress_guard_cid-dead").exists());
+    assert!(dir
+        .join(format!("devices/vethA/{}", tn("cid-dead")))
+        .exists());
 
     // That pod dies without DEL; a new pod gets a veth of the same name.
     k.calls.clear();
@@ -452,17 +473,20 @@ fn stale_table_is_found_through_the_device_index_without_listing_tables() {
     assert!(
         k.calls
             .iter()
-            .any(|c| c.contains("replace=[egress_guard_cid-dead]")
-                && c.contains("table=egress_guard_cid-a")),
+            .any(|c| c.contains(&format!("replace=[{}]", tn("cid-dead")))
+                && c.contains(&format!("table={}", tn("cid-a")))),
         "{:?}",
         k.calls
     );
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-a"))]
+    );
     let entries: Vec<String> = std::fs::read_dir(dir.join("devices/vethA"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(entries, vec!["egress_guard_cid-a"]);
+    assert_eq!(entries, vec![tn("cid-a")]);
 
     // DEL forgets the entry with the table.
     invoke(&mut k, "DEL", "ml", &c).result.unwrap();
@@ -485,7 +509,10 @@ fn add_with_a_complete_index_and_nothing_recorded_looks_nothing_up() {
         "{:?}",
         k.calls
     );
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-a"))]
+    );
 }
 
 #[test]
@@ -498,8 +525,8 @@ fn repeated_add_replaces_its_own_table_the_index_recorded_elsewhere() {
     let other = dir.join("devices/vethOther");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::rename(
-        dir.join("devices/vethA/egress_guard_cid-a"),
-        other.join("egress_guard_cid-a"),
+        dir.join(format!("devices/vethA/{}", tn("cid-a"))),
+        other.join(tn("cid-a")),
     )
     .unwrap();
     k.calls.clear();
@@ -512,13 +539,16 @@ fn repeated_add_replaces_its_own_table_the_index_recorded_elsewhere() {
     assert_eq!(installs.len(), 2, "{:?}", k.calls);
     assert!(installs[0].contains("replace=[]"), "{:?}", k.calls);
     assert!(
-        installs[1].contains("replace=[egress_guard_cid-a]")
-            && installs[1].contains("table=egress_guard_cid-a"),
+        installs[1].contains(&format!("replace=[{}]", tn("cid-a")))
+            && installs[1].contains(&format!("table={}", tn("cid-a"))),
         "{:?}",
         k.calls
     );
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
-    assert!(dir.join("devices/vethA/egress_guard_cid-a").exists());
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-a"))]
+    );
+    assert!(dir.join(format!("devices/vethA/{}", tn("cid-a"))).exists());
 }
 
 #[test]
@@ -532,7 +562,7 @@ fn device_index_that_cannot_be_written_is_not_trusted() {
     // A stale table the index knows nothing about.
     let stale = egress_guard::ruleset::Table {
         family: Family::Netdev,
-        name: "egress_guard_cid-dead".into(),
+        name: tn("cid-dead"),
         comment: "egress-guard dev=vethA mode=enforce policy=0".into(),
         sets: vec![],
         chains: vec![],
@@ -542,7 +572,10 @@ fn device_index_that_cannot_be_written_is_not_trusted() {
     k.calls.clear();
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert!(listed_tables(&k), "{:?}", k.calls);
-    assert_eq!(k.table_names(), vec!["host netdev egress_guard_cid-a"]);
+    assert_eq!(
+        k.table_names(),
+        vec![format!("host netdev {}", tn("cid-a"))]
+    );
     assert!(
         !dir.join("devices.complete").exists(),
         "an index that failed to record a table must not be marked complete"
@@ -575,7 +608,7 @@ fn gc_prunes_index_entries_of_gone_tables_but_not_fresh_ones() {
     assert!(!gone.exists(), "entry of a gone table survived GC");
     assert!(!old.exists());
     assert!(fresh.exists(), "a fresh entry was pruned");
-    assert!(dir.join("devices/vethA/egress_guard_cid-a").exists());
+    assert!(dir.join(format!("devices/vethA/{}", tn("cid-a"))).exists());
 }
 
 #[test]
@@ -590,4 +623,116 @@ fn add_fails_closed_when_the_device_index_can_neither_record_nor_be_distrusted()
     assert_eq!(err.code, 5, "{}", err.msg);
     assert!(err.msg.contains("device index"), "{}", err.msg);
     assert!(k.table_names().is_empty(), "{:?}", k.table_names());
+}
+
+#[test]
+fn add_never_replaces_a_table_of_another_container_under_the_same_name() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    // A table of this pod's name that belongs to another container (a hash collision),
+    // recorded under another device, so that ADD only learns of it from EEXIST.
+    let theirs = egress_guard::ruleset::Table {
+        family: Family::Netdev,
+        name: tn("cid-a"),
+        comment: "egress-guard dev=vethOther mode=enforce policy=0 id=cid-z if=eth0".into(),
+        sets: vec![],
+        chains: vec![],
+    };
+    k.install(Where::Host, Family::Netdev, &[], Some(&theirs))
+        .unwrap();
+    std::fs::create_dir_all(dir.join("devices/vethOther")).unwrap();
+    std::fs::write(dir.join(format!("devices/vethOther/{}", tn("cid-a"))), b"").unwrap();
+    std::fs::write(dir.join("devices.complete"), b"").unwrap();
+    let err = invoke(&mut k, "ADD", "ml", &c).result.unwrap_err();
+    assert!(
+        err.msg.contains("cid-z") && err.msg.contains(&tn("cid-a")),
+        "{}",
+        err.msg
+    );
+    let still = k
+        .read(Where::Host, Family::Netdev, &tn("cid-a"))
+        .unwrap()
+        .unwrap();
+    assert!(still.comment.contains("id=cid-z"), "{}", still.comment);
+    assert!(!dir.join(format!("{}.json", key("cid-a"))).exists());
+}
+
+/// Turns the pod ADDed as `cid-a` into what a release that named tables after the container
+/// ID left: the table and the state file under the old name.
+fn make_legacy(k: &mut RecordingKernel, dir: &Path) -> String {
+    let legacy = egress_guard::ruleset::legacy_table_name("cid-a", "eth0");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{}.json", key("cid-a")))).unwrap())
+            .unwrap();
+    let policy = egress_guard::policy::Policy {
+        mode: egress_guard::policy::Mode::Enforce,
+        mode_source: egress_guard::policy::ModeSource::Annotation,
+        entries: state["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| egress_guard::policy::parse_network_entry(e.as_str().unwrap()).unwrap())
+            .collect(),
+    };
+    let target = egress_guard::ruleset::Target {
+        container_id: "cid-a".into(),
+        ifname: "eth0".into(),
+        attach: egress_guard::ruleset::Attach::Host {
+            device: "vethA".into(),
+        },
+        log_group: 100,
+    };
+    let table = egress_guard::ruleset::as_recorded(
+        egress_guard::ruleset::compile(&policy, &target).unwrap(),
+        &legacy,
+    );
+    k.install(Where::Host, Family::Netdev, &[tn("cid-a")], Some(&table))
+        .unwrap();
+    let mut state = state;
+    state["table"] = json!(legacy);
+    std::fs::remove_file(dir.join(format!("{}.json", key("cid-a")))).unwrap();
+    std::fs::write(dir.join("cid-a.json"), state.to_string()).unwrap();
+    legacy
+}
+
+#[test]
+fn del_check_and_gc_find_a_pod_added_under_the_legacy_table_name() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let legacy = make_legacy(&mut k, &dir);
+    assert_eq!(k.table_names(), vec![format!("host netdev {legacy}")]);
+
+    // CHECK compares the old table as it was installed; tampering with it is still drift.
+    invoke(&mut k, "CHECK", "ml", &c).result.unwrap();
+    // GC keeps it for a valid attachment.
+    gc_keeping(&mut k, &dir, "cid-a");
+    assert_eq!(k.table_names(), vec![format!("host netdev {legacy}")]);
+    assert!(dir.join("cid-a.json").exists());
+    k.tamper(Where::Host, Family::Netdev, &legacy, |s| {
+        s.chains[0].rules.pop();
+    });
+    assert_eq!(
+        invoke(&mut k, "CHECK", "ml", &c).result.unwrap_err().code,
+        103
+    );
+
+    // DEL removes it and its state file.
+    invoke(&mut k, "DEL", "ml", &c).result.unwrap();
+    assert!(k.table_names().is_empty(), "{:?}", k.table_names());
+    assert!(!dir.join("cid-a.json").exists());
+}
+
+#[test]
+fn gc_removes_legacy_tables_of_attachments_that_are_gone() {
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    let dir = state_dir();
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    make_legacy(&mut k, &dir);
+    gc_keeping(&mut k, &dir, "cid-z");
+    assert!(k.table_names().is_empty(), "{:?}", k.table_names());
+    assert!(!dir.join("cid-a.json").exists());
 }

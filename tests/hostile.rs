@@ -759,7 +759,7 @@ fn sigkill_at_random_points_leaves_the_table_complete_or_absent() {
         .map(|a| netconf(&state, a, Some("vhk0")).to_string())
         .collect();
     let env = pod_env(&cid, &path, "eth0", ARGS);
-    let table = format!("netdev egress_guard_{cid}");
+    let table = format!("netdev {}", egress_guard::ruleset::table_name(&cid, "eth0"));
     // How long one ADD takes here, to spread the kills over its whole life (not asserted).
     let mut spans = Vec::new();
     for c in &confs {
@@ -900,7 +900,12 @@ fn concurrent_add_del_on_64_pods() {
     );
     let live: BTreeSet<String> = (0..PODS)
         .filter(|i| i % 2 == 0)
-        .map(|i| format!("netdev egress_guard_{}p{i}", n.prefix))
+        .map(|i| {
+            format!(
+                "netdev {}",
+                egress_guard::ruleset::table_name(&format!("{}p{i}", n.prefix), "eth0")
+            )
+        })
         .collect();
     assert_eq!(
         guard_tables(&n.node.name),
@@ -1033,7 +1038,7 @@ fn vanishing_veth_refused_hook_and_enobufs_fail_clean() {
     let bpath = bystander.path();
     let cid = format!("{}p", n.prefix);
     let bcid = format!("{}b", n.prefix);
-    let table = format!("netdev egress_guard_{cid}");
+    let table = format!("netdev {}", egress_guard::ruleset::table_name(&cid, "eth0"));
     let c = netconf(&state, allow("10.0.5.0/24 tcp 8443"), Some("vhv0")).to_string();
     let c2 = netconf(&state, allow("198.51.100.0/24"), Some("vhv0")).to_string();
     let bc = netconf(&state, allow("10.0.5.0/24 tcp 8443"), Some("vhv1")).to_string();

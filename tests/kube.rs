@@ -494,7 +494,7 @@ fn plugin_reads_annotations_from_the_api_server_when_the_runtime_sends_none() {
     };
     common::chain::exec_plugin(&n.node.name, "egress-guard", "ADD", &env("ml"), &conf)
         .expect("ADD with API fallback");
-    let table = format!("egress_guard_{}p", n.prefix);
+    let table = egress_guard::ruleset::table_name(&format!("{}p", n.prefix), "eth0");
     let listing = common::exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
     assert!(listing.contains("10.0.5.0/24 . tcp . 8443"), "{listing}");
     let seen = server.seen();

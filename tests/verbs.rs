@@ -86,12 +86,12 @@ fn stale_table_on_a_reused_device_name_is_replaced() {
     let c = conf(&n, "1.0.0", enforce(), Some(prev_result("vstale0")));
     let old_cid = format!("{}old", n.prefix);
     guard(&n, "ADD", &old_cid, &old.path(), &c).unwrap();
-    assert!(tables(&n).contains(&format!("egress_guard_{old_cid}")));
+    assert!(tables(&n).contains(&egress_guard::ruleset::table_name(&old_cid, "eth0")));
     // The pod dies without DEL: its netns and veth vanish, the table stays behind.
     drop(old);
     wait_link_gone(&n, "vstale0");
     assert!(
-        tables(&n).contains(&format!("egress_guard_{old_cid}")),
+        tables(&n).contains(&egress_guard::ruleset::table_name(&old_cid, "eth0")),
         "the kernel keeps device-bound chains"
     );
 
@@ -118,8 +118,14 @@ fn stale_table_on_a_reused_device_name_is_replaced() {
     let new = n.manual_pod("new2", "vstale0", 3);
     guard(&n, "ADD", &new_cid, &new.path(), &c).unwrap();
     let t = tables(&n);
-    assert!(!t.contains(&format!("egress_guard_{old_cid}")), "{t}");
-    assert!(t.contains(&format!("egress_guard_{new_cid}")), "{t}");
+    assert!(
+        !t.contains(&egress_guard::ruleset::table_name(&old_cid, "eth0")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&egress_guard::ruleset::table_name(&new_cid, "eth0")),
+        "{t}"
+    );
     guard(&n, "DEL", &new_cid, &new.path(), &c).unwrap();
 }
 
@@ -151,7 +157,7 @@ fn repeated_add_replaces_its_own_table() {
             "list",
             "table",
             "netdev",
-            &format!("egress_guard_{cid}"),
+            &egress_guard::ruleset::table_name(&cid, "eth0"),
         ],
     );
     assert!(listing.contains("198.51.100.0/24 . tcp . 80"), "{listing}");
@@ -179,7 +185,7 @@ fn check_reports_drift_and_gc_collects_orphans() {
     guard(&n, "ADD", &cid_b, &b.path(), &cb).unwrap();
     guard(&n, "CHECK", &cid_a, &a.path(), &ca).expect("intact ruleset passes CHECK");
 
-    let table = format!("egress_guard_{cid_a}");
+    let table = egress_guard::ruleset::table_name(&cid_a, "eth0");
     exec_in(
         &n.node.name,
         &[
@@ -239,16 +245,24 @@ fn check_reports_drift_and_gc_collects_orphans() {
     chain.guard_only("GC", gc, &[]).unwrap();
     let t = tables(&n);
     assert!(
-        !t.contains(&format!("egress_guard_{cid_a} "))
-            && !t.ends_with(&format!("egress_guard_{cid_a}\n")),
+        !t.contains(&format!(
+            "{} ",
+            egress_guard::ruleset::table_name(&cid_a, "eth0")
+        )) && !t.ends_with(&format!(
+            "{}\n",
+            egress_guard::ruleset::table_name(&cid_a, "eth0")
+        )),
         "{t}"
     );
-    assert!(t.contains(&format!("egress_guard_{cid_b}")), "{t}");
+    assert!(
+        t.contains(&egress_guard::ruleset::table_name(&cid_b, "eth0")),
+        "{t}"
+    );
     let err = chain
         .guard_only("GC", json!({}), &[])
         .expect_err("GC without the list must not delete");
     assert_eq!(err.code, Some(7));
-    assert!(tables(&n).contains(&format!("egress_guard_{cid_b}")));
+    assert!(tables(&n).contains(&egress_guard::ruleset::table_name(&cid_b, "eth0")));
     assert!(chain
         .guard_only("STATUS", json!({}), &[])
         .unwrap()
@@ -471,7 +485,10 @@ fn macvlan_pod_gets_pod_placement_under_auto() {
     let cres = chain.add(&ctl).unwrap();
     let in_pod = exec_in(&pod.name, &["nft", "list", "tables"]);
     assert!(
-        in_pod.contains(&format!("inet egress_guard_{cid}")),
+        in_pod.contains(&format!(
+            "inet {}",
+            egress_guard::ruleset::table_name(&cid, "eth0")
+        )),
         "{in_pod}"
     );
     assert!(!tables(&n).contains("egress_guard_"));
@@ -550,7 +567,10 @@ fn each_verb_writes_one_json_record() {
     assert_eq!(add["pod_name"], "llm-0");
     assert_eq!(add["mode"], "enforce");
     assert_eq!(add["placement"], "host");
-    assert_eq!(add["table"], format!("netdev egress_guard_{cid}"));
+    assert_eq!(
+        add["table"],
+        format!("netdev {}", egress_guard::ruleset::table_name(&cid, "eth0"))
+    );
     assert_eq!(add["device"], "vlg0");
     assert_eq!(add["entries"], 1);
     assert_eq!(add["outcome"], "ok");
@@ -586,9 +606,18 @@ fn second_interface_of_a_container_gets_its_own_table() {
     guard(&n, "ADD", &cid, &pod.path(), &c0).unwrap();
     exec_plugin(&n.node.name, "egress-guard", "ADD", &env1, &c1).unwrap();
     let t = tables(&n);
-    assert!(t.contains(&format!("netdev egress_guard_{cid}\n")), "{t}");
     assert!(
-        t.contains(&format!("netdev egress_guard_{cid}_net1\n")),
+        t.contains(&format!(
+            "netdev {}\n",
+            egress_guard::ruleset::table_name(&cid, "eth0")
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "netdev {}\n",
+            egress_guard::ruleset::table_name(&cid, "net1")
+        )),
         "{t}"
     );
     let net1 = exec_in(
@@ -598,7 +627,7 @@ fn second_interface_of_a_container_gets_its_own_table() {
             "list",
             "chain",
             "netdev",
-            &format!("egress_guard_{cid}_net1"),
+            &egress_guard::ruleset::table_name(&cid, "net1"),
             "from_pod",
         ],
     );
@@ -607,10 +636,16 @@ fn second_interface_of_a_container_gets_its_own_table() {
     exec_plugin(&n.node.name, "egress-guard", "DEL", &env1, &c1).unwrap();
     let t = tables(&n);
     assert!(
-        t.contains(&format!("netdev egress_guard_{cid}\n")),
+        t.contains(&format!(
+            "netdev {}\n",
+            egress_guard::ruleset::table_name(&cid, "eth0")
+        )),
         "eth0's table must survive net1's DEL: {t}"
     );
-    assert!(!t.contains("_net1"), "{t}");
+    assert!(
+        !t.contains(&egress_guard::ruleset::table_name(&cid, "net1")),
+        "{t}"
+    );
     // GC keys on (containerID, ifname).
     exec_plugin(&n.node.name, "egress-guard", "ADD", &env1, &c1).unwrap();
     let chain = Chain::new(
@@ -626,7 +661,10 @@ fn second_interface_of_a_container_gets_its_own_table() {
         .unwrap();
     let t = tables(&n);
     assert!(
-        t.contains(&format!("netdev egress_guard_{cid}\n")) && !t.contains("_net1"),
+        t.contains(&format!(
+            "netdev {}\n",
+            egress_guard::ruleset::table_name(&cid, "eth0")
+        )) && !t.contains(&egress_guard::ruleset::table_name(&cid, "net1")),
         "{t}"
     );
     guard(&n, "DEL", &cid, &pod.path(), &c0).unwrap();

@@ -12,7 +12,7 @@ use super::state::{self, PodState};
 use crate::devindex::DeviceIndex;
 use crate::kernel::{Kernel, KernelError, Where};
 use crate::netlink::nft::expected_snapshot;
-use crate::ruleset::{comment_devices, Family, TABLE_PREFIX};
+use crate::ruleset::{comment_container, comment_devices, Family, TABLE_PREFIX};
 
 /// Schema of the event lines the agent writes next to flow records.
 pub const EVENT_SCHEMA: &str = "egress-guard.event/v1";
@@ -335,7 +335,9 @@ impl Reconciler {
                 seen.insert(t.name);
                 continue;
             }
-            let cid = t.name.strip_prefix(TABLE_PREFIX).map(str::to_string);
+            let cid = comment_container(&t.comment)
+                .or_else(|| legacy_container(&t.name))
+                .map(str::to_string);
             let mut ev = self.event("collected", None, Vec::new());
             ev.container_id = cid;
             ev.placement = Some("host".into());
@@ -366,6 +368,14 @@ impl Reconciler {
         }
         Ok(out)
     }
+}
+
+/// The container ID in the name of a table of a release that named tables after it (a hashed
+/// name is 16 hex digits after the prefix and names no container).
+fn legacy_container(table: &str) -> Option<&str> {
+    let rest = table.strip_prefix(TABLE_PREFIX)?;
+    let hashed = rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit());
+    (!hashed && !rest.is_empty()).then_some(rest)
 }
 
 #[cfg(test)]
@@ -441,6 +451,15 @@ mod tests {
     }
 
     #[test]
+    fn an_orphan_is_named_by_its_comment_or_its_legacy_name() {
+        assert_eq!(legacy_container("egress_guard_abc"), Some("abc"));
+        assert_eq!(legacy_container("egress_guard_abc_net1"), Some("abc_net1"));
+        assert_eq!(legacy_container("egress_guard_1026a4e8be8d6b89"), None);
+        assert_eq!(legacy_container("egress_guard_"), None);
+        assert_eq!(legacy_container("other"), None);
+    }
+
+    #[test]
     fn gone_pods_and_orphans_are_collected() {
         let (dir, s) = setup("gc");
         let mut k = RecordingKernel::new();
@@ -474,6 +493,7 @@ mod tests {
         let ev = r.pass(&mut k, &shared, &gone);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0].table.as_deref(), Some("egress_guard_orphan"));
+        assert_eq!(ev[0].container_id.as_deref(), Some("orphan"));
         assert!(k.table_names().is_empty(), "{:?}", k.table_names());
         assert!(
             !dir.join("devices/vethgone").exists()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::kernel::Where;
 use crate::policy::{parse_network_entry, GrammarError, Mode, ModeSource, Policy};
-use crate::ruleset::{compile, Attach, Family, Table, Target};
+use crate::ruleset::{as_recorded, compile, legacy_table_name, Attach, Family, Table, Target};
 
 /// One state file as the plugin writes it (see `write_state` in `cni/plugin.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -80,8 +80,9 @@ pub enum StateError {
 }
 
 impl PodState {
-    /// Name of the state file without `.json`: the table name without its prefix
-    /// (`<id>` for eth0, `<id>_<ifname>` otherwise), as the plugin writes it.
+    /// Name of the state file without `.json`: the table name without its prefix (16 hex
+    /// digits; `<id>` or `<id>_<ifname>` for a release that named tables after the container
+    /// ID), as the plugin writes it.
     pub fn key(&self) -> &str {
         self.table
             .strip_prefix(crate::ruleset::TABLE_PREFIX)
@@ -178,10 +179,15 @@ impl PodState {
             log_group: self.nflog_group,
         };
         // Mode was checked to be audit or enforce, for which compile always yields a table.
-        compile(&policy, &target).ok_or_else(|| StateError::Mode {
+        let table = compile(&policy, &target).ok_or_else(|| StateError::Mode {
             container_id: self.container_id.clone(),
             value: self.mode.clone(),
-        })
+        })?;
+        // A pod added by a release that named tables after the container ID keeps that name.
+        if self.table == legacy_table_name(&self.container_id, &self.ifname) {
+            return Ok(as_recorded(table, &self.table));
+        }
+        Ok(table)
     }
 }
 

@@ -18,7 +18,8 @@ use crate::logging::{rfc3339, VerbRecord};
 use crate::netlink::nft::TableInfo;
 use crate::policy::{parse_annotations, Mode, Policy};
 use crate::ruleset::{
-    comment_devices, compile, table_name, Attach, Family, Table, Target, TABLE_PREFIX,
+    as_recorded, comment_container, comment_devices, compile, legacy_table_name, table_name,
+    Attach, Family, Table, Target, TABLE_PREFIX,
 };
 
 /// Reads a pod's annotations from the API server: (kubeconfig, namespace, name).
@@ -303,12 +304,20 @@ fn install_host<K: Kernel>(
         .install(Where::Host, Family::Netdev, stale, Some(table));
     match first {
         Err(e) if e.already_exists() && !stale.contains(&table.name) => {
-            if ctx
-                .kernel
-                .table(Where::Host, Family::Netdev, &table.name)?
-                .is_none()
-            {
+            let Some(existing) = ctx.kernel.table(Where::Host, Family::Netdev, &table.name)? else {
                 return Err(e);
+            };
+            // Names are a hash of the attachment: never replace another container's table.
+            if let (Some(theirs), Some(ours)) = (
+                comment_container(&existing.comment),
+                comment_container(&table.comment),
+            ) {
+                if theirs != ours {
+                    return Err(KernelError::NameTaken {
+                        table: table.name.clone(),
+                        owner: theirs.to_string(),
+                    });
+                }
             }
             log::info!(
                 "{whom}: table {} already existed outside the device index; replacing it",
@@ -409,7 +418,8 @@ struct StateFile<'a> {
     created: String,
 }
 
-/// State files are named like the table, without its prefix: `<id>.json`, `<id>_<ifname>.json`.
+/// State files are named like the table, without its prefix (`<hash>.json`; `<id>.json` or
+/// `<id>_<ifname>.json` for pods added by a release that named tables after the container ID).
 fn state_key(table: &str) -> &str {
     table.strip_prefix(TABLE_PREFIX).unwrap_or(table)
 }
@@ -561,13 +571,17 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 clear_stale_host_tables(ctx, &whom, &name, dev)?;
             }
             let at = Where::Netns(Path::new(&netns));
-            let replace: Vec<String> = ctx
-                .kernel
-                .table(at, Family::Inet, &name)
-                .map_err(|e| kernel_error(&whom, "looking up the pod's table", &e))?
-                .map(|t| t.name)
-                .into_iter()
-                .collect();
+            // This attachment's table from an earlier ADD, under either name.
+            let mut replace = Vec::new();
+            for n in [name.clone(), legacy_table_name(&cid, &ifname)] {
+                if let Some(t) = ctx
+                    .kernel
+                    .table(at, Family::Inet, &n)
+                    .map_err(|e| kernel_error(&whom, "looking up the pod's table", &e))?
+                {
+                    replace.push(t.name);
+                }
+            }
             log::debug!(
                 "{whom}: installing table inet {} in pod netns {netns}: {} rules, {} set elements",
                 table.name,
@@ -614,26 +628,34 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
     let whom = who(&ctx.pod, &cid);
     // Runtimes always set CNI_IFNAME on DEL; without it, assume the main interface.
     let ifname = ctx.env.ifname.clone().unwrap_or_default();
-    let name = table_name(&cid, &ifname);
-    let removed_host = ctx
-        .kernel
-        .remove(Where::Host, Family::Netdev, &name)
-        .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
-    let mut removed_pod = false;
-    if let Some(netns) = ctx.env.netns.as_deref().filter(|n| !n.is_empty()) {
-        match ctx
+    let mut names = vec![table_name(&cid, &ifname)];
+    // A pod added by a release that named tables after the container ID wrote its state file
+    // under that name: remove its table too.
+    let legacy = legacy_table_name(&cid, &ifname);
+    if state_path(&ctx.conf.state_dir, state_key(&legacy)).exists() {
+        names.push(legacy);
+    }
+    let (mut removed_host, mut removed_pod) = (false, false);
+    for name in &names {
+        removed_host |= ctx
             .kernel
-            .remove(Where::Netns(Path::new(netns)), Family::Inet, &name)
-        {
-            Ok(r) => removed_pod = r,
-            Err(e) if e.netns_missing() => {}
-            Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
+            .remove(Where::Host, Family::Netdev, name)
+            .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
+        if let Some(netns) = ctx.env.netns.as_deref().filter(|n| !n.is_empty()) {
+            match ctx
+                .kernel
+                .remove(Where::Netns(Path::new(netns)), Family::Inet, name)
+            {
+                Ok(r) => removed_pod |= r,
+                Err(e) if e.netns_missing() => {}
+                Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
+            }
         }
+        if let Some(device) = recorded_device(&ctx.conf.state_dir, state_key(name)) {
+            forget_in_index(ctx, &device, std::slice::from_ref(name));
+        }
+        remove_state(&ctx.conf.state_dir, state_key(name));
     }
-    if let Some(device) = recorded_device(&ctx.conf.state_dir, state_key(&name)) {
-        forget_in_index(ctx, &device, std::slice::from_ref(&name));
-    }
-    remove_state(&ctx.conf.state_dir, state_key(&name));
     log::info!("{whom}: DEL removed host table: {removed_host}, pod table: {removed_pod}");
     Ok(None)
 }
@@ -646,17 +668,19 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
     let policy = resolve_policy(ctx, &whom)?;
     rec.mode = Some(policy.mode.to_string());
     rec.entries = Some(policy.entries.len());
-    let name = table_name(&cid, &ifname);
+    let legacy = legacy_table_name(&cid, &ifname);
     if policy.mode == Mode::Off {
-        let present = ctx
-            .kernel
-            .read(Where::Host, Family::Netdev, &name)
-            .map_err(|e| kernel_error(&whom, "reading the host table", &e))?;
-        if present.is_some() {
-            return Err(CniError::new(
-                code::DRIFT,
-                format!("{whom}: mode is off but table netdev {name} is installed"),
-            ));
+        for name in [table_name(&cid, &ifname), legacy] {
+            let present = ctx
+                .kernel
+                .read(Where::Host, Family::Netdev, &name)
+                .map_err(|e| kernel_error(&whom, "reading the host table", &e))?;
+            if present.is_some() {
+                return Err(CniError::new(
+                    code::DRIFT,
+                    format!("{whom}: mode is off but table netdev {name} is installed"),
+                ));
+            }
         }
         return Ok(None);
     }
@@ -667,10 +691,21 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
         Attach::Host { .. } => Where::Host,
         Attach::Pod => Where::Netns(Path::new(&netns)),
     };
-    let actual = ctx
+    let mut actual = ctx
         .kernel
         .read(at, table.family, &table.name)
         .map_err(|e| kernel_error(&whom, "reading the installed table", &e))?;
+    let mut table = table;
+    if actual.is_none() {
+        // A pod added by a release that named tables after the container ID.
+        actual = ctx
+            .kernel
+            .read(at, table.family, &legacy)
+            .map_err(|e| kernel_error(&whom, "reading the installed table", &e))?;
+        if actual.is_some() {
+            table = as_recorded(table, &legacy);
+        }
+    }
     let expected = crate::netlink::nft::expected_snapshot(&table);
     let problems = match actual {
         None => vec![format!(
@@ -699,9 +734,15 @@ fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<V
             "GC needs \"cni.dev/valid-attachments\" in the configuration",
         ));
     };
+    // Under both names: pods added before an upgrade keep the name they got then.
     let keep: std::collections::BTreeSet<String> = valid
         .iter()
-        .map(|a| table_name(&a.container_id, &a.ifname))
+        .flat_map(|a| {
+            [
+                table_name(&a.container_id, &a.ifname),
+                legacy_table_name(&a.container_id, &a.ifname),
+            ]
+        })
         .collect();
     let listed_at = std::time::SystemTime::now();
     let tables = ctx

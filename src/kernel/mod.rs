@@ -47,6 +47,8 @@ pub enum KernelError {
     },
     #[error(transparent)]
     Peer(#[from] PeerError),
+    #[error("table {table} already exists and belongs to container {owner} (a collision of hashed table names); nothing was replaced")]
+    NameTaken { table: String, owner: String },
 }
 
 impl KernelError {

@@ -69,16 +69,68 @@ impl Target {
     }
 }
 
-/// The table of one attachment. The pod's main interface (`eth0`) gives `egress_guard_<id>`;
-/// another interface of the same container (a Multus secondary network chained with
-/// egress-guard too) gets its own table, `egress_guard_<id>_<ifname>`, so neither replaces
-/// the other.
+/// Hex digits of an attachment's hash in its table name.
+const NAME_HASH_HEX: usize = 16;
+/// Longest container ID a table's comment carries in full (the kernel keeps at most 256 bytes
+/// of comment; CNI allows IDs of 200 characters).
+const COMMENT_ID_MAX: usize = 100;
+
+/// The table of one attachment: `egress_guard_` and 16 hex digits of the SHA-256 of the
+/// container ID and interface name (`eth0` when none is given), 29 characters whatever the
+/// ID's length. The kernel measures every table's name on every message of every nf_tables
+/// batch while it looks a table up, so on a node full of guarded pods short names keep ADD
+/// fast (docs/benchmarks.md, section 1b). The container ID and interface are in the table's
+/// comment (`id=`, `if=`); another interface of the same container (a Multus secondary
+/// network chained with egress-guard too) gets its own table, so neither replaces the other.
 pub fn table_name(container_id: &str, ifname: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let ifname = if ifname.is_empty() { "eth0" } else { ifname };
+    let digest = Sha256::new()
+        .chain_update(container_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(ifname.as_bytes())
+        .finalize();
+    let mut name = String::with_capacity(TABLE_PREFIX.len() + NAME_HASH_HEX);
+    name.push_str(TABLE_PREFIX);
+    for b in &digest[..NAME_HASH_HEX / 2] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// The name releases before the hashed names gave the same attachment: `egress_guard_<id>`,
+/// or `egress_guard_<id>_<ifname>` for an interface other than `eth0`. DEL, CHECK and GC
+/// still find tables of pods added by such a release, so that an upgrade of the node's
+/// plugin neither orphans nor unguards running pods.
+pub fn legacy_table_name(container_id: &str, ifname: &str) -> String {
     if ifname == "eth0" || ifname.is_empty() {
         format!("{TABLE_PREFIX}{container_id}")
     } else {
         format!("{TABLE_PREFIX}{container_id}_{ifname}")
     }
+}
+
+/// The container ID a table's comment names (`id=`); `None` for tables of older releases and
+/// for IDs too long to keep in a comment.
+pub fn comment_container(comment: &str) -> Option<&str> {
+    comment
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("id="))
+}
+
+/// `table` as a release before the hashed names installed it under `recorded`: that name, and
+/// a comment without `id=` and `if=`. A table whose name is already `recorded` is unchanged.
+pub fn as_recorded(mut table: Table, recorded: &str) -> Table {
+    if table.name != recorded {
+        table.name = recorded.to_string();
+        table.comment = table
+            .comment
+            .split_whitespace()
+            .filter(|w| !w.starts_with("id=") && !w.starts_with("if="))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    table
 }
 
 const TCP: u8 = 6;
@@ -272,7 +324,7 @@ pub fn comment_devices(comment: &str) -> impl Iterator<Item = &str> {
 }
 
 fn comment(policy: &Policy, target: &Target) -> String {
-    match &target.attach {
+    let mut c = match &target.attach {
         Attach::Host { device: dev } => format!(
             "egress-guard dev={dev} mode={} policy={}",
             policy.mode,
@@ -284,7 +336,15 @@ fn comment(policy: &Policy, target: &Target) -> String {
             policy.mode,
             policy.digest()
         ),
+    };
+    if target.container_id.len() <= COMMENT_ID_MAX {
+        let ifname = match target.ifname.as_str() {
+            "" => "eth0",
+            other => other,
+        };
+        c.push_str(&format!(" id={} if={ifname}", target.container_id));
     }
+    c
 }
 
 fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
@@ -497,5 +557,85 @@ pub fn compile(policy: &Policy, target: &Target) -> Option<Table> {
     match &target.attach {
         Attach::Host { device } => Some(host_table(policy, target, device)),
         Attach::Pod => Some(pod_table(policy, target)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_a_fixed_length_hash_of_the_attachment() {
+        // sha256("c0ffee0001\0eth0"), first 8 bytes: stable across releases, which is what
+        // DEL, CHECK and GC of a pod added by an earlier run rely on.
+        assert_eq!(
+            table_name("c0ffee0001", "eth0"),
+            "egress_guard_1026a4e8be8d6b89"
+        );
+        assert_eq!(
+            table_name("c0ffee0001", ""),
+            table_name("c0ffee0001", "eth0")
+        );
+        assert_eq!(
+            table_name("c0ffee0001", "net1"),
+            "egress_guard_c654734bf38efc9f"
+        );
+        let long = "f".repeat(200);
+        assert_eq!(table_name(&long, "eth0").len(), 29);
+        assert_ne!(table_name("a", "eth0"), table_name("b", "eth0"));
+        // The separator keeps (id, ifname) pairs apart that concatenate alike.
+        assert_ne!(table_name("ab", "c"), table_name("a", "bc"));
+    }
+
+    #[test]
+    fn legacy_names_are_the_container_id() {
+        assert_eq!(legacy_table_name("c1", "eth0"), "egress_guard_c1");
+        assert_eq!(legacy_table_name("c1", ""), "egress_guard_c1");
+        assert_eq!(legacy_table_name("c1", "net1"), "egress_guard_c1_net1");
+    }
+
+    fn target(cid: &str, ifname: &str) -> Target {
+        Target {
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            attach: Attach::Host {
+                device: "veth1".into(),
+            },
+            log_group: 100,
+        }
+    }
+
+    fn enforce() -> Policy {
+        Policy {
+            mode: Mode::Enforce,
+            mode_source: crate::policy::ModeSource::Annotation,
+            entries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_comment_names_the_container_and_interface_when_they_fit() {
+        let t = compile(&enforce(), &target("c1", "")).expect("table");
+        assert_eq!(comment_container(&t.comment), Some("c1"));
+        assert!(t.comment.ends_with(" id=c1 if=eth0"), "{}", t.comment);
+        assert_eq!(comment_devices(&t.comment).collect::<Vec<_>>(), ["veth1"]);
+        let long = "a".repeat(COMMENT_ID_MAX + 1);
+        let t = compile(&enforce(), &target(&long, "eth0")).expect("table");
+        assert_eq!(comment_container(&t.comment), None);
+        assert!(t.comment.len() < 256);
+    }
+
+    #[test]
+    fn as_recorded_gives_the_legacy_form_and_leaves_current_tables_alone() {
+        let t = compile(&enforce(), &target("c1", "eth0")).expect("table");
+        let same = as_recorded(t.clone(), &t.name);
+        assert_eq!(same.comment, t.comment);
+        let old = as_recorded(t.clone(), "egress_guard_c1");
+        assert_eq!(old.name, "egress_guard_c1");
+        assert_eq!(comment_container(&old.comment), None);
+        assert!(!old.comment.contains("if="), "{}", old.comment);
+        assert!(old
+            .comment
+            .starts_with("egress-guard dev=veth1 mode=enforce policy="));
     }
 }

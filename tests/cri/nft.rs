@@ -4,8 +4,9 @@ use serde_json::Value;
 
 pub const TABLE_PREFIX: &str = "egress_guard_";
 
+/// The table of a container's `eth0` (a hash of the ID: the plugin's own naming).
 pub fn table_name(container_id: &str) -> String {
-    format!("{TABLE_PREFIX}{container_id}")
+    egress_guard::ruleset::table_name(container_id, "eth0")
 }
 
 fn ruleset() -> Result<Vec<Value>, String> {
