@@ -372,7 +372,7 @@ impl Bench {
                 "list",
                 "table",
                 "inet",
-                "egress_guard_init",
+                &egress_guard::ruleset::table_name("init", "eth0"),
             ],
         )
         .map(|_| ())
