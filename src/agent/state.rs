@@ -271,7 +271,7 @@ pub(crate) mod tests {
             pod_uid: Some("uid-1".into()),
             mode: mode.into(),
             placement: "host".into(),
-            table: "egress_guard_abcdef0123456789ffff".into(),
+            table: crate::ruleset::table_name("abcdef0123456789ffff", "eth0"),
             device: Some("veth1234".into()),
             policy: String::new(),
             entries: entries.iter().map(|e| e.to_string()).collect(),
@@ -291,6 +291,23 @@ pub(crate) mod tests {
         }
         .digest();
         s
+    }
+
+    #[test]
+    fn a_pod_of_an_earlier_build_keeps_its_table_name_and_comment() {
+        let mut s = sample("enforce", &["10.0.5.0/24 tcp 8443"]);
+        let current = s.expected_table().unwrap();
+        assert_eq!(current.name, s.table);
+        assert!(current.comment.contains(" id=abcdef0123456789ffff if=eth0"));
+        s.table = "egress_guard_abcdef0123456789ffff".into();
+        let legacy = s.expected_table().unwrap();
+        assert_eq!(legacy.name, "egress_guard_abcdef0123456789ffff");
+        assert!(!legacy.comment.contains("id="), "{}", legacy.comment);
+        assert_eq!(legacy.chains, current.chains);
+        assert_eq!(s.key(), "abcdef0123456789ffff");
+        // Any other recorded name gets the table the attachment compiles to.
+        s.table = "egress_guard_somethingelse".into();
+        assert_eq!(s.expected_table().unwrap().name, current.name);
     }
 
     #[test]
