@@ -24,6 +24,19 @@ fn key(cid: &str) -> String {
     tn(cid)["egress_guard_".len()..].to_string()
 }
 
+/// What `RecordingKernel::table_names` lists when the host holds the tables of `cids`.
+fn host_tables(cids: &[&str]) -> Vec<String> {
+    cids.iter()
+        .map(|c| format!("host netdev {}", tn(c)))
+        .collect()
+}
+
+/// Whether a recorded install call deletes `stale`'s table and creates `new`'s.
+fn replaces(call: &str, stale: &str, new: &str) -> bool {
+    call.contains(&format!("replace=[{}]", tn(stale)))
+        && call.contains(&format!("table={}", tn(new)))
+}
+
 fn state_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "flow-{}-{:?}",
@@ -131,10 +144,7 @@ fn add_installs_host_table_and_prints_prev_result() {
     let c = conf(Some(enforce()), json!({}));
     let out = invoke(&mut k, "ADD", "ml", &c);
     assert_eq!(out.result.unwrap().unwrap(), c["prevResult"]);
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-a"))]
-    );
+    assert_eq!(k.table_names(), host_tables(&["cid-a"]));
     let text = k
         .rendered(Where::Host, Family::Netdev, &tn("cid-a"))
         .unwrap();
@@ -175,17 +185,11 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
         k.calls
     );
     assert!(
-        k.calls
-            .iter()
-            .any(|c| c.contains(&format!("replace=[{}]", tn("cid-dead")))
-                && c.contains(&format!("table={}", tn("cid-a")))),
+        k.calls.iter().any(|c| replaces(c, "cid-dead", "cid-a")),
         "{:?}",
         k.calls
     );
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-a"))]
-    );
+    assert_eq!(k.table_names(), host_tables(&["cid-a"]));
 }
 
 #[test]
@@ -414,10 +418,7 @@ fn gc_removes_only_invalid_attachments() {
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     add_as(&mut k, "cid-b", &c);
     gc_keeping(&mut k, &state_dir(), "cid-b");
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-b"))]
-    );
+    assert_eq!(k.table_names(), host_tables(&["cid-b"]));
 }
 
 #[test]
@@ -471,17 +472,11 @@ fn stale_table_is_found_through_the_device_index_without_listing_tables() {
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert!(!listed_tables(&k), "listed every table: {:?}", k.calls);
     assert!(
-        k.calls
-            .iter()
-            .any(|c| c.contains(&format!("replace=[{}]", tn("cid-dead")))
-                && c.contains(&format!("table={}", tn("cid-a")))),
+        k.calls.iter().any(|c| replaces(c, "cid-dead", "cid-a")),
         "{:?}",
         k.calls
     );
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-a"))]
-    );
+    assert_eq!(k.table_names(), host_tables(&["cid-a"]));
     let entries: Vec<String> = std::fs::read_dir(dir.join("devices/vethA"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -509,10 +504,7 @@ fn add_with_a_complete_index_and_nothing_recorded_looks_nothing_up() {
         "{:?}",
         k.calls
     );
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-a"))]
-    );
+    assert_eq!(k.table_names(), host_tables(&["cid-a"]));
 }
 
 #[test]
@@ -538,16 +530,8 @@ fn repeated_add_replaces_its_own_table_the_index_recorded_elsewhere() {
         .collect();
     assert_eq!(installs.len(), 2, "{:?}", k.calls);
     assert!(installs[0].contains("replace=[]"), "{:?}", k.calls);
-    assert!(
-        installs[1].contains(&format!("replace=[{}]", tn("cid-a")))
-            && installs[1].contains(&format!("table={}", tn("cid-a"))),
-        "{:?}",
-        k.calls
-    );
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-a"))]
-    );
+    assert!(replaces(installs[1], "cid-a", "cid-a"), "{:?}", k.calls);
+    assert_eq!(k.table_names(), host_tables(&["cid-a"]));
     assert!(dir.join(format!("devices/vethA/{}", tn("cid-a"))).exists());
 }
 
@@ -572,10 +556,7 @@ fn device_index_that_cannot_be_written_is_not_trusted() {
     k.calls.clear();
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert!(listed_tables(&k), "{:?}", k.calls);
-    assert_eq!(
-        k.table_names(),
-        vec![format!("host netdev {}", tn("cid-a"))]
-    );
+    assert_eq!(k.table_names(), host_tables(&["cid-a"]));
     assert!(
         !dir.join("devices.complete").exists(),
         "an index that failed to record a table must not be marked complete"

@@ -12,7 +12,7 @@ use super::state::{self, PodState};
 use crate::devindex::DeviceIndex;
 use crate::kernel::{Kernel, KernelError, Where};
 use crate::netlink::nft::expected_snapshot;
-use crate::ruleset::{comment_container, comment_devices, Family, TABLE_PREFIX};
+use crate::ruleset::{comment_container, comment_devices, legacy_container, Family, TABLE_PREFIX};
 
 /// Schema of the event lines the agent writes next to flow records.
 pub const EVENT_SCHEMA: &str = "egress-guard.event/v1";
@@ -370,14 +370,6 @@ impl Reconciler {
     }
 }
 
-/// The container ID in the name of a table of a release that named tables after it (a hashed
-/// name is 16 hex digits after the prefix and names no container).
-fn legacy_container(table: &str) -> Option<&str> {
-    let rest = table.strip_prefix(TABLE_PREFIX)?;
-    let hashed = rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit());
-    (!hashed && !rest.is_empty()).then_some(rest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,15 +440,6 @@ mod tests {
         );
         shared.with(|e| assert_eq!((e.drift, e.repairs), (2, 1)));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn an_orphan_is_named_by_its_comment_or_its_legacy_name() {
-        assert_eq!(legacy_container("egress_guard_abc"), Some("abc"));
-        assert_eq!(legacy_container("egress_guard_abc_net1"), Some("abc_net1"));
-        assert_eq!(legacy_container("egress_guard_1026a4e8be8d6b89"), None);
-        assert_eq!(legacy_container("egress_guard_"), None);
-        assert_eq!(legacy_container("other"), None);
     }
 
     #[test]

@@ -69,8 +69,6 @@ impl Target {
     }
 }
 
-/// Hex digits of an attachment's hash in its table name.
-const NAME_HASH_HEX: usize = 16;
 /// Longest container ID a table's comment carries in full (the kernel keeps at most 256 bytes
 /// of comment; CNI allows IDs of 200 characters).
 const COMMENT_ID_MAX: usize = 100;
@@ -90,12 +88,9 @@ pub fn table_name(container_id: &str, ifname: &str) -> String {
         .chain_update([0u8])
         .chain_update(ifname.as_bytes())
         .finalize();
-    let mut name = String::with_capacity(TABLE_PREFIX.len() + NAME_HASH_HEX);
-    name.push_str(TABLE_PREFIX);
-    for b in &digest[..NAME_HASH_HEX / 2] {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    format!("{TABLE_PREFIX}{:016x}", u64::from_be_bytes(head))
 }
 
 /// The name releases before the hashed names gave the same attachment: `egress_guard_<id>`,
@@ -108,6 +103,15 @@ pub fn legacy_table_name(container_id: &str, ifname: &str) -> String {
     } else {
         format!("{TABLE_PREFIX}{container_id}_{ifname}")
     }
+}
+
+/// The attachment in a table name of a release that named tables after the container ID
+/// (`<id>` or `<id>_<ifname>`), the inverse of `legacy_table_name`; `None` for a hashed name
+/// (16 hex digits), which names no container, and for names not ours.
+pub fn legacy_container(table: &str) -> Option<&str> {
+    let rest = table.strip_prefix(TABLE_PREFIX)?;
+    let hashed = rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit());
+    (!hashed && !rest.is_empty()).then_some(rest)
 }
 
 /// The container ID a table's comment names (`id=`); `None` for tables of older releases and
@@ -592,6 +596,11 @@ mod tests {
         assert_eq!(legacy_table_name("c1", "eth0"), "egress_guard_c1");
         assert_eq!(legacy_table_name("c1", ""), "egress_guard_c1");
         assert_eq!(legacy_table_name("c1", "net1"), "egress_guard_c1_net1");
+        assert_eq!(legacy_container("egress_guard_abc"), Some("abc"));
+        assert_eq!(legacy_container("egress_guard_abc_net1"), Some("abc_net1"));
+        assert_eq!(legacy_container(&table_name("abc", "eth0")), None);
+        assert_eq!(legacy_container("egress_guard_"), None);
+        assert_eq!(legacy_container("other"), None);
     }
 
     fn target(cid: &str, ifname: &str) -> Target {

@@ -6,8 +6,8 @@ mod intervals;
 mod render;
 
 pub use compile::{
-    as_recorded, comment_container, comment_devices, compile, legacy_table_name, table_name,
-    Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX,
+    as_recorded, comment_container, comment_devices, compile, legacy_container, legacy_table_name,
+    table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX,
 };
 pub use intervals::{disjoint_boxes, Box2};
 pub use render::render;
