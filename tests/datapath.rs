@@ -593,3 +593,102 @@ fn pod_placement_guards_inside_the_pod() {
     chain.del(&a, &pod.path(), Some(&res)).unwrap();
     chain.del(&c, &control.path(), Some(&cres)).unwrap();
 }
+
+/// Table names are a hash of the attachment. A table of a new pod's name that another
+/// container's comment claims (what a collision looks like) keeps guarding that container's
+/// pod: the new pod's ADD fails naming the owner, and neither the runtime's DEL after it nor a
+/// retried ADD takes the table away.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn a_colliding_pod_never_takes_over_another_pods_table() {
+    if !can_run_root_tests("a_colliding_pod_never_takes_over_another_pods_table") {
+        return;
+    }
+    let n = Node::new("col");
+    let victim = n.pod_netns("vic");
+    let newcomer = n.pod_netns("new");
+    let control = n.pod_netns("ctl");
+    let entry = n.guard_entry(json!({}));
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(entry.clone()));
+    let ann = annotations("enforce", "@orchestrator");
+    let v = Attachment::new(
+        &format!("{}v", n.prefix),
+        &victim.path(),
+        "ml",
+        "victim",
+        ann.clone(),
+    );
+    let x = Attachment::new(
+        &format!("{}x", n.prefix),
+        &newcomer.path(),
+        "ml",
+        "newcomer",
+        ann.clone(),
+    );
+    let c = Attachment::new(
+        &format!("{}c", n.prefix),
+        &control.path(),
+        "ml",
+        "control",
+        json!({}),
+    );
+    let vres = add(&chain, &v);
+    let cres = add(&chain, &c);
+
+    // The victim's table, as the plugin renders it for the victim, moved to the newcomer's name.
+    let own = egress_guard::ruleset::table_name(&v.container_id, "eth0");
+    let taken = egress_guard::ruleset::table_name(&x.container_id, "eth0");
+    let rendered = render_for(&n, &entry, &ann, "ml", &v.container_id, &host_veth(&vres));
+    let moved = rendered.replacen(
+        &format!("table netdev {own} "),
+        &format!("table netdev {taken} "),
+        1,
+    );
+    assert_ne!(moved, rendered, "render printed no table {own}");
+    let file = n.tmp.join("taken.nft");
+    std::fs::write(&file, &moved).unwrap();
+    exec_in(&n.node.name, &["nft", "-f", &file]);
+    exec_in(&n.node.name, &["nft", "delete", "table", "netdev", &own]);
+
+    let _inet = Server::tcp(&n.inet.name, 80);
+    let _orch = Server::tcp(&n.orch.name, 8443);
+    let mut r = Report::default();
+    let guarded = |r: &mut Report, when: &str| {
+        r.blocked(
+            &format!("TCP to internet {when}"),
+            probe::tcp(&control.name, INET4, 80, "c"),
+            probe::tcp(&victim.name, INET4, 80, "v"),
+        );
+        r.expect(
+            &format!("the victim's allowlist {when}"),
+            true,
+            probe::tcp(&victim.name, ORCH4, 8443, "o"),
+        );
+    };
+    guarded(&mut r, "with its table under the newcomer's name");
+    for attempt in ["ADD", "retried ADD"] {
+        match chain.add(&x) {
+            Ok(_) => r.expect(&format!("the newcomer's {attempt} fails"), false, true),
+            Err(e) => r.expect(
+                &format!("the newcomer's {attempt} fails naming the owner: {}", e.msg),
+                true,
+                e.plugin == "egress-guard" && e.msg.contains(&v.container_id),
+            ),
+        }
+        guarded(&mut r, &format!("after the newcomer's {attempt}"));
+        chain
+            .del(&x, &newcomer.path(), None)
+            .unwrap_or_else(|e| panic!("DEL after the failed {attempt}: {e:?}"));
+        guarded(
+            &mut r,
+            &format!("after the DEL that followed the {attempt}"),
+        );
+    }
+    r.finish();
+    exec_in(&n.node.name, &["nft", "delete", "table", "netdev", &taken]);
+    chain.del(&v, &victim.path(), Some(&vres)).unwrap();
+    chain.del(&c, &control.path(), Some(&cres)).unwrap();
+}

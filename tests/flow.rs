@@ -611,8 +611,9 @@ fn add_never_replaces_a_table_of_another_container_under_the_same_name() {
     let mut k = kernel();
     let c = conf(Some(enforce()), json!({}));
     let dir = state_dir();
-    // A table of this pod's name that belongs to another container (a hash collision),
-    // recorded under another device, so that ADD only learns of it from EEXIST.
+    // A table of this pod's name that belongs to another container (a hash collision), with
+    // that container's state file, recorded under another device, so that the first ADD only
+    // learns of it from EEXIST.
     let theirs = egress_guard::ruleset::Table {
         family: Family::Netdev,
         name: tn("cid-a"),
@@ -622,21 +623,46 @@ fn add_never_replaces_a_table_of_another_container_under_the_same_name() {
     };
     k.install(Where::Host, Family::Netdev, &[], Some(&theirs))
         .unwrap();
+    let state = dir.join(format!("{}.json", key("cid-a")));
+    let their_state = json!({"container_id": "cid-z", "device": "vethOther"}).to_string();
+    std::fs::write(&state, &their_state).unwrap();
     std::fs::create_dir_all(dir.join("devices/vethOther")).unwrap();
     std::fs::write(dir.join(format!("devices/vethOther/{}", tn("cid-a"))), b"").unwrap();
     std::fs::write(dir.join("devices.complete"), b"").unwrap();
-    let err = invoke(&mut k, "ADD", "ml", &c).result.unwrap_err();
-    assert!(
-        err.msg.contains("cid-z") && err.msg.contains(&tn("cid-a")),
-        "{}",
-        err.msg
-    );
-    let still = k
-        .read(Where::Host, Family::Netdev, &tn("cid-a"))
-        .unwrap()
-        .unwrap();
-    assert!(still.comment.contains("id=cid-z"), "{}", still.comment);
-    assert!(!dir.join(format!("{}.json", key("cid-a"))).exists());
+    let intact = |k: &mut RecordingKernel| {
+        let t = k
+            .read(Where::Host, Family::Netdev, &tn("cid-a"))
+            .unwrap()
+            .expect("the other container's table is gone");
+        assert!(t.comment.contains("id=cid-z"), "{}", t.comment);
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), their_state);
+        assert!(dir
+            .join(format!("devices/vethOther/{}", tn("cid-a")))
+            .exists());
+    };
+    let refused = |k: &mut RecordingKernel, what: &str| {
+        let err = invoke(k, "ADD", "ml", &c).result.unwrap_err();
+        assert!(
+            err.msg.contains("cid-z") && err.msg.contains(&tn("cid-a")),
+            "{what}: {}",
+            err.msg
+        );
+    };
+    refused(&mut k, "first ADD");
+    intact(&mut k);
+    // The retry finds the name in the index under this pod's device now; and without a
+    // complete index ADD lists every table: neither takes the table either.
+    refused(&mut k, "retried ADD");
+    intact(&mut k);
+    std::fs::remove_file(dir.join("devices.complete")).unwrap();
+    refused(&mut k, "ADD listing tables");
+    intact(&mut k);
+    // The runtime's DEL after the failed ADD, and a pod asking for nothing, leave it alone.
+    invoke(&mut k, "DEL", "ml", &c).result.unwrap();
+    intact(&mut k);
+    let off = conf(Some(json!({})), json!({}));
+    invoke(&mut k, "ADD", "ml", &off).result.unwrap();
+    intact(&mut k);
 }
 
 /// Turns the pod ADDed as `cid-a` into what a release that named tables after the container

@@ -209,6 +209,14 @@ fn bound_to(comment: &str, device: &str) -> bool {
     comment_devices(comment).any(|d| d == device)
 }
 
+/// The other container a table of container `cid`'s name belongs to, by its comment. Names
+/// are a hash of the attachment: such a table (a collision) is never replaced or removed, which
+/// would leave that container's pod unguarded. A table whose comment names no container (an
+/// earlier build's, or an ID too long for the comment) is taken to be this attachment's.
+fn other_owner<'a>(comment: &'a str, cid: &str) -> Option<&'a str> {
+    comment_container(comment).filter(|owner| *owner != cid)
+}
+
 /// Our tables in the host netns that must go before this pod's table is created: one with the
 /// same name (a repeated ADD) and any left bound to the same device name by a pod that died
 /// without DEL (netdev chains re-attach to a new device of the same name).
@@ -221,9 +229,11 @@ fn bound_to(comment: &str, device: &str) -> bool {
 fn stale_host_tables<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
+    cid: &str,
     name: &str,
     device: &str,
 ) -> Result<Vec<String>, CniError> {
+    let own = |t: &str, comment: &str| t == name && other_owner(comment, cid).is_none();
     let index = DeviceIndex::new(&ctx.conf.state_dir);
     if index.is_complete() {
         match index.tables(device) {
@@ -238,7 +248,9 @@ fn stale_host_tables<K: Kernel>(
                         .table(Where::Host, Family::Netdev, &t)
                         .map_err(|e| kernel_error(whom, &format!("looking up table {t}"), &e))?;
                     match info {
-                        Some(info) if t == name || bound_to(&info.comment, device) => stale.push(t),
+                        Some(info) if own(&t, &info.comment) || bound_to(&info.comment, device) => {
+                            stale.push(t)
+                        }
                         // Re-created on another device since; recorded there as well.
                         Some(_) => {}
                         None if t != name => {
@@ -264,7 +276,7 @@ fn stale_host_tables<K: Kernel>(
     Ok(tables
         .into_iter()
         .filter(|t| t.name.starts_with(TABLE_PREFIX))
-        .filter(|t| t.name == name || bound_to(&t.comment, device))
+        .filter(|t| own(&t.name, &t.comment) || bound_to(&t.comment, device))
         .map(|t| t.name)
         .collect())
 }
@@ -296,6 +308,7 @@ fn rebuild_index(index: &DeviceIndex, tables: &[TableInfo], whom: &str) {
 fn install_host<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
+    cid: &str,
     stale: &mut Vec<String>,
     table: &Table,
 ) -> Result<usize, KernelError> {
@@ -307,17 +320,11 @@ fn install_host<K: Kernel>(
             let Some(existing) = ctx.kernel.table(Where::Host, Family::Netdev, &table.name)? else {
                 return Err(e);
             };
-            // Names are a hash of the attachment: never replace another container's table.
-            if let (Some(theirs), Some(ours)) = (
-                comment_container(&existing.comment),
-                comment_container(&table.comment),
-            ) {
-                if theirs != ours {
-                    return Err(KernelError::NameTaken {
-                        table: table.name.clone(),
-                        owner: theirs.to_string(),
-                    });
-                }
+            if let Some(owner) = other_owner(&existing.comment, cid) {
+                return Err(KernelError::NameTaken {
+                    table: table.name.clone(),
+                    owner: owner.to_string(),
+                });
             }
             log::info!(
                 "{whom}: table {} already existed outside the device index; replacing it",
@@ -371,20 +378,26 @@ fn forget_in_index<K: Kernel>(ctx: &Ctx<'_, K>, device: &str, tables: &[String])
 fn clear_stale_host_tables<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
+    cid: &str,
     name: &str,
     device: &str,
 ) -> Result<(), CniError> {
-    let mut stale = stale_host_tables(ctx, whom, name, device)?;
+    let mut stale = stale_host_tables(ctx, whom, cid, name, device)?;
     // This attachment's own host table, wherever the index recorded it: nothing is created
     // here whose EEXIST would reveal it.
-    if !stale.iter().any(|t| t == name)
-        && ctx
+    if !stale.iter().any(|t| t == name) {
+        if let Some(own) = ctx
             .kernel
             .table(Where::Host, Family::Netdev, name)
             .map_err(|e| kernel_error(whom, &format!("looking up table {name}"), &e))?
-            .is_some()
-    {
-        stale.push(name.to_string());
+        {
+            match other_owner(&own.comment, cid) {
+                Some(owner) => log::warn!(
+                    "{whom}: table {name} belongs to container {owner} (a collision of hashed table names); left alone"
+                ),
+                None => stale.push(name.to_string()),
+            }
+        }
     }
     if stale.is_empty() {
         return Ok(());
@@ -440,11 +453,17 @@ fn write_state(dir: &Path, cid: &str, state: &StateFile<'_>) {
     }
 }
 
-/// The host device an earlier ADD recorded in its state file, if any.
-fn recorded_device(dir: &Path, cid: &str) -> Option<String> {
-    let bytes = std::fs::read(state_path(dir, cid)).ok()?;
-    let state: Value = serde_json::from_slice(&bytes).ok()?;
-    state.get("device")?.as_str().map(str::to_string)
+/// What an earlier ADD recorded in the state file under `key`: (container ID, host device).
+fn recorded(dir: &Path, key: &str) -> (Option<String>, Option<String>) {
+    let state: Option<Value> = std::fs::read(state_path(dir, key))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let field = |f: &str| {
+        state
+            .as_ref()
+            .and_then(|s| s.get(f)?.as_str().map(str::to_string))
+    };
+    (field("container_id"), field("device"))
 }
 
 fn remove_state(dir: &Path, cid: &str) {
@@ -507,7 +526,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             let hints = ctx.conf.host_interface_hints();
             match ctx.kernel.host_peer(Path::new(&netns), &ifname, &hints) {
                 Ok(HostPeer::Veth { name: dev, .. }) => {
-                    clear_stale_host_tables(ctx, &whom, &name, &dev)?
+                    clear_stale_host_tables(ctx, &whom, &cid, &name, &dev)?
                 }
                 Ok(HostPeer::None { .. }) => {}
                 Err(e) => log::warn!("{whom}: mode off; host interface lookup failed: {e}"),
@@ -526,7 +545,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
 
     match &attach {
         Attach::Host { device } => {
-            let mut stale = stale_host_tables(ctx, &whom, &name, device)?;
+            let mut stale = stale_host_tables(ctx, &whom, &cid, &name, device)?;
             log::debug!(
                 "{whom}: installing table netdev {} on {device} in host netns: {} rules, {} set elements, replacing [{}]",
                 table.name,
@@ -535,7 +554,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 stale.join(",")
             );
             record_in_index(ctx, &whom, device, &name)?;
-            let installed = install_host(ctx, &whom, &mut stale, &table);
+            let installed = install_host(ctx, &whom, &cid, &mut stale, &table);
             if let Err(e) = installed {
                 undo_uncertain(ctx, &whom, Where::Host, Family::Netdev, &name, &e);
                 return Err(kernel_error(&whom, "installing the egress policy", &e));
@@ -568,7 +587,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
         }
         Attach::Pod => {
             if let Some((dev, _)) = &peer {
-                clear_stale_host_tables(ctx, &whom, &name, dev)?;
+                clear_stale_host_tables(ctx, &whom, &cid, &name, dev)?;
             }
             let at = Where::Netns(Path::new(&netns));
             // This attachment's table from an earlier ADD, under either name.
@@ -637,10 +656,28 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
     }
     let (mut removed_host, mut removed_pod) = (false, false);
     for name in &names {
-        removed_host |= ctx
+        // A table, state file and index entry of this name that another container's record or
+        // comment claims (a collision of hashed names, as after an ADD refused for it) are that
+        // container's: removing them would unguard its pod.
+        let (owner, device) = recorded(&ctx.conf.state_dir, state_key(name));
+        let host = ctx
             .kernel
-            .remove(Where::Host, Family::Netdev, name)
-            .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
+            .table(Where::Host, Family::Netdev, name)
+            .map_err(|e| kernel_error(&whom, "looking up the host table", &e))?;
+        let claimed = owner.filter(|o| *o != cid).or_else(|| {
+            host.as_ref()
+                .and_then(|t| other_owner(&t.comment, &cid).map(str::to_string))
+        });
+        if let Some(other) = claimed {
+            log::warn!("{whom}: table {name} belongs to container {other} (a collision of hashed table names); left alone");
+            continue;
+        }
+        if host.is_some() {
+            removed_host |= ctx
+                .kernel
+                .remove(Where::Host, Family::Netdev, name)
+                .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
+        }
         if let Some(netns) = ctx.env.netns.as_deref().filter(|n| !n.is_empty()) {
             match ctx
                 .kernel
@@ -651,7 +688,7 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
                 Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
             }
         }
-        if let Some(device) = recorded_device(&ctx.conf.state_dir, state_key(name)) {
+        if let Some(device) = device {
             forget_in_index(ctx, &device, std::slice::from_ref(name));
         }
         remove_state(&ctx.conf.state_dir, state_key(name));
