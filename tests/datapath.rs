@@ -171,6 +171,68 @@ fn check_raw(r: &mut Report, n: &Node, guarded: &str, control: &str) {
     );
 }
 
+/// What the reply tracking lets the pod send to a peer that sent to it, and what it does not.
+/// Runs after `check_allowed_and_inbound`, so the orchestrator has pinged the pod and sent it
+/// TCP and UDP: it is a recorded peer with tracked flows.
+fn check_peer_replies(r: &mut Report, n: &Node, guarded: &str, control: &str) {
+    let g4 = pod_addr(guarded, false);
+    let g6 = pod_addr(guarded, true);
+    // ICMP errors go back to a peer: a datagram to a closed port of the pod is refused.
+    r.expect(
+        "orchestrator -> pod UDP to a closed port gets ICMP port unreachable",
+        true,
+        probe::udp_refused(&n.orch.name, &g4, 5999),
+    );
+    r.expect(
+        "orchestrator -> pod UDP to a closed port gets ICMPv6 port unreachable",
+        true,
+        probe::udp_refused(&n.orch.name, &g6, 5999),
+    );
+    // Only answers: an echo *request* (type 8, between the answer types 0 and 11) to the
+    // peer is new traffic.
+    r.blocked(
+        "ICMP echo request to a peer that pinged the pod",
+        probe::ping(control, ORCH4),
+        probe::ping(guarded, ORCH4),
+    );
+    r.blocked(
+        "ICMPv6 echo request to a peer that pinged the pod",
+        probe::ping(control, ORCH6),
+        probe::ping(guarded, ORCH6),
+    );
+    // A protocol without ports sent to the pod opens no flow of that protocol back: GRE
+    // whose first four bytes mirror the peer's (as ports would, were it TCP) stays blocked.
+    let seen = Server::raw_ip_sniffer(&n.orch.name, 47);
+    probe::raw_ip_send(&n.orch.name, &g4, 47, "ABCD-to-pod");
+    probe::raw_ip_send(control, ORCH4, 47, "CDAB-control");
+    probe::raw_ip_send(guarded, ORCH4, 47, "CDAB-guarded");
+    let got = |m: &str| seen.seen.lock().unwrap().iter().any(|s| s == m);
+    r.blocked(
+        "raw GRE back to a peer that sent GRE to the pod",
+        got("CDAB-control"),
+        got("CDAB-guarded"),
+    );
+}
+
+/// The pod's neighbour discovery reaches the node; router advertisements from it do not.
+fn check_neighbour_discovery(r: &mut Report, n: &Node, guarded: &str, control: &str) {
+    let sniff = Server::icmp6_sniffer(&n.node.name);
+    for (pod, who) in [(control, "control"), (guarded, "guarded")] {
+        probe::icmp6_multicast(pod, "eth0", "ff02::1", 135, &format!("ns-{who}"));
+        probe::icmp6_multicast(pod, "eth0", "ff02::1", 134, &format!("ra-{who}"));
+    }
+    r.expect(
+        "ICMPv6 neighbour solicitation from the guarded pod reaches the node",
+        true,
+        sniff.saw("135 ns-guarded"),
+    );
+    r.blocked(
+        "ICMPv6 router advertisement from the pod to the node",
+        sniff.saw("134 ra-control"),
+        sniff.saw("134 ra-guarded"),
+    );
+}
+
 fn check_allowed_and_inbound(r: &mut Report, n: &Node, guarded: &str) {
     let g4 = pod_addr(guarded, false);
     let g6 = pod_addr(guarded, true);
@@ -286,8 +348,10 @@ fn run_escape_suite(kind: &str) {
 
     let mut r = Report::default();
     check_allowed_and_inbound(&mut r, &n, &guarded.name);
+    check_peer_replies(&mut r, &n, &guarded.name, &control.name);
     check_escapes(&mut r, &guarded.name, &control.name, &other4, &other6);
     check_raw(&mut r, &n, &guarded.name, &control.name);
+    check_neighbour_discovery(&mut r, &n, &guarded.name, &control.name);
 
     // What the kernel holds is what `render` promised.
     let table = egress_guard::ruleset::table_name(&cid, "eth0");
@@ -414,7 +478,7 @@ fn audit_mode_passes_traffic_and_counts_it() {
     assert!(listing.contains("policy accept"), "{listing}");
     let counted = listing
         .lines()
-        .find(|l| l.contains("counter packets") && l.trim_end().ends_with("accept"))
+        .find(|l| l.contains("counter packets") && l.contains("log prefix"))
         .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);

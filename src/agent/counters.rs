@@ -1,5 +1,6 @@
-//! Reads the packet and byte counters of a pod table's closing rule (`counter drop` in enforce
-//! mode, `counter accept` in audit mode) from the kernel. Read-only: never changes a table.
+//! Reads the packet and byte counters of a pod table's closing rule (`counter limit ... log ...`,
+//! the last rule of each chain, before the chain's policy) from the kernel. Read-only: never
+//! changes a table.
 
 use std::path::Path;
 
@@ -40,8 +41,7 @@ pub struct Counts {
     pub bytes: u64,
 }
 
-/// Sums the counters of every rule that is exactly `counter` + verdict (the closing rule of
-/// each chain). `Ok(None)` when the table does not exist.
+/// Sums the counters of the closing rule of each chain. `Ok(None)` when the table does not exist.
 pub fn read(at: Where<'_>, family: Family, table: &str) -> Result<Option<Counts>, CountersError> {
     let err = |source| CountersError::Netlink {
         table: table.to_string(),
@@ -100,7 +100,8 @@ fn open_in(path: &Path) -> Result<Socket, OpenError> {
     Socket::open(NETLINK_NETFILTER).map_err(OpenError::Netlink)
 }
 
-/// The counts of a rule made of exactly a counter and an immediate verdict.
+/// The counts of a closing rule: a counter, a limit and a log; or, in tables installed by
+/// releases that logged in a rule of its own, exactly a counter and an immediate verdict.
 fn closing_rule_counts(exprs: Attrs<'_>) -> Option<Counts> {
     let list: Vec<(String, Attrs<'_>)> = exprs
         .map(|e| {
@@ -114,14 +115,21 @@ fn closing_rule_counts(exprs: Attrs<'_>) -> Option<Counts> {
         })
         .collect();
     match list.as_slice() {
-        [(c, data), (i, _)] if c == "counter" && i == "immediate" => Some(Counts {
-            packets: data
-                .get(COUNTER_PACKETS)
-                .and_then(|a| a.be64())
-                .unwrap_or(0),
-            bytes: data.get(COUNTER_BYTES).and_then(|a| a.be64()).unwrap_or(0),
-        }),
+        [(c, data), (l, _), (g, _)] if c == "counter" && l == "limit" && g == "log" => {
+            Some(counts(data))
+        }
+        [(c, data), (i, _)] if c == "counter" && i == "immediate" => Some(counts(data)),
         _ => None,
+    }
+}
+
+fn counts(data: &Attrs<'_>) -> Counts {
+    Counts {
+        packets: data
+            .get(COUNTER_PACKETS)
+            .and_then(|a| a.be64())
+            .unwrap_or(0),
+        bytes: data.get(COUNTER_BYTES).and_then(|a| a.be64()).unwrap_or(0),
     }
 }
 
@@ -136,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_counter_verdict_rule_counts() {
+    fn only_the_closing_rules_count() {
         let mut counter = AttrBuf::new();
         counter
             .put_be64(COUNTER_BYTES, 1500)
@@ -151,10 +159,31 @@ mod tests {
                 bytes: 1500
             })
         );
+        let mut closing = AttrBuf::new();
+        closing
+            .put_nested(1, expr("counter", counter.clone()))
+            .put_nested(1, expr("limit", AttrBuf::new()))
+            .put_nested(1, expr("log", AttrBuf::new()));
+        assert_eq!(
+            closing_rule_counts(Attrs::new(closing.bytes())),
+            Some(Counts {
+                packets: 3,
+                bytes: 1500
+            })
+        );
         let mut other = AttrBuf::new();
         other
             .put_nested(1, expr("limit", AttrBuf::new()))
             .put_nested(1, expr("log", AttrBuf::new()));
         assert_eq!(closing_rule_counts(Attrs::new(other.bytes())), None);
+        let mut counted_accept = AttrBuf::new();
+        counted_accept
+            .put_nested(1, expr("counter", counter))
+            .put_nested(1, expr("lookup", AttrBuf::new()))
+            .put_nested(1, expr("immediate", AttrBuf::new()));
+        assert_eq!(
+            closing_rule_counts(Attrs::new(counted_accept.bytes())),
+            None
+        );
     }
 }

@@ -85,6 +85,7 @@ const CMP_GTE: u32 = 5;
 const BASE_NETWORK: u32 = 1;
 const BASE_TRANSPORT: u32 = 2;
 const DYNSET_OP_UPDATE: u32 = 1;
+const RANGE_NEQ: u32 = 1;
 const NFTNL_UDATA_COMMENT: u8 = 0;
 
 /// One kernel expression, in the form we both send and read back.
@@ -131,6 +132,13 @@ pub enum Expr {
     Ct {
         key: u32,
         dreg: u32,
+    },
+    /// Register in (`op` 0) or outside (`op` 1) `from..=to`.
+    Range {
+        sreg: u32,
+        op: u32,
+        from: Vec<u8>,
+        to: Vec<u8>,
     },
     Bitwise {
         sreg: u32,
@@ -183,6 +191,48 @@ fn load_eq(load: Expr, data: Vec<u8>, out: &mut Vec<Expr>) {
     });
 }
 
+/// A load into the first register followed by "lies in `lo..=hi`" (as nft writes a range).
+fn load_within(load: Expr, lo: u8, hi: u8, out: &mut Vec<Expr>) {
+    out.push(load);
+    for (op, v) in [(CMP_GTE, lo), (CMP_LTE, hi)] {
+        out.push(Expr::Cmp {
+            sreg: REG32_00,
+            op,
+            data: vec![v],
+        });
+    }
+}
+
+/// A load into the first register followed by "lies outside `lo..=hi`": a `cmp neq` for one
+/// value, a `range neq` for more (as nft writes `!= 134` and `!= 7-16`).
+fn load_outside(load: Expr, lo: u8, hi: u8, out: &mut Vec<Expr>) {
+    out.push(load);
+    out.push(if lo == hi {
+        Expr::Cmp {
+            sreg: REG32_00,
+            op: CMP_NEQ,
+            data: vec![lo],
+        }
+    } else {
+        Expr::Range {
+            sreg: REG32_00,
+            op: RANGE_NEQ,
+            from: vec![lo],
+            to: vec![hi],
+        }
+    });
+}
+
+/// The ICMP/ICMPv6 type: the first byte of the transport header.
+fn icmp_type() -> Expr {
+    Expr::Payload {
+        base: BASE_TRANSPORT,
+        offset: 0,
+        len: 1,
+        dreg: REG32_00,
+    }
+}
+
 fn meta(key: u32) -> Expr {
     Expr::Meta {
         key,
@@ -203,34 +253,11 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
             Family::Inet => load_eq(meta(META_NFPROTO), vec![l3.nfproto()], out),
         },
         Stmt::L4Proto(p) => load_eq(meta(META_L4PROTO), vec![*p], out),
-        Stmt::IcmpType(t) => load_eq(
-            Expr::Payload {
-                base: BASE_TRANSPORT,
-                offset: 0,
-                len: 1,
-                dreg: r,
-            },
-            vec![*t],
-            out,
-        ),
-        Stmt::IcmpTypeRange(lo, hi) => {
-            out.push(Expr::Payload {
-                base: BASE_TRANSPORT,
-                offset: 0,
-                len: 1,
-                dreg: r,
-            });
-            out.push(Expr::Cmp {
-                sreg: r,
-                op: CMP_GTE,
-                data: vec![*lo],
-            });
-            out.push(Expr::Cmp {
-                sreg: r,
-                op: CMP_LTE,
-                data: vec![*hi],
-            });
-        }
+        Stmt::L4ProtoRange(lo, hi) => load_within(meta(META_L4PROTO), *lo, *hi, out),
+        Stmt::L4ProtoNot(lo, hi) => load_outside(meta(META_L4PROTO), *lo, *hi, out),
+        Stmt::IcmpType(t) => load_eq(icmp_type(), vec![*t], out),
+        Stmt::IcmpTypeRange(lo, hi) => load_within(icmp_type(), *lo, *hi, out),
+        Stmt::IcmpTypeNot(lo, hi) => load_outside(icmp_type(), *lo, *hi, out),
         Stmt::OifName(name) => {
             let mut data = name.as_bytes().to_vec();
             data.resize(16, 0);
@@ -373,6 +400,13 @@ fn encode_expr(e: &Expr, set_ids: &dyn Fn(&str) -> Option<u32>) -> AttrBuf {
             data.put_be32(2, *key).put_be32(1, *dreg);
             "ct"
         }
+        Expr::Range { sreg, op, from, to } => {
+            data.put_be32(1, *sreg)
+                .put_be32(2, *op)
+                .put_nested(3, data_value(from))
+                .put_nested(4, data_value(to));
+            "range"
+        }
         Expr::Bitwise {
             sreg,
             dreg,
@@ -468,6 +502,12 @@ fn decode_expr(elem: Attrs<'_>) -> Expr {
         "ct" if data.get(1).is_some() => Expr::Ct {
             key: u32_of(2),
             dreg: reg(1),
+        },
+        "range" => Expr::Range {
+            sreg: reg(1),
+            op: u32_of(2),
+            from: nested_value(data.get(3)),
+            to: nested_value(data.get(4)),
         },
         "bitwise" => Expr::Bitwise {
             sreg: reg(1),

@@ -148,24 +148,57 @@ const ND_TYPES: [u8; 3] = [133, 135, 136];
 const ICMP4_REPLY_TYPES: [u8; 4] = [0, 3, 11, 12];
 const ICMP6_REPLY_TYPES: [u8; 5] = [1, 2, 3, 4, 129];
 
-/// One match per run of consecutive types (ascending input): fewer rules, fewer messages in
-/// the transaction, and the kernel looks the table up by name once per message.
-fn icmp_type_matches(types: &[u8]) -> Vec<Stmt> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < types.len() {
-        let lo = types[i];
-        let mut hi = lo;
-        while i + 1 < types.len() && types[i + 1] == hi.wrapping_add(1) && hi < u8::MAX {
-            hi = types[i + 1];
-            i += 1;
+/// Transport protocols whose replies are tracked by ports.
+const PORT_PROTOCOLS: [u8; 3] = [TCP, UDP, SCTP];
+
+/// A one-byte field a rule can match against a list of values.
+#[derive(Debug, Clone, Copy)]
+enum Byte {
+    L4Proto,
+    IcmpType,
+}
+
+impl Byte {
+    fn equals(self, v: u8) -> Stmt {
+        match self {
+            Byte::L4Proto => Stmt::L4Proto(v),
+            Byte::IcmpType => Stmt::IcmpType(v),
         }
-        out.push(if lo == hi {
-            Stmt::IcmpType(lo)
-        } else {
-            Stmt::IcmpTypeRange(lo, hi)
-        });
-        i += 1;
+    }
+    fn within(self, lo: u8, hi: u8) -> Stmt {
+        match self {
+            Byte::L4Proto => Stmt::L4ProtoRange(lo, hi),
+            Byte::IcmpType => Stmt::IcmpTypeRange(lo, hi),
+        }
+    }
+    fn outside(self, lo: u8, hi: u8) -> Stmt {
+        match self {
+            Byte::L4Proto => Stmt::L4ProtoNot(lo, hi),
+            Byte::IcmpType => Stmt::IcmpTypeNot(lo, hi),
+        }
+    }
+}
+
+/// "The field is one of `values`" (ascending, distinct) as the matches of a single rule: the
+/// span from the smallest to the largest value, then a "not" for every gap inside it, as in
+/// `icmp type 0-12 icmp type != 1-2 icmp type != 4-10`. One rule where a rule per run of
+/// values used to be: every rule is a message of ADD's transaction, and on a node full of
+/// guarded pods each message costs the kernel a walk over every table (docs/benchmarks.md).
+fn one_of(byte: Byte, values: &[u8]) -> Vec<Stmt> {
+    let (Some(&lo), Some(&hi)) = (values.first(), values.last()) else {
+        // Nothing to match: a match no packet passes (never reached with the constants here).
+        return vec![byte.outside(0, u8::MAX)];
+    };
+    let mut out = vec![if lo == hi {
+        byte.equals(lo)
+    } else {
+        byte.within(lo, hi)
+    }];
+    for pair in values.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b > a.saturating_add(1) {
+            out.push(byte.outside(a + 1, b - 1));
+        }
     }
     out
 }
@@ -282,41 +315,35 @@ fn allow_rules(sets: &[Set], v4: bool) -> Vec<Rule> {
         .collect()
 }
 
-fn nd_rules() -> Vec<Rule> {
-    icmp_type_matches(&ND_TYPES)
-        .into_iter()
-        .map(|m| {
-            rule(vec![
-                Stmt::L3(L3::Ipv6),
-                Stmt::L4Proto(ICMPV6),
-                m,
-                Stmt::Verdict(Verdict::Accept),
-            ])
-        })
-        .collect()
+/// Neighbour discovery: ICMPv6 RS, NS and NA, in one rule.
+fn nd_rule() -> Rule {
+    let mut stmts = vec![Stmt::L3(L3::Ipv6), Stmt::L4Proto(ICMPV6)];
+    stmts.extend(one_of(Byte::IcmpType, &ND_TYPES));
+    stmts.push(Stmt::Verdict(Verdict::Accept));
+    rule(stmts)
 }
 
-/// The closing rules: log what is not allowed (rate-limited), count it, then the verdict.
-fn closing_rules(mode: Mode, container_id: &str, group: u16) -> (Vec<Rule>, Verdict) {
+/// The closing rule: count what is not allowed, log it (rate-limited); the chain's policy,
+/// returned beside it, is the verdict. One rule: the counter is passed by every packet, the
+/// limit stops the rule for packets over the rate, the policy then applies to all of them.
+fn closing_rule(mode: Mode, container_id: &str, group: u16) -> (Rule, Verdict) {
     let (word, verdict) = match mode {
         Mode::Audit => ("audit", Verdict::Accept),
         _ => ("deny", Verdict::Drop),
     };
     let short: String = container_id.chars().take(16).collect();
-    let rules = vec![
-        rule(vec![
-            Stmt::Limit {
-                per_second: LOG_RATE_PER_SECOND,
-                burst: LOG_BURST,
-            },
-            Stmt::Log {
-                prefix: format!("eg:{word}:{short} "),
-                group,
-            },
-        ]),
-        rule(vec![Stmt::Counter, Stmt::Verdict(verdict)]),
-    ];
-    (rules, verdict)
+    let closing = rule(vec![
+        Stmt::Counter,
+        Stmt::Limit {
+            per_second: LOG_RATE_PER_SECOND,
+            burst: LOG_BURST,
+        },
+        Stmt::Log {
+            prefix: format!("eg:{word}:{short} "),
+            group,
+        },
+    ]);
+    (closing, verdict)
 }
 
 /// The devices a host table's comment (written by `comment`) names as its chains' device, in
@@ -388,7 +415,7 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
         Stmt::L3(L3::Arp),
         Stmt::Verdict(Verdict::Accept),
     ])];
-    from_pod.extend(nd_rules());
+    from_pod.push(nd_rule());
     for (l3, saddr, daddr, icmp, types, replies, peers) in [
         (
             L3::Ipv4,
@@ -423,24 +450,20 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
             },
             Stmt::Verdict(Verdict::Accept),
         ]));
-        for m in icmp_type_matches(types) {
-            from_pod.push(rule(vec![
-                Stmt::L3(l3),
-                Stmt::L4Proto(icmp),
-                m,
-                Stmt::Lookup {
-                    set: peers.into(),
-                    key: vec![saddr, daddr],
-                },
-                Stmt::Verdict(Verdict::Accept),
-            ]));
-        }
+        let mut icmp_reply = vec![Stmt::L3(l3), Stmt::L4Proto(icmp)];
+        icmp_reply.extend(one_of(Byte::IcmpType, types));
+        icmp_reply.push(Stmt::Lookup {
+            set: peers.into(),
+            key: vec![saddr, daddr],
+        });
+        icmp_reply.push(Stmt::Verdict(Verdict::Accept));
+        from_pod.push(rule(icmp_reply));
     }
     from_pod.extend(allow_rules(&sets, true));
     from_pod.extend(allow_rules(&sets, false));
     let (closing, policy_verdict) =
-        closing_rules(policy.mode, &target.container_id, target.log_group);
-    from_pod.extend(closing);
+        closing_rule(policy.mode, &target.container_id, target.log_group);
+    from_pod.push(closing);
 
     let mut to_pod = Vec::new();
     for (l3, saddr, daddr, replies, peers) in [
@@ -459,29 +482,27 @@ fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
             "peers6",
         ),
     ] {
-        for proto in [TCP, UDP, SCTP] {
-            to_pod.push(rule(vec![
-                Stmt::L3(l3),
-                Stmt::L4Proto(proto),
-                Stmt::Update {
-                    set: replies.into(),
-                    key: vec![
-                        daddr,
-                        saddr,
-                        Selector::L4Proto,
-                        Selector::ThDport,
-                        Selector::ThSport,
-                    ],
-                },
-            ]));
-        }
-        to_pod.push(rule(vec![
+        // One rule per family: every packet to the pod records its sender as a peer (for
+        // ICMP replies and errors); TCP, UDP and SCTP also record the reverse of their flow.
+        let mut track = vec![
             Stmt::L3(l3),
             Stmt::Update {
                 set: peers.into(),
                 key: vec![daddr, saddr],
             },
-        ]));
+        ];
+        track.extend(one_of(Byte::L4Proto, &PORT_PROTOCOLS));
+        track.push(Stmt::Update {
+            set: replies.into(),
+            key: vec![
+                daddr,
+                saddr,
+                Selector::L4Proto,
+                Selector::ThDport,
+                Selector::ThSport,
+            ],
+        });
+        to_pod.push(rule(track));
     }
     sets.retain(|s| s.dynamic || !s.elements.is_empty());
     Table {
@@ -516,15 +537,15 @@ fn pod_table(policy: &Policy, target: &Target) -> Table {
     let mut sets = vec![a4l4, a4p, a6l4, a6p];
     sets.retain(|s| !s.elements.is_empty());
     let (closing, policy_verdict) =
-        closing_rules(policy.mode, &target.container_id, target.log_group);
+        closing_rule(policy.mode, &target.container_id, target.log_group);
     let mut common = vec![rule(vec![
         Stmt::CtState(CT_ESTABLISHED | CT_RELATED),
         Stmt::Verdict(Verdict::Accept),
     ])];
-    common.extend(nd_rules());
+    common.push(nd_rule());
     common.extend(allow_rules(&sets, true));
     common.extend(allow_rules(&sets, false));
-    common.extend(closing);
+    common.push(closing);
     let mut output = vec![rule(vec![
         Stmt::OifName("lo".into()),
         Stmt::Verdict(Verdict::Accept),
@@ -601,6 +622,76 @@ mod tests {
         assert_eq!(legacy_container(&table_name("abc", "eth0")), None);
         assert_eq!(legacy_container("egress_guard_"), None);
         assert_eq!(legacy_container("other"), None);
+    }
+
+    /// What the matches `one_of` built let through, value by value.
+    fn passes(stmts: &[Stmt], v: u8) -> bool {
+        stmts.iter().all(|s| match *s {
+            Stmt::L4Proto(x) | Stmt::IcmpType(x) => v == x,
+            Stmt::L4ProtoRange(lo, hi) | Stmt::IcmpTypeRange(lo, hi) => (lo..=hi).contains(&v),
+            Stmt::L4ProtoNot(lo, hi) | Stmt::IcmpTypeNot(lo, hi) => !(lo..=hi).contains(&v),
+            ref other => panic!("unexpected {other:?}"),
+        })
+    }
+
+    #[test]
+    fn one_of_lets_exactly_the_listed_values_through() {
+        let lists: [&[u8]; 9] = [
+            &ND_TYPES,
+            &ICMP4_REPLY_TYPES,
+            &ICMP6_REPLY_TYPES,
+            &PORT_PROTOCOLS,
+            &[7],
+            &[0, 255],
+            &[10, 11, 12],
+            &[0, 2, 4, 6, 8, 254],
+            &[],
+        ];
+        for values in lists {
+            for byte in [Byte::L4Proto, Byte::IcmpType] {
+                let stmts = one_of(byte, values);
+                for v in 0..=u8::MAX {
+                    assert_eq!(
+                        passes(&stmts, v),
+                        values.contains(&v),
+                        "{v} against {values:?}: {stmts:?}"
+                    );
+                }
+            }
+        }
+        // One match per gap, none for a run: RS, NS, NA is 133-136 without 134.
+        assert_eq!(
+            one_of(Byte::IcmpType, &ND_TYPES),
+            [Stmt::IcmpTypeRange(133, 136), Stmt::IcmpTypeNot(134, 134)]
+        );
+        assert_eq!(
+            one_of(Byte::L4Proto, &PORT_PROTOCOLS),
+            [
+                Stmt::L4ProtoRange(6, 132),
+                Stmt::L4ProtoNot(7, 16),
+                Stmt::L4ProtoNot(18, 131)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_table_is_one_rule_per_job() {
+        // 9 rules from the pod (ARP, ND, per family replies and ICMP answers, the allowlist of
+        // each family, the closing rule), 2 to it (one per family): each rule is a message of
+        // ADD's transaction.
+        let mut p = enforce();
+        p.entries = ["10.0.5.0/24 tcp 8443", "fd00::/64 tcp 443"]
+            .into_iter()
+            .map(|e| crate::policy::parse_network_entry(e).expect("entry"))
+            .collect();
+        let t = compile(&p, &target("c1", "eth0")).expect("table");
+        let counts: Vec<usize> = t.chains.iter().map(|c| c.rules.len()).collect();
+        assert_eq!(counts, [9, 2]);
+        let last = t.chains[0].rules.last().expect("closing rule");
+        assert!(matches!(
+            last.stmts.as_slice(),
+            [Stmt::Counter, Stmt::Limit { .. }, Stmt::Log { .. }]
+        ));
     }
 
     fn target(cid: &str, ifname: &str) -> Target {

@@ -255,10 +255,16 @@ pub enum Stmt {
     L3(L3),
     /// `meta l4proto` equals.
     L4Proto(u8),
+    /// `meta l4proto` lies in `lo..=hi`.
+    L4ProtoRange(u8, u8),
+    /// `meta l4proto` lies outside `lo..=hi` (a gap in a set of protocols matched in one rule).
+    L4ProtoNot(u8, u8),
     /// First byte of the transport header (ICMP/ICMPv6 type) equals.
     IcmpType(u8),
     /// First byte of the transport header lies in `lo..=hi` (one rule for consecutive types).
     IcmpTypeRange(u8, u8),
+    /// First byte of the transport header lies outside `lo..=hi` (a gap in a set of types).
+    IcmpTypeNot(u8, u8),
     /// `oifname` equals.
     OifName(String),
     /// `ct state` has any of the bits in the mask.

@@ -17,6 +17,14 @@ fn proto_name(p: u8) -> String {
     }
 }
 
+fn icmp_name(v6: bool) -> &'static str {
+    if v6 {
+        "icmpv6"
+    } else {
+        "icmp"
+    }
+}
+
 fn icmp_type_name(v6: bool, t: u8) -> String {
     let name = if v6 {
         match t {
@@ -191,26 +199,37 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
             }),
             Stmt::L3(p) => l3 = Some(*p),
             Stmt::L4Proto(p) => {
-                let implied = matches!(next, Some(Stmt::IcmpType(_) | Stmt::IcmpTypeRange(..)))
-                    || (matches!(p, 6 | 17 | 132) && uses_transport(next));
+                let implied = matches!(
+                    next,
+                    Some(Stmt::IcmpType(_) | Stmt::IcmpTypeRange(..) | Stmt::IcmpTypeNot(..))
+                ) || (matches!(p, 6 | 17 | 132) && uses_transport(next));
                 if implied {
                     l4 = Some(*p);
                 } else {
                     parts.push(format!("meta l4proto {}", proto_name(*p)));
                 }
             }
+            Stmt::L4ProtoRange(lo, hi) => parts.push(format!("meta l4proto {lo}-{hi}")),
+            Stmt::L4ProtoNot(lo, hi) if lo == hi => {
+                parts.push(format!("meta l4proto != {}", proto_name(*lo)))
+            }
+            Stmt::L4ProtoNot(lo, hi) => parts.push(format!("meta l4proto != {lo}-{hi}")),
             Stmt::IcmpType(t) => {
                 let v6 = l3 == Some(L3::Ipv6);
-                let name = if v6 { "icmpv6" } else { "icmp" };
-                parts.push(format!("{name} type {}", icmp_type_name(v6, *t)));
+                parts.push(format!("{} type {}", icmp_name(v6), icmp_type_name(v6, *t)));
             }
             Stmt::IcmpTypeRange(lo, hi) => {
-                let name = if l3 == Some(L3::Ipv6) {
-                    "icmpv6"
+                let v6 = l3 == Some(L3::Ipv6);
+                parts.push(format!("{} type {lo}-{hi}", icmp_name(v6)));
+            }
+            Stmt::IcmpTypeNot(lo, hi) => {
+                let v6 = l3 == Some(L3::Ipv6);
+                let what = if lo == hi {
+                    icmp_type_name(v6, *lo)
                 } else {
-                    "icmp"
+                    format!("{lo}-{hi}")
                 };
-                parts.push(format!("{name} type {lo}-{hi}"));
+                parts.push(format!("{} type != {what}", icmp_name(v6)));
             }
             Stmt::OifName(n) => parts.push(format!("oifname \"{n}\"")),
             Stmt::CtState(mask) => {

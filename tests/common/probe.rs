@@ -153,6 +153,33 @@ impl Server {
         })
     }
 
+    /// Records every ICMPv6 message arriving in the namespace (any interface, multicast
+    /// included) as "TYPE TEXT", TEXT being what follows the 4-byte ICMPv6 header.
+    pub fn icmp6_sniffer(ns: &str) -> Server {
+        Server::spawn(ns, move |stop, seen, ready| {
+            // SAFETY: plain socket call; checked below.
+            let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+            assert!(
+                fd >= 0,
+                "raw icmpv6 socket: {}",
+                std::io::Error::last_os_error()
+            );
+            set_timeout(fd, Duration::from_millis(50));
+            ready.send(()).unwrap();
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                // SAFETY: buf is valid for writes of its length.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 4 {
+                    let text = String::from_utf8_lossy(&buf[4..n as usize]).to_string();
+                    seen.lock().unwrap().push(format!("{} {text}", buf[0]));
+                }
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        })
+    }
+
     pub fn saw(&self, marker: &str) -> bool {
         self.seen.lock().unwrap().iter().any(|s| s == marker)
     }
@@ -388,4 +415,71 @@ fn raw_send(ns: &str, dst: Ipv4Addr, proto: i32, bytes: Vec<u8>) {
         unsafe { libc::close(fd) };
     });
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Sends an ICMPv6 message of `icmp_type` (code 0, `text` after the 4-byte header; the kernel
+/// fills in the checksum) three times from `ns` out of `dev` to the link-local multicast group
+/// `group`; fire and forget.
+pub fn icmp6_multicast(ns: &str, dev: &str, group: &str, icmp_type: u8, text: &str) {
+    let group: std::net::Ipv6Addr = group.parse().unwrap();
+    let dev = std::ffi::CString::new(dev).unwrap();
+    let mut msg = vec![icmp_type, 0, 0, 0];
+    msg.extend_from_slice(text.as_bytes());
+    in_ns(ns, move || {
+        // SAFETY: dev is a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+        assert!(ifindex > 0, "no interface {dev:?}");
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        assert!(
+            fd >= 0,
+            "raw icmpv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let (mut ss, len) = sockaddr(IpAddr::V6(group));
+        // SAFETY: sockaddr() filled a sockaddr_in6 into ss.
+        unsafe {
+            (*(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_scope_id =
+                ifindex
+        };
+        for _ in 0..3 {
+            // SAFETY: buffers valid for the call.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    0,
+                    (&ss as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    });
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Sends a UDP datagram from `ns` on a connected socket and expects the ICMP (ICMPv6) port
+/// unreachable error back, which the kernel reports as ECONNREFUSED (two tries).
+pub fn udp_refused(ns: &str, addr: &str, port: u16) -> bool {
+    let ip: IpAddr = addr.parse().unwrap();
+    let target = SocketAddr::new(ip, port);
+    in_ns(ns, move || {
+        let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(target).unwrap();
+        s.set_read_timeout(Some(PROBE_TIMEOUT / 2)).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let _ = s.send(b"closed?");
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return true,
+                _ => continue,
+            }
+        }
+        false
+    })
 }

@@ -502,6 +502,9 @@ pub fn evaluate(table: &Table, chain: &str, p: &Packet) -> Verdict {
                 Stmt::L4Proto(n) => !p.arp && p.proto == *n,
                 Stmt::IcmpType(t) => !p.arp && p.icmp_type == *t,
                 Stmt::IcmpTypeRange(lo, hi) => !p.arp && (*lo..=*hi).contains(&p.icmp_type),
+                Stmt::IcmpTypeNot(lo, hi) => !p.arp && !(*lo..=*hi).contains(&p.icmp_type),
+                Stmt::L4ProtoRange(lo, hi) => !p.arp && (*lo..=*hi).contains(&p.proto),
+                Stmt::L4ProtoNot(lo, hi) => !p.arp && !(*lo..=*hi).contains(&p.proto),
                 Stmt::OifName(_) => false,
                 Stmt::CtState(_) => false,
                 Stmt::Lookup { set, key } => {
