@@ -566,10 +566,30 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
         own_del.p50(),
         own_del.len()
     ));
+    // The bridge plugin's sandbox starts fall in two modes about 50 ms apart (it sleeps 50 ms
+    // when the new veth is not yet reported up, a race it loses about half the time here), so
+    // each series' p50 lands in either mode by chance; the shift compares like with like.
+    let shift = guarded.run.shift_from(&plain.run);
+    let shift_rel = shift / plain.run.p50();
+    r.note(&format!(
+        "Shift of RunPodSandbox with egress-guard over without (median of the differences of all \
+         {}x{} pairs, Hodges-Lehmann): {:+.1} ms, {:+.1}% of the p50 without; + init container: \
+         {:+.1} ms.",
+        guarded.run.len(),
+        plain.run.len(),
+        shift,
+        shift_rel * 100.0,
+        init.run.shift_from(&plain.run)
+    ));
     r.target(
-        "egress-guard raises RunPodSandbox p50 by < 5%",
-        format!("{:+.1}%", over * 100.0),
-        over < 0.05,
+        "egress-guard raises RunPodSandbox's median by < 5% (shift, see section 2)",
+        format!(
+            "{:+.1}% ({:+.1} ms); difference of the two p50s {:+.1}%",
+            shift_rel * 100.0,
+            shift,
+            over * 100.0
+        ),
+        shift_rel < 0.05,
     );
     r.note(&format!(
         "RunPodSandbox + init / RunPodSandbox with egress-guard: {}.",

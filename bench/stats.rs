@@ -29,6 +29,19 @@ impl Samples {
     pub fn p50(&self) -> f64 {
         self.pct(50.0)
     }
+
+    /// How far this series sits above `base` (Hodges-Lehmann shift): the median of the
+    /// differences of every pair of one value from each. Unlike the difference of the two
+    /// medians it stays put when both series are mixtures of the same two modes in shares
+    /// near one half, where each median lands in either mode by chance.
+    pub fn shift_from(&self, base: &Samples) -> f64 {
+        let diffs: Vec<f64> = self
+            .0
+            .iter()
+            .flat_map(|a| base.0.iter().map(move |b| a - b))
+            .collect();
+        Samples(diffs).p50()
+    }
 }
 
 /// One target of issue 6 and whether this run met it.
