@@ -196,13 +196,24 @@ fn main() {
         &n.node.name,
         &["nft", "list", "chain", "netdev", &table, "from_pod"],
     );
-    let drops = listing
+    let policy = listing
         .lines()
-        .find(|l| l.contains("counter packets") && l.trim_end().ends_with("drop"))
+        .find(|l| l.contains("policy "))
+        .and_then(|l| l.split("policy ").nth(1))
+        .unwrap_or("")
+        .trim_end_matches(';')
+        .trim()
+        .to_string();
+    let closing = listing
+        .lines()
+        .find(|l| l.contains("counter packets") && l.contains("log prefix"))
         .unwrap_or("")
         .trim()
         .to_string();
-    println!("\nper-pod table in the node's netns: netdev {table}, drop rule: {drops}");
+    println!(
+        "\nper-pod table in the node's netns: netdev {table}, chain policy {policy}, \
+         closing rule (counts and logs what the policy drops): {closing}"
+    );
     let cfg = n.tmp.join("entry.json");
     std::fs::write(&cfg, n.guard_entry(json!({})).to_string()).unwrap();
     let rendered = run(&[
