@@ -109,7 +109,7 @@ impl Server {
 
     /// Records every IPv4 TCP segment arriving in the namespace as "tcp SPORT>DPORT".
     pub fn raw_tcp_sniffer(ns: &str) -> Server {
-        Server::raw_sniffer(ns, libc::IPPROTO_TCP, |l4| {
+        Server::raw_sniffer(ns, libc::AF_INET, libc::IPPROTO_TCP, |l4| {
             let ports = l4.get(..4)?;
             let sport = u16::from_be_bytes([ports[0], ports[1]]);
             let dport = u16::from_be_bytes([ports[2], ports[3]]);
@@ -119,17 +119,18 @@ impl Server {
 
     /// Records the payload (after the IPv4 header) of every packet of IP protocol `proto`.
     pub fn raw_ip_sniffer(ns: &str, proto: i32) -> Server {
-        Server::raw_sniffer(ns, proto, |l4| {
+        Server::raw_sniffer(ns, libc::AF_INET, proto, |l4| {
             Some(String::from_utf8_lossy(l4).to_string())
         })
     }
 
-    /// A raw IPv4 socket for `proto` in `ns`; `record` turns what follows the IP header into
-    /// the entry stored in `seen` (or nothing).
-    fn raw_sniffer(ns: &str, proto: i32, record: fn(&[u8]) -> Option<String>) -> Server {
+    /// A raw socket for `proto` in `ns` (`fam` AF_INET or AF_INET6); `record` turns what follows
+    /// the IP header (an IPv4 socket reads it, an IPv6 one does not) into the entry stored in
+    /// `seen` (or nothing).
+    fn raw_sniffer(ns: &str, fam: i32, proto: i32, record: fn(&[u8]) -> Option<String>) -> Server {
         Server::spawn(ns, move |stop, seen, ready| {
             // SAFETY: plain socket call; checked below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+            let fd = unsafe { libc::socket(fam, libc::SOCK_RAW, proto) };
             assert!(
                 fd >= 0,
                 "raw socket {proto}: {}",
@@ -141,11 +142,16 @@ impl Server {
             while !stop.load(Ordering::SeqCst) {
                 // SAFETY: buf is valid for writes of its length.
                 let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n > 20 {
-                    let ihl = ((buf[0] & 0x0f) as usize) * 4;
-                    if let Some(entry) = buf.get(ihl..n as usize).and_then(record) {
-                        seen.lock().unwrap().push(entry);
-                    }
+                if n <= 0 {
+                    continue;
+                }
+                let head = if fam == libc::AF_INET {
+                    ((buf[0] & 0x0f) as usize) * 4
+                } else {
+                    0
+                };
+                if let Some(entry) = buf.get(head..n as usize).and_then(record) {
+                    seen.lock().unwrap().push(entry);
                 }
             }
             // SAFETY: fd is ours.
@@ -156,27 +162,9 @@ impl Server {
     /// Records every ICMPv6 message arriving in the namespace (any interface, multicast
     /// included) as "TYPE TEXT", TEXT being what follows the 4-byte ICMPv6 header.
     pub fn icmp6_sniffer(ns: &str) -> Server {
-        Server::spawn(ns, move |stop, seen, ready| {
-            // SAFETY: plain socket call; checked below.
-            let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-            assert!(
-                fd >= 0,
-                "raw icmpv6 socket: {}",
-                std::io::Error::last_os_error()
-            );
-            set_timeout(fd, Duration::from_millis(50));
-            ready.send(()).unwrap();
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::SeqCst) {
-                // SAFETY: buf is valid for writes of its length.
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n > 4 {
-                    let text = String::from_utf8_lossy(&buf[4..n as usize]).to_string();
-                    seen.lock().unwrap().push(format!("{} {text}", buf[0]));
-                }
-            }
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
+        Server::raw_sniffer(ns, libc::AF_INET6, libc::IPPROTO_ICMPV6, |msg| {
+            let (head, text) = (msg.get(..4)?, msg.get(4..)?);
+            Some(format!("{} {}", head[0], String::from_utf8_lossy(text)))
         })
     }
 
@@ -378,25 +366,43 @@ pub fn raw_tcp_syn(ns: &str, src: &str, dst: &str, sport: u16, dport: u16) {
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip.extend_from_slice(&tcp);
     // IPPROTO_RAW: the buffer carries its own IP header.
-    raw_send(ns, d, libc::IPPROTO_RAW, ip);
+    raw_send(ns, IpAddr::V4(d), None, libc::IPPROTO_RAW, ip);
 }
 
 /// Sends `payload` three times as raw IPv4 packets of protocol `proto` from `ns` to `dst`.
 pub fn raw_ip_send(ns: &str, dst: &str, proto: i32, payload: &str) {
-    raw_send(ns, dst.parse().unwrap(), proto, payload.as_bytes().to_vec());
+    let dst = IpAddr::V4(dst.parse().unwrap());
+    raw_send(ns, dst, None, proto, payload.as_bytes().to_vec());
 }
 
-/// Sends `bytes` three times on a raw IPv4 socket of `proto` from `ns` to `dst`; fire and forget.
-fn raw_send(ns: &str, dst: Ipv4Addr, proto: i32, bytes: Vec<u8>) {
+/// Sends `bytes` three times on a raw socket of `proto` from `ns` to `dst` (IPv4 or IPv6; out
+/// of interface `dev` when given, as a link-local destination needs); fire and forget.
+fn raw_send(ns: &str, dst: IpAddr, dev: Option<&str>, proto: i32, bytes: Vec<u8>) {
+    let dev = dev.map(|d| std::ffi::CString::new(d).unwrap());
     in_ns(ns, move || {
+        let fam = if dst.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+        let fd = unsafe { libc::socket(fam, libc::SOCK_RAW, proto) };
         assert!(
             fd >= 0,
             "raw socket {proto}: {}",
             std::io::Error::last_os_error()
         );
-        let (ss, len) = sockaddr(IpAddr::V4(dst));
+        let (mut ss, len) = sockaddr(dst);
+        if let (Some(dev), IpAddr::V6(_)) = (&dev, dst) {
+            // SAFETY: dev is a valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+            assert!(ifindex > 0, "no interface {dev:?}");
+            // SAFETY: sockaddr() filled a sockaddr_in6 into ss.
+            unsafe {
+                (*(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>())
+                    .sin6_scope_id = ifindex
+            };
+        }
         for _ in 0..3 {
             // SAFETY: buffers valid for the call.
             unsafe {
@@ -421,45 +427,15 @@ fn raw_send(ns: &str, dst: Ipv4Addr, proto: i32, bytes: Vec<u8>) {
 /// fills in the checksum) three times from `ns` out of `dev` to the link-local multicast group
 /// `group`; fire and forget.
 pub fn icmp6_multicast(ns: &str, dev: &str, group: &str, icmp_type: u8, text: &str) {
-    let group: std::net::Ipv6Addr = group.parse().unwrap();
-    let dev = std::ffi::CString::new(dev).unwrap();
     let mut msg = vec![icmp_type, 0, 0, 0];
     msg.extend_from_slice(text.as_bytes());
-    in_ns(ns, move || {
-        // SAFETY: dev is a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
-        assert!(ifindex > 0, "no interface {dev:?}");
-        // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-        assert!(
-            fd >= 0,
-            "raw icmpv6 socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let (mut ss, len) = sockaddr(IpAddr::V6(group));
-        // SAFETY: sockaddr() filled a sockaddr_in6 into ss.
-        unsafe {
-            (*(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_scope_id =
-                ifindex
-        };
-        for _ in 0..3 {
-            // SAFETY: buffers valid for the call.
-            unsafe {
-                libc::sendto(
-                    fd,
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    0,
-                    (&ss as *const libc::sockaddr_storage).cast(),
-                    len,
-                )
-            };
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    raw_send(
+        ns,
+        group.parse().unwrap(),
+        Some(dev),
+        libc::IPPROTO_ICMPV6,
+        msg,
+    );
 }
 
 /// Sends a UDP datagram from `ns` on a connected socket and expects the ICMP (ICMPv6) port
