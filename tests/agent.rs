@@ -170,6 +170,23 @@ fn http_get(ns: &str, path: &str) -> Option<String> {
 }
 
 /// Value of the sample of `name` whose labels contain every `labels` pair (0 when absent).
+/// Waits (at most 10 s) until the pod's denied-packets series has not moved for 2 s.
+fn settle(agent: &Agent, pod: &[(&str, &str)]) {
+    let read = || metric(&agent.metrics(), "egress_guard_denied_packets_total", pod);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = read();
+    let mut since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let now = read();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= std::time::Duration::from_secs(2) {
+            return;
+        }
+    }
+}
+
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -329,6 +346,9 @@ fn metrics_change_as_traffic_is_sent_and_denied() {
     let _orch = Server::tcp(&n.orch.name, 8443);
     let agent = Agent::start(&n, &[]);
     let pod = [("pod", "metrics-pod"), ("namespace", "ml")];
+    // A new interface sends IPv6 multicast listener reports (and repeats them about a second
+    // later), which the policy denies: let them pass before counting.
+    settle(&agent, &pod);
 
     let before = agent.metrics();
     assert_eq!(
