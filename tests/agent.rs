@@ -169,7 +169,6 @@ fn http_get(ns: &str, path: &str) -> Option<String> {
     })
 }
 
-/// Value of the sample of `name` whose labels contain every `labels` pair (0 when absent).
 /// Waits (at most 10 s) until the pod's denied-packets series has not moved for 2 s.
 fn settle(agent: &Agent, pod: &[(&str, &str)]) {
     let read = || metric(&agent.metrics(), "egress_guard_denied_packets_total", pod);
@@ -187,6 +186,7 @@ fn settle(agent: &Agent, pod: &[(&str, &str)]) {
     }
 }
 
+/// Value of the sample of `name` whose labels contain every `labels` pair (0 when absent).
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -206,11 +206,10 @@ fn check_peer_replies(r: &mut Report, n: &Node, guarded: &str, control: &str) {
     probe::raw_ip_send(&n.orch.name, &g4, 47, "ABCD-to-pod");
     probe::raw_ip_send(control, ORCH4, 47, "CDAB-control");
     probe::raw_ip_send(guarded, ORCH4, 47, "CDAB-guarded");
-    let got = |m: &str| seen.seen.lock().unwrap().iter().any(|s| s == m);
     r.blocked(
         "raw GRE back to a peer that sent GRE to the pod",
-        got("CDAB-control"),
-        got("CDAB-guarded"),
+        seen.saw("CDAB-control"),
+        seen.saw("CDAB-guarded"),
     );
 }
 
