@@ -9,7 +9,7 @@ use crate::cni::plugin::{run, Invocation};
 use crate::cni::{code, CniError, Env, NetConf};
 use crate::kernel::NetlinkKernel;
 use crate::policy::{parse_annotations, Policy};
-use crate::ruleset::{compile, render, Attach, Target};
+use crate::ruleset::{compile, render, Attach, PodNet, Target};
 
 /// Looks a pod up in the API server and returns its annotations.
 pub fn fetch_pod_annotations(
@@ -69,8 +69,13 @@ pub fn run_plugin() -> ExitCode {
 const RENDER_USAGE: &str =
     "usage: egress-guard render --config FILE [--annotations FILE] [--annotation KEY=VALUE]...
                            [--namespace NS] [--container-id ID] [--device IFNAME | --placement pod]
+                           [--pod-net FILE]
   --config       the egress-guard conflist entry, or a whole conflist holding one
-  --annotations  a JSON object of pod annotations";
+  --annotations  a JSON object of pod annotations
+  --pod-net      the pod's identity on its interface (host placement), a JSON object:
+                 {\"mac\": \"0a:58:0a:16:00:05\", \"addrs\": [\"10.22.0.5/24\"], \"link_local\": [\"fe80::1\"],
+                  \"gateway_mac\": \"0a:58:0a:16:00:01\"}; without it, an example pod with those
+                 values and fd00:22::5/64";
 
 fn read_json(path: &str) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
@@ -98,6 +103,7 @@ fn render_inner(args: &[String]) -> Result<String, String> {
     let mut cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string();
     let mut attach = Attach::Host {
         device: "veth0".to_string(),
+        pod: PodNet::example(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -129,7 +135,20 @@ fn render_inner(args: &[String]) -> Result<String, String> {
             }
             "--namespace" => namespace = Some(val()?),
             "--container-id" => cid = val()?,
-            "--device" => attach = Attach::Host { device: val()? },
+            "--device" => {
+                let device = val()?;
+                if let Attach::Host { device: d, .. } = &mut attach {
+                    *d = device;
+                }
+            }
+            "--pod-net" => {
+                let v = read_json(&val()?)?;
+                let pod: PodNet = serde_json::from_value(v)
+                    .map_err(|e| format!("--pod-net: {e}"))?;
+                if let Attach::Host { pod: p, .. } = &mut attach {
+                    *p = pod;
+                }
+            }
             "--placement" => match val()?.as_str() {
                 "pod" => attach = Attach::Pod,
                 "host" => {}

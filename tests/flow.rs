@@ -687,6 +687,7 @@ fn make_legacy(k: &mut RecordingKernel, dir: &Path) -> String {
         ifname: "eth0".into(),
         attach: egress_guard::ruleset::Attach::Host {
             device: "vethA".into(),
+            pod: serde_json::from_value(state["pod_net"].clone()).unwrap(),
         },
         log_group: 100,
     };

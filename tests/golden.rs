@@ -40,6 +40,10 @@ fn load(dir: &Path) -> Case {
     let attach = match target["device"].as_str() {
         Some(d) => Attach::Host {
             device: d.to_string(),
+            pod: match target.get("podNet") {
+                Some(v) => serde_json::from_value(v.clone()).unwrap(),
+                None => egress_guard::ruleset::PodNet::example(),
+            },
         },
         None => Attach::Pod,
     };

@@ -387,7 +387,8 @@ mod tests {
             "container_id": s.container_id, "ifname": s.ifname, "netns": s.netns,
             "pod_namespace": s.pod_namespace, "pod_name": s.pod_name, "pod_uid": s.pod_uid,
             "mode": s.mode, "placement": s.placement, "table": s.table, "device": s.device,
-            "policy": s.policy, "entries": s.entries, "nflog_group": s.nflog_group, "created": "x"
+            "policy": s.policy, "entries": s.entries, "nflog_group": s.nflog_group, "created": "x",
+            "pod_net": s.pod_net
         });
         std::fs::write(state::state_path(&dir, s.key()), json.to_string()).unwrap();
         (dir, s)

@@ -22,6 +22,9 @@ pub struct PodState {
     pub placement: String,
     pub table: String,
     pub device: Option<String>,
+    /// Who the pod is on its interface (host placement).
+    #[serde(default)]
+    pub pod_net: Option<crate::ruleset::PodNet>,
     pub policy: String,
     #[serde(default)]
     pub entries: Vec<String>,
@@ -32,6 +35,8 @@ pub struct PodState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error("state of container {container_id} has host placement but no podNet (written by a release before identity pinning): its table cannot be rebuilt here; a new sandbox of the pod gets one")]
+    NoPodNet { container_id: String },
     #[error("cannot list state directory {path}: {source}")]
     ReadDir {
         path: PathBuf,
@@ -163,6 +168,9 @@ impl PodState {
                 device: self.device.clone().ok_or_else(|| StateError::NoDevice {
                     container_id: self.container_id.clone(),
                 })?,
+                pod: self.pod_net.clone().ok_or_else(|| StateError::NoPodNet {
+                    container_id: self.container_id.clone(),
+                })?,
             },
             "pod" => Attach::Pod,
             other => {
@@ -273,6 +281,7 @@ pub(crate) mod tests {
             placement: "host".into(),
             table: crate::ruleset::table_name("abcdef0123456789ffff", "eth0"),
             device: Some("veth1234".into()),
+            pod_net: Some(crate::ruleset::PodNet::example()),
             policy: String::new(),
             entries: entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: 100,

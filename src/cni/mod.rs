@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod config;
+pub mod identity;
 pub mod json;
 pub mod plugin;
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::config::{NetConf, PlacementPref};
+use super::identity;
 use super::{
     code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb,
     SUPPORTED_VERSIONS,
@@ -19,7 +20,7 @@ use crate::netlink::nft::TableInfo;
 use crate::policy::{parse_annotations, Mode, Policy};
 use crate::ruleset::{
     as_recorded, comment_container, comment_devices, compile, legacy_table_name, table_name,
-    Attach, Family, Table, Target, TABLE_PREFIX,
+    Attach, Family, PodNet, Table, Target, TABLE_PREFIX,
 };
 
 /// Reads a pod's annotations from the API server: (kubeconfig, namespace, name).
@@ -171,7 +172,14 @@ fn choose_attach<K: Kernel>(
     let egress = ctx.kernel.has_netdev_egress();
     match (peer, ctx.conf.placement, egress) {
         (HostPeer::Veth { name, index }, _, true) => {
-            Ok((Attach::Host { device: name.clone() }, Some((name, index))))
+            let pod = pod_identity(ctx, whom, netns, ifname, &name)?;
+            Ok((
+                Attach::Host {
+                    device: name.clone(),
+                    pod,
+                },
+                Some((name, index)),
+            ))
         }
         (HostPeer::Veth { name, .. }, PlacementPref::Host, false) => Err(CniError::new(
             code::KERNEL_REJECTED,
@@ -184,6 +192,33 @@ fn choose_attach<K: Kernel>(
         )),
         (HostPeer::None { .. }, _, _) => Ok((Attach::Pod, None)),
     }
+}
+
+/// Who the pod is on `ifname` (host placement pins its frames to it): prevResult's container
+/// interface checked against the kernel, and the gateway's MAC on the node.
+fn pod_identity<K: Kernel>(
+    ctx: &mut Ctx<'_, K>,
+    whom: &str,
+    netns: &str,
+    ifname: &str,
+    device: &str,
+) -> Result<PodNet, CniError> {
+    let prev = match &ctx.conf.prev_result {
+        Some(p) => identity::prev_interface(p, ifname)?,
+        None => Default::default(),
+    };
+    let iface = ctx
+        .kernel
+        .pod_interface(Path::new(netns), ifname)
+        .map_err(|e| kernel_error(whom, "reading the pod's interface", &e))?;
+    let gateway = ctx
+        .kernel
+        .gateway_mac(device, &prev.gateways)
+        .map_err(|e| kernel_error(whom, "finding the pod's gateway", &e))?;
+    if gateway.is_none() && !prev.gateways.is_empty() {
+        log::warn!("{whom}: no gateway of {ifname} is on {device} or its bridge: frames to off-link addresses are not pinned to the gateway's MAC");
+    }
+    identity::pod_net(whom, ifname, &prev, &iface, gateway)
 }
 
 /// After a failed install whose outcome is unknown (a transient error such as ENOBUFS can come
@@ -425,6 +460,9 @@ struct StateFile<'a> {
     placement: &'a str,
     table: &'a str,
     device: Option<&'a str>,
+    /// Who the pod is on its interface (host placement), to rebuild the table from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_net: Option<&'a PodNet>,
     policy: String,
     entries: Vec<String>,
     nflog_group: u16,
@@ -544,7 +582,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
     };
 
     match &attach {
-        Attach::Host { device } => {
+        Attach::Host { device, .. } => {
             let mut stale = stale_host_tables(ctx, &whom, &cid, &name, device)?;
             log::debug!(
                 "{whom}: installing table netdev {} on {device} in host netns: {} rules, {} set elements, replacing [{}]",
@@ -627,6 +665,10 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             placement: attach.placement().as_str(),
             table: &table.name,
             device: peer.as_ref().map(|(n, _)| n.as_str()),
+            pod_net: match &attach {
+                Attach::Host { pod, .. } => Some(pod),
+                Attach::Pod => None,
+            },
             policy: policy.digest(),
             entries: policy.entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: ctx.conf.nflog_group,

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{HostPeer, Kernel, KernelError, Where};
+use super::{HostPeer, Kernel, KernelError, PodInterface, Where};
 use crate::netlink::nft::{expected_snapshot, Snapshot, TableInfo};
 use crate::netlink::NetlinkError;
-use crate::ruleset::{render, Family, Table};
+use crate::ruleset::{render, Family, Mac, Table};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -25,6 +25,10 @@ pub struct RecordingKernel {
     /// Peer answers by netns path; missing means the interface does not exist.
     pub peers: BTreeMap<PathBuf, HostPeer>,
     pub netdev_egress: bool,
+    /// Pod interfaces by netns path; missing means MAC `0a:58:00:00:00:02` and no address.
+    pub interfaces: BTreeMap<PathBuf, PodInterface>,
+    /// The gateway MAC `gateway_mac` answers.
+    pub gateway: Option<Mac>,
     /// When set, the next install fails with this errno.
     pub fail_install: Option<i32>,
 }
@@ -181,6 +185,29 @@ impl Kernel for RecordingKernel {
                 netns: netns.to_path_buf(),
             })
         })
+    }
+
+    fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError> {
+        self.calls
+            .push(format!("interface {} {ifname}", netns.display()));
+        Ok(self
+            .interfaces
+            .get(netns)
+            .cloned()
+            .unwrap_or_else(|| PodInterface {
+                mac: Mac([0x0a, 0x58, 0, 0, 0, 2]),
+                addrs: Vec::new(),
+                link_local: Vec::new(),
+            }))
+    }
+
+    fn gateway_mac(
+        &mut self,
+        device: &str,
+        _gateways: &[std::net::IpAddr],
+    ) -> Result<Option<Mac>, KernelError> {
+        self.calls.push(format!("gateway {device}"));
+        Ok(self.gateway)
     }
 
     fn has_netdev_egress(&self) -> bool {

@@ -3,10 +3,12 @@
 //! `NetlinkKernel` is the real one; `fake::RecordingKernel` records calls for unit tests.
 
 pub mod fake;
+mod identity;
 pub mod netns;
 mod peer;
 mod real;
 
+pub use identity::PodInterface;
 pub use peer::{HostPeer, PeerError};
 pub use real::NetlinkKernel;
 
@@ -124,6 +126,15 @@ pub trait Kernel {
             HostPeer::Veth { name, index: i } if name == device && i == index
         ))
     }
+    /// The pod's interface `ifname` in the pod netns at `netns`: MAC and addresses.
+    fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError>;
+    /// The MAC of the pod's gateway: the host interface holding one of `gateways`, if it is
+    /// the host-side veth `device` or its bridge.
+    fn gateway_mac(
+        &mut self,
+        device: &str,
+        gateways: &[std::net::IpAddr],
+    ) -> Result<Option<crate::ruleset::Mac>, KernelError>;
     /// Whether netdev egress hooks are available (kernel >= 5.16).
     fn has_netdev_egress(&self) -> bool;
 }

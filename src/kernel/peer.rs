@@ -33,6 +33,8 @@ pub enum PeerError {
         peer_index: u32,
         netns: PathBuf,
     },
+    #[error("interface \"{ifname}\" has no Ethernet address")]
+    NoMac { ifname: String },
     #[error("looking up interface \"{ifname}\": {source}")]
     Netlink {
         ifname: String,

@@ -4,12 +4,15 @@
 use std::path::Path;
 
 use super::netns::NetnsGuard;
+use std::net::IpAddr;
+
+use super::identity::{find_gateway_mac, read_pod_interface};
 use super::peer::find_host_peer;
-use super::{HostPeer, Kernel, KernelError, Where};
+use super::{HostPeer, Kernel, KernelError, PodInterface, Where};
 use crate::netlink::nft::{self, Op, Snapshot, TableInfo};
 use crate::netlink::socket::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
 use crate::netlink::NetlinkError;
-use crate::ruleset::{Family, Table};
+use crate::ruleset::{Family, Mac, Table};
 
 #[derive(Default)]
 pub struct NetlinkKernel {
@@ -20,6 +23,16 @@ pub struct NetlinkKernel {
 impl NetlinkKernel {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn host_rtnl(&mut self) -> Result<&mut Socket, KernelError> {
+        Ok(match &mut self.host_rtnl {
+            Some(s) => s,
+            slot @ None => slot.insert(
+                Socket::open(NETLINK_ROUTE)
+                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
+            ),
+        })
     }
 
     fn with_nft<T>(
@@ -134,6 +147,19 @@ impl Kernel for NetlinkKernel {
             ),
         };
         Ok(find_host_peer(sock, netns, ifname, hints)?)
+    }
+
+    fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError> {
+        Ok(read_pod_interface(netns, ifname)?)
+    }
+
+    fn gateway_mac(
+        &mut self,
+        device: &str,
+        gateways: &[IpAddr],
+    ) -> Result<Option<Mac>, KernelError> {
+        let sock = self.host_rtnl()?;
+        Ok(find_gateway_mac(sock, device, gateways)?)
     }
 
     fn host_link_is(

@@ -9,7 +9,7 @@ use super::socket::{
     NLM_F_REQUEST,
 };
 use super::NetlinkError;
-use crate::ruleset::{Family, Selector, Set, Stmt, Table};
+use crate::ruleset::{Base, CmpOp, Family, Load, Selector, Set, Stmt, Table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -73,7 +73,10 @@ const SETF_MASK: u32 = SETF_INTERVAL | SETF_TIMEOUT | SETF_EVAL | SETF_CONCAT;
 
 const REG_VERDICT: u32 = 0;
 const REG32_00: u32 = 8;
+const META_LEN: u32 = 0;
 const META_PROTOCOL: u32 = 1;
+const META_IIFTYPE: u32 = 8;
+const ARPHRD_ETHER: u16 = 1;
 const META_OIFNAME: u32 = 7;
 const META_NFPROTO: u32 = 15;
 const META_L4PROTO: u32 = 16;
@@ -82,10 +85,13 @@ const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 const CMP_LTE: u32 = 3;
 const CMP_GTE: u32 = 5;
+const BASE_LINK: u32 = 0;
 const BASE_NETWORK: u32 = 1;
 const BASE_TRANSPORT: u32 = 2;
 const DYNSET_OP_UPDATE: u32 = 1;
 const RANGE_NEQ: u32 = 1;
+const LOOKUP_F_INV: u32 = 1;
+const BYTEORDER_HTON: u32 = 1;
 const NFTNL_UDATA_COMMENT: u8 = 0;
 
 /// One kernel expression, in the form we both send and read back.
@@ -109,11 +115,23 @@ pub enum Expr {
     Lookup {
         set: String,
         sreg: u32,
+        /// Matches when the key is absent.
+        invert: bool,
     },
     Dynset {
         set: String,
         op: u32,
         sreg: u32,
+        /// A stateful expression every element gets (a per-key limit).
+        expr: Option<Box<Expr>>,
+    },
+    /// Host to network byte order of a register (`op` 1 = hton).
+    Byteorder {
+        sreg: u32,
+        dreg: u32,
+        op: u32,
+        len: u32,
+        size: u32,
     },
     Limit {
         rate: u64,
@@ -169,6 +187,76 @@ fn load_selector(sel: Selector, dreg: u32) -> Expr {
         },
         Selector::ThSport => payload(BASE_TRANSPORT, 0, 2),
         Selector::ThDport => payload(BASE_TRANSPORT, 2, 2),
+        Selector::EtherDaddr => payload(BASE_LINK, 0, 6),
+        Selector::EtherSaddr => payload(BASE_LINK, 6, 6),
+        Selector::Raw {
+            base,
+            offset,
+            field,
+        } => payload(base_number(base), offset, field.width() as u32),
+    }
+}
+
+fn base_number(base: Base) -> u32 {
+    match base {
+        Base::Link => BASE_LINK,
+        Base::Network => BASE_NETWORK,
+        Base::Transport => BASE_TRANSPORT,
+    }
+}
+
+fn cmp_op(op: CmpOp) -> u32 {
+    match op {
+        CmpOp::Eq => CMP_EQ,
+        CmpOp::Neq => CMP_NEQ,
+        CmpOp::Lte => CMP_LTE,
+        CmpOp::Gte => CMP_GTE,
+    }
+}
+
+/// A comparison of loaded bytes, as nft lowers it: payload bytes compare as they are; the
+/// packet length is a host-order register, compared as is for (in)equality and turned to
+/// network order for an ordering comparison.
+fn lower_cmp(load: Load, op: CmpOp, value: &[u8], out: &mut Vec<Expr>) {
+    let r = REG32_00;
+    match load {
+        Load::Payload { base, offset, len } => {
+            out.push(Expr::Payload {
+                base: base_number(base),
+                offset,
+                len,
+                dreg: r,
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: cmp_op(op),
+                data: value.to_vec(),
+            });
+        }
+        Load::MetaLen => {
+            out.push(meta(META_LEN));
+            let mut be = [0u8; 4];
+            let n = value.len().min(4);
+            be[4 - n..].copy_from_slice(&value[value.len() - n..]);
+            let data = match op {
+                CmpOp::Eq | CmpOp::Neq => u32::from_be_bytes(be).to_ne_bytes().to_vec(),
+                CmpOp::Lte | CmpOp::Gte => {
+                    out.push(Expr::Byteorder {
+                        sreg: r,
+                        dreg: r,
+                        op: BYTEORDER_HTON,
+                        len: 4,
+                        size: 4,
+                    });
+                    be.to_vec()
+                }
+            };
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: cmp_op(op),
+                data,
+            });
+        }
     }
 }
 
@@ -281,19 +369,45 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
                 data: vec![0; 4],
             });
         }
-        Stmt::Lookup { set, key } => {
+        Stmt::Cmp { load, op, value } => lower_cmp(*load, *op, value, out),
+        Stmt::LinkIsEther => load_eq(meta(META_IIFTYPE), ARPHRD_ETHER.to_ne_bytes().to_vec(), out),
+        // The Ethernet type as it was on the wire: a VLAN-tagged frame reads 0x8100 here
+        // (the kernel puts the tag back for the load), never the type inside the tag.
+        Stmt::EtherType(l3) => {
+            load_eq(meta(META_IIFTYPE), ARPHRD_ETHER.to_ne_bytes().to_vec(), out);
+            load_eq(
+                Expr::Payload {
+                    base: BASE_LINK,
+                    offset: 12,
+                    len: 2,
+                    dreg: r,
+                },
+                l3.ethertype().to_be_bytes().to_vec(),
+                out,
+            );
+        }
+        Stmt::Lookup { set, key, negate } => {
             load_key(key, out);
             out.push(Expr::Lookup {
                 set: set.clone(),
                 sreg: r,
+                invert: *negate,
             });
         }
-        Stmt::Update { set, key } => {
+        Stmt::Update { set, key, limit } => {
             load_key(key, out);
             out.push(Expr::Dynset {
                 set: set.clone(),
                 op: DYNSET_OP_UPDATE,
                 sreg: r,
+                expr: limit.map(|l| {
+                    Box::new(Expr::Limit {
+                        rate: l.per_second,
+                        unit: 1,
+                        burst: l.burst,
+                        kind: 0,
+                    })
+                }),
             });
         }
         Stmt::Limit { per_second, burst } => out.push(Expr::Limit {
@@ -352,20 +466,45 @@ fn encode_expr(e: &Expr, set_ids: &dyn Fn(&str) -> Option<u32>) -> AttrBuf {
                 .put_be32(4, *len);
             "payload"
         }
-        Expr::Lookup { set, sreg } => {
+        Expr::Lookup { set, sreg, invert } => {
             data.put_str(1, set).put_be32(2, *sreg);
             if let Some(id) = set_ids(set) {
                 data.put_be32(4, id);
             }
+            if *invert {
+                data.put_be32(5, LOOKUP_F_INV);
+            }
             "lookup"
         }
-        Expr::Dynset { set, op, sreg } => {
+        Expr::Dynset {
+            set,
+            op,
+            sreg,
+            expr,
+        } => {
             data.put_str(1, set);
             if let Some(id) = set_ids(set) {
                 data.put_be32(2, id);
             }
             data.put_be32(3, *op).put_be32(4, *sreg);
+            if let Some(e) = expr {
+                data.put_nested(7, encode_expr(e, set_ids));
+            }
             "dynset"
+        }
+        Expr::Byteorder {
+            sreg,
+            dreg,
+            op,
+            len,
+            size,
+        } => {
+            data.put_be32(1, *sreg)
+                .put_be32(2, *dreg)
+                .put_be32(3, *op)
+                .put_be32(4, *len)
+                .put_be32(5, *size);
+            "byteorder"
         }
         Expr::Limit {
             rate,
@@ -471,11 +610,20 @@ fn decode_expr(elem: Attrs<'_>) -> Expr {
         "lookup" if data.get(3).is_none() => Expr::Lookup {
             set: data.get(1).map(|a| a.string()).unwrap_or_default(),
             sreg: reg(2),
+            invert: u32_of(5) & LOOKUP_F_INV != 0,
         },
-        "dynset" => Expr::Dynset {
+        "dynset" if data.get(10).is_none() => Expr::Dynset {
             set: data.get(1).map(|a| a.string()).unwrap_or_default(),
             op: u32_of(3),
             sreg: reg(4),
+            expr: data.get(7).map(|a| Box::new(decode_expr(a.nested()))),
+        },
+        "byteorder" => Expr::Byteorder {
+            sreg: reg(1),
+            dreg: reg(2),
+            op: u32_of(3),
+            len: u32_of(4),
+            size: u32_of(5),
         },
         "limit" => Expr::Limit {
             rate: data.get(1).and_then(|a| a.be64()).unwrap_or(0),
@@ -1091,10 +1239,36 @@ mod tests {
             Stmt::Lookup {
                 set: "s".into(),
                 key: vec![Selector::Ip6Daddr, Selector::L4Proto, Selector::ThDport],
+                negate: true,
             },
             Stmt::Update {
                 set: "d".into(),
                 key: vec![Selector::Ip4Daddr, Selector::Ip4Saddr],
+                limit: Some(crate::ruleset::Rate {
+                    per_second: 5,
+                    burst: 7,
+                }),
+            },
+            Stmt::Update {
+                set: "d".into(),
+                key: vec![Selector::EtherSaddr],
+                limit: None,
+            },
+            Stmt::LinkIsEther,
+            Stmt::EtherType(L3::Arp),
+            Stmt::Cmp {
+                load: crate::ruleset::Load::MetaLen,
+                op: crate::ruleset::CmpOp::Lte,
+                value: 576u32.to_be_bytes().to_vec(),
+            },
+            Stmt::Cmp {
+                load: crate::ruleset::Load::Payload {
+                    base: crate::ruleset::Base::Link,
+                    offset: 6,
+                    len: 6,
+                },
+                op: crate::ruleset::CmpOp::Neq,
+                value: vec![2, 0, 0, 0, 0, 1],
             },
             Stmt::Limit {
                 per_second: 10,

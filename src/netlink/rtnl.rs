@@ -1,5 +1,6 @@
-//! rtnetlink queries: links by name or index (with their peer ifindex, peer netns id and kind)
-//! and the netns id a namespace has as seen from the current one. Read-only.
+//! rtnetlink queries: links by name or index (with their peer ifindex, peer netns id, kind, MAC
+//! and master), addresses, and the netns id a namespace has as seen from the current one.
+//! Read-only.
 
 use std::os::fd::RawFd;
 
@@ -11,7 +12,13 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWNSID: u16 = 88;
 const RTM_GETNSID: u16 = 90;
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -30,6 +37,20 @@ pub struct LinkInfo {
     pub link: Option<u32>,
     /// IFLA_LINK_NETNSID: where `link` lives, as a netns id of the current namespace.
     pub link_netnsid: Option<i32>,
+    /// IFLA_ADDRESS, for Ethernet devices.
+    pub mac: Option<[u8; 6]>,
+    /// IFLA_MASTER: the bridge (or other master) the link is enslaved to.
+    pub master: Option<u32>,
+}
+
+/// One address of an interface (RTM_NEWADDR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub index: u32,
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+    /// RT_SCOPE_*: 0 universe, 253 link, 254 host.
+    pub scope: u8,
 }
 
 fn ifinfomsg(index: i32) -> Vec<u8> {
@@ -58,7 +79,40 @@ fn parse_link(m: &Message) -> Option<LinkInfo> {
             .map(|k| k.string()),
         link: attrs.get(IFLA_LINK).and_then(|a| a.ne32()),
         link_netnsid: attrs.get(IFLA_LINK_NETNSID).and_then(|a| a.ne_i32()),
+        mac: attrs
+            .get(IFLA_ADDRESS)
+            .and_then(|a| <[u8; 6]>::try_from(a.value).ok()),
+        master: attrs.get(IFLA_MASTER).and_then(|a| a.ne32()),
     })
+}
+
+fn parse_addr(m: &Message) -> Option<AddrInfo> {
+    if m.kind != RTM_NEWADDR || m.payload.len() < 8 {
+        return None;
+    }
+    let (family, prefix, scope) = (m.payload[0], m.payload[1], m.payload[3]);
+    let index = u32::from_ne_bytes(m.payload[4..8].try_into().ok()?);
+    let attrs = Attrs::new(&m.payload[8..]);
+    // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS elsewhere.
+    let raw = attrs.get(IFA_LOCAL).or_else(|| attrs.get(IFA_ADDRESS))?.value;
+    let addr = match family as i32 {
+        libc::AF_INET => std::net::IpAddr::from(<[u8; 4]>::try_from(raw).ok()?),
+        libc::AF_INET6 => std::net::IpAddr::from(<[u8; 16]>::try_from(raw).ok()?),
+        _ => return None,
+    };
+    Some(AddrInfo {
+        index,
+        addr,
+        prefix,
+        scope,
+    })
+}
+
+/// Every IPv4 and IPv6 address in the current namespace (filter by `index` yourself).
+pub fn list_addrs(sock: &mut Socket) -> Result<Vec<AddrInfo>, NetlinkError> {
+    let ifaddrmsg = [libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0];
+    let msgs = sock.dump("list addresses", RTM_GETADDR, &ifaddrmsg)?;
+    Ok(msgs.iter().filter_map(parse_addr).collect())
 }
 
 fn missing(e: &NetlinkError) -> bool {

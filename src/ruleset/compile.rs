@@ -2,8 +2,10 @@
 //! same table, which is what CHECK compares the kernel against.
 
 use super::intervals::{disjoint_boxes, Box2};
+use super::podnet::PodNet;
 use super::{
-    Chain, Element, Family, Field, Hook, Rule, Selector, Set, Span, Stmt, Table, Verdict, L3,
+    Base, Chain, CmpOp, Element, Family, Field, Hook, Load, Rate, Rule, Selector, Set, Span, Stmt,
+    Table, Verdict, L3,
 };
 use crate::policy::{Entry, Mode, Policy};
 
@@ -48,8 +50,8 @@ pub struct Target {
 /// Where exactly the ruleset attaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attach {
-    /// Host netns, chains bound to this host-side interface.
-    Host { device: String },
+    /// Host netns, chains bound to this host-side interface; `pod` is who may send on it.
+    Host { device: String, pod: PodNet },
     /// Inside the pod netns.
     Pod,
 }
@@ -144,9 +146,6 @@ const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 /// Neighbour discovery the pod needs to reach its gateway: RS, NS, NA (not RA, 134).
 const ND_TYPES: [u8; 3] = [133, 135, 136];
-/// ICMP replies and errors the pod may send to a peer that sent to it.
-const ICMP4_REPLY_TYPES: [u8; 4] = [0, 3, 11, 12];
-const ICMP6_REPLY_TYPES: [u8; 5] = [1, 2, 3, 4, 129];
 
 /// Transport protocols whose replies are tracked by ports.
 const PORT_PROTOCOLS: [u8; 3] = [TCP, UDP, SCTP];
@@ -277,18 +276,6 @@ fn allow_sets(entries: &[Entry], v4: bool) -> (Set, Set) {
     )
 }
 
-fn dynamic_set(name: &str, fields: Vec<Field>) -> Set {
-    Set {
-        name: name.to_string(),
-        fields,
-        interval: false,
-        dynamic: true,
-        timeout_secs: Some(REPLY_TIMEOUT_SECS),
-        size: Some(REPLY_SET_SIZE),
-        elements: Vec::new(),
-    }
-}
-
 /// Rules accepting allowlisted destinations (only for non-empty sets).
 fn allow_rules(sets: &[Set], v4: bool) -> Vec<Rule> {
     let (l3, daddr) = if v4 {
@@ -308,6 +295,7 @@ fn allow_rules(sets: &[Set], v4: bool) -> Vec<Rule> {
                 Stmt::Lookup {
                     set: s.name.clone(),
                     key,
+                    negate: false,
                 },
                 Stmt::Verdict(Verdict::Accept),
             ])
@@ -356,7 +344,7 @@ pub fn comment_devices(comment: &str) -> impl Iterator<Item = &str> {
 
 fn comment(policy: &Policy, target: &Target) -> String {
     let mut c = match &target.attach {
-        Attach::Host { device: dev } => format!(
+        Attach::Host { device: dev, .. } => format!(
             "egress-guard dev={dev} mode={} policy={}",
             policy.mode,
             policy.digest()
@@ -378,133 +366,550 @@ fn comment(policy: &Policy, target: &Target) -> String {
     c
 }
 
-fn host_table(policy: &Policy, target: &Target, device: &str) -> Table {
-    let (a4l4, a4p) = allow_sets(&policy.entries, true);
-    let (a6l4, a6p) = allow_sets(&policy.entries, false);
-    let mut sets = vec![a4l4, a4p, a6l4, a6p];
-    sets.push(dynamic_set(
-        "replies4",
-        vec![
-            Field::Ipv4Addr,
-            Field::Ipv4Addr,
-            Field::InetProto,
-            Field::InetService,
-            Field::InetService,
-        ],
-    ));
-    sets.push(dynamic_set(
-        "replies6",
-        vec![
-            Field::Ipv6Addr,
-            Field::Ipv6Addr,
-            Field::InetProto,
-            Field::InetService,
-            Field::InetService,
-        ],
-    ));
-    sets.push(dynamic_set(
-        "peers4",
-        vec![Field::Ipv4Addr, Field::Ipv4Addr],
-    ));
-    sets.push(dynamic_set(
-        "peers6",
-        vec![Field::Ipv6Addr, Field::Ipv6Addr],
-    ));
 
-    let mut from_pod = vec![rule(vec![
-        Stmt::L3(L3::Arp),
-        Stmt::Verdict(Verdict::Accept),
-    ])];
-    from_pod.push(nd_rule());
-    for (l3, saddr, daddr, icmp, types, replies, peers) in [
-        (
-            L3::Ipv4,
-            Selector::Ip4Saddr,
-            Selector::Ip4Daddr,
-            ICMP,
-            &ICMP4_REPLY_TYPES[..],
-            "replies4",
-            "peers4",
-        ),
-        (
-            L3::Ipv6,
-            Selector::Ip6Saddr,
-            Selector::Ip6Daddr,
-            ICMPV6,
-            &ICMP6_REPLY_TYPES[..],
-            "replies6",
-            "peers6",
-        ),
-    ] {
-        from_pod.push(rule(vec![
-            Stmt::L3(l3),
-            Stmt::Lookup {
-                set: replies.into(),
-                key: vec![
-                    saddr,
-                    daddr,
-                    Selector::L4Proto,
-                    Selector::ThSport,
-                    Selector::ThDport,
+/// How long a flow the pod has not answered yet may wait for its first answer.
+pub const PENDING_TIMEOUT_SECS: u32 = 10;
+/// New inbound flows one source may open per second (and burst) before further new flows
+/// from it are not recorded: one peer cannot fill the pod's table of flows to answer.
+const NEW_FLOWS_PER_SOURCE: Rate = Rate {
+    per_second: 1000,
+    burst: 1000,
+};
+/// ICMP errors the pod may send (to peers that sent it traffic), per second and burst.
+const ICMP_ERROR_RATE: Rate = Rate {
+    per_second: 20,
+    burst: 20,
+};
+/// Largest ICMP error the pod may send, from the network header on (RFC 1812 / RFC 4443).
+const ICMP4_ERROR_MAX: u32 = 576;
+const ICMP6_ERROR_MAX: u32 = 1280;
+const ICMP4_ERROR_TYPES: [u8; 3] = [3, 11, 12];
+const ICMP6_ERROR_TYPES: [u8; 4] = [1, 2, 3, 4];
+
+const ETH_DADDR: u32 = 0;
+const ETH_SADDR: u32 = 6;
+const ETH_TYPE: u32 = 12;
+
+fn link(offset: u32, len: u32) -> Load {
+    Load::Payload {
+        base: Base::Link,
+        offset,
+        len,
+    }
+}
+
+fn net(offset: u32, len: u32) -> Load {
+    Load::Payload {
+        base: Base::Network,
+        offset,
+        len,
+    }
+}
+
+fn th(offset: u32, len: u32) -> Load {
+    Load::Payload {
+        base: Base::Transport,
+        offset,
+        len,
+    }
+}
+
+fn cmp(load: Load, op: CmpOp, value: impl Into<Vec<u8>>) -> Stmt {
+    Stmt::Cmp {
+        load,
+        op,
+        value: value.into(),
+    }
+}
+
+fn meta_len(op: CmpOp, n: u32) -> Stmt {
+    cmp(Load::MetaLen, op, n.to_be_bytes())
+}
+
+fn raw(base: Base, offset: u32, field: Field) -> Selector {
+    Selector::Raw {
+        base,
+        offset,
+        field,
+    }
+}
+
+fn lookup(set: &str, key: Vec<Selector>) -> Stmt {
+    Stmt::Lookup {
+        set: set.into(),
+        key,
+        negate: false,
+    }
+}
+
+fn absent(set: &str, key: Vec<Selector>) -> Stmt {
+    Stmt::Lookup {
+        set: set.into(),
+        key,
+        negate: true,
+    }
+}
+
+fn update(set: &str, key: Vec<Selector>) -> Stmt {
+    Stmt::Update {
+        set: set.into(),
+        key,
+        limit: None,
+    }
+}
+
+fn set_of(name: &str, fields: Vec<Field>, interval: bool, elements: Vec<Element>) -> Set {
+    Set {
+        name: name.into(),
+        fields,
+        interval,
+        dynamic: false,
+        timeout_secs: None,
+        size: None,
+        elements,
+    }
+}
+
+fn el(spans: Vec<Span>) -> Element {
+    Element { spans }
+}
+
+const V6_LINK_LOCAL: (u128, u128) = (
+    0xfe80_0000_0000_0000_0000_0000_0000_0000,
+    0xfebf_ffff_ffff_ffff_ffff_ffff_ffff_ffff,
+);
+/// Solicited-node multicast groups, ff02::1:ff00:0/104.
+const V6_SOLICITED: (u128, u128) = (
+    0xff02_0000_0000_0000_0000_0001_ff00_0000,
+    0xff02_0000_0000_0000_0000_0001_ffff_ffff,
+);
+const V6_ALL_NODES: u128 = 0xff02_0000_0000_0000_0000_0000_0000_0001;
+const V6_ALL_ROUTERS: u128 = 0xff02_0000_0000_0000_0000_0000_0000_0002;
+const ND_HEADER: [u8; 2] = [ICMPV6, 255];
+const ICMP6_RS: u8 = 133;
+const ICMP6_NS: u8 = 135;
+const ICMP6_NA: u8 = 136;
+const ICMP6_REDIRECT: u8 = 137;
+const OPT_SOURCE_LL: u16 = 0x0101;
+const OPT_TARGET_LL: u16 = 0x0201;
+
+/// Disjoint, sorted spans (an interval set must not hold overlapping elements).
+fn merged(mut spans: Vec<(u128, u128)>) -> Vec<Span> {
+    spans.sort();
+    let mut out: Vec<Span> = Vec::new();
+    for (lo, hi) in spans {
+        match out.last_mut() {
+            Some(last) if lo <= last.hi.saturating_add(1) => last.hi = last.hi.max(hi),
+            _ => out.push(Span::new(lo, hi)),
+        }
+    }
+    out
+}
+
+/// The values up to `max` that none of `spans` (disjoint, sorted) covers.
+fn complement(spans: &[Span], max: u128) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut next = Some(0u128);
+    for s in spans {
+        if let Some(n) = next {
+            if s.lo > n {
+                out.push(Span::new(n, s.lo - 1));
+            }
+        }
+        next = s.hi.checked_add(1).filter(|v| *v <= max);
+    }
+    if let Some(n) = next {
+        out.push(Span::new(n, max));
+    }
+    out
+}
+
+/// Every combination of one span per field.
+fn product(fields: &[Vec<Span>]) -> Vec<Element> {
+    let mut out = vec![Vec::new()];
+    for spans in fields {
+        let mut next = Vec::new();
+        for prefix in &out {
+            for s in spans {
+                let mut p: Vec<Span> = prefix.clone();
+                p.push(*s);
+                next.push(p);
+            }
+        }
+        out = next;
+    }
+    out.into_iter().map(el).collect()
+}
+
+fn single(v: u128) -> Vec<Span> {
+    vec![Span::single(v)]
+}
+
+/// The sets and rules that pin the pod's identity: Ethernet source, untagged IPv4/IPv6/ARP
+/// only, IP source, ARP and neighbour discovery of exact shape, and (with a known gateway)
+/// the gateway as Ethernet destination of everything off-link. Drops in every mode.
+fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
+    let drop = || Stmt::Verdict(Verdict::Drop);
+    let v4: Vec<_> = pod.v4().collect();
+    let v6: Vec<_> = pod.v6().collect();
+    let onlink4 = merged(v4.iter().map(|a| a.subnet()).collect());
+    let mut l6 = v6.iter().map(|a| a.subnet()).collect::<Vec<_>>();
+    l6.push(V6_LINK_LOCAL);
+    let onlink6 = merged(l6);
+    // The pod's own IPv6 addresses: the global ones and its link-local ones.
+    let own6: Vec<u128> = v6
+        .iter()
+        .map(|a| a.value())
+        .chain(pod.link_local.iter().map(|a| u128::from(*a)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+
+    rules.push(rule(vec![
+        Stmt::LinkIsEther,
+        cmp(link(ETH_SADDR, 6), CmpOp::Neq, pod.mac.0),
+        drop(),
+    ]));
+    if !v4.is_empty() {
+        // ARP: Ethernet/IPv4, request or reply, exact length, sender = the pod (or 0.0.0.0
+        // for a probe), target inside the pod's on-link subnets.
+        let senders: Vec<Span> = std::iter::once(Span::single(0))
+            .chain(v4.iter().map(|a| Span::single(a.value())))
+            .collect();
+        sets.push(set_of(
+            "arp4",
+            vec![Field::Ipv4Addr, Field::Ipv4Addr],
+            true,
+            product(&[merged(senders.iter().map(|s| (s.lo, s.hi)).collect()), onlink4.clone()]),
+        ));
+        rules.push(rule(vec![
+            Stmt::EtherType(L3::Arp),
+            meta_len(CmpOp::Eq, 28),
+            cmp(net(0, 6), CmpOp::Eq, [0, 1, 8, 0, 6, 4]),
+            cmp(net(6, 2), CmpOp::Gte, [0, 1]),
+            cmp(net(6, 2), CmpOp::Lte, [0, 2]),
+            cmp(net(8, 6), CmpOp::Eq, pod.mac.0),
+            lookup(
+                "arp4",
+                vec![
+                    raw(Base::Network, 14, Field::Ipv4Addr),
+                    raw(Base::Network, 24, Field::Ipv4Addr),
                 ],
-            },
+            ),
             Stmt::Verdict(Verdict::Accept),
         ]));
-        let mut icmp_reply = vec![Stmt::L3(l3), Stmt::L4Proto(icmp)];
-        icmp_reply.extend(one_of(Byte::IcmpType, types));
-        icmp_reply.push(Stmt::Lookup {
-            set: peers.into(),
-            key: vec![saddr, daddr],
-        });
-        icmp_reply.push(Stmt::Verdict(Verdict::Accept));
-        from_pod.push(rule(icmp_reply));
     }
-    from_pod.extend(allow_rules(&sets, true));
-    from_pod.extend(allow_rules(&sets, false));
+    // Untagged IPv4 and IPv6 only from here on (ARP was decided above): `meta protocol`, which
+    // the rules below match on, is the type inside a VLAN tag.
+    rules.push(rule(vec![
+        Stmt::LinkIsEther,
+        cmp(link(ETH_TYPE, 2), CmpOp::Neq, L3::Ipv4.ethertype().to_be_bytes()),
+        cmp(link(ETH_TYPE, 2), CmpOp::Neq, L3::Ipv6.ethertype().to_be_bytes()),
+        drop(),
+    ]));
+    if v4.is_empty() {
+        rules.push(rule(vec![Stmt::L3(L3::Ipv4), drop()]));
+    } else {
+        sets.push(set_of(
+            "own4",
+            vec![Field::Ipv4Addr],
+            false,
+            v4.iter().map(|a| el(single(a.value()))).collect(),
+        ));
+        rules.push(rule(vec![
+            Stmt::L3(L3::Ipv4),
+            absent("own4", vec![Selector::Ip4Saddr]),
+            drop(),
+        ]));
+    }
+    if v6.is_empty() {
+        rules.push(rule(vec![Stmt::L3(L3::Ipv6), drop()]));
+    } else {
+        // `::` is the source of duplicate address detection.
+        let mut sources = vec![el(single(0))];
+        sources.extend(own6.iter().map(|a| el(single(*a))));
+        sets.push(set_of("own6", vec![Field::Ipv6Addr], false, sources));
+        rules.push(rule(vec![
+            Stmt::L3(L3::Ipv6),
+            absent("own6", vec![Selector::Ip6Saddr]),
+            drop(),
+        ]));
+        nd_rules(pod, &own6, &onlink6, sets, rules);
+    }
+    if let Some(gw) = pod.gateway_mac {
+        // (destination . Ethernet destination): on-link destinations with any MAC (the
+        // neighbour's), everything else only through the gateway's MAC.
+        for (l3, daddr, set, spans, has) in [
+            (L3::Ipv4, Selector::Ip4Daddr, "l2dst4", &onlink4, !v4.is_empty()),
+            (L3::Ipv6, Selector::Ip6Daddr, "l2dst6", &onlink6, !v6.is_empty()),
+        ] {
+            if !has {
+                continue;
+            }
+            let addr = daddr.field();
+            let any_mac = Span::new(0, Field::EtherAddr.max());
+            let mut elements: Vec<Element> = spans.iter().map(|s| el(vec![*s, any_mac])).collect();
+            elements.extend(
+                complement(spans, addr.max())
+                    .into_iter()
+                    .map(|s| el(vec![s, Span::single(gw.as_u128())])),
+            );
+            elements.sort();
+            sets.push(set_of(set, vec![addr, Field::EtherAddr], true, elements));
+            rules.push(rule(vec![
+                Stmt::LinkIsEther,
+                Stmt::L3(l3),
+                absent(set, vec![daddr, Selector::EtherDaddr]),
+                drop(),
+            ]));
+        }
+    }
+}
+
+/// Neighbour discovery of exact shape, hop limit 255 and no extension header: NS (for
+/// duplicate address detection from `::`, else with the pod's MAC as source link-layer
+/// option) to a solicited-node group or an on-link/link-local address, for an on-link
+/// target; NA only for the pod's own addresses, to all-nodes or on-link/link-local, without
+/// or with the pod's MAC as target link-layer option; RS to all-routers with the pod's MAC.
+/// Every other RS, RA, NS, NA and redirect is dropped.
+fn nd_rules(pod: &PodNet, own6: &[u128], onlink6: &[Span], sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
+    let type_code = |t: u8| single((t as u128) << 8);
+    let own: Vec<Span> = own6.iter().map(|a| Span::single(*a)).collect();
+    let mut na_dst = vec![Span::single(V6_ALL_NODES)];
+    na_dst.extend(onlink6.iter().copied());
+    let mut ns_dst = vec![Span::new(V6_SOLICITED.0, V6_SOLICITED.1)];
+    ns_dst.extend(onlink6.iter().copied());
+    let any = vec![Span::new(0, u128::MAX)];
+    let mac = single(pod.mac.as_u128());
+
+    // 24 bytes of ICMPv6: NS from `::` (DAD for an own address), NA without option.
+    let mut short = product(&[type_code(ICMP6_NS), single(0), vec![Span::new(V6_SOLICITED.0, V6_SOLICITED.1)], own.clone()]);
+    short.extend(product(&[type_code(ICMP6_NA), any.clone(), na_dst.clone(), own.clone()]));
+    short.sort();
+    sets.push(set_of(
+        "nd6_short",
+        vec![Field::InetService, Field::Ipv6Addr, Field::Ipv6Addr, Field::Ipv6Addr],
+        true,
+        short,
+    ));
+    // 32 bytes: NS / NA with the link-layer address option.
+    let mut long = product(&[type_code(ICMP6_NS), ns_dst, onlink6.to_vec(), single(OPT_SOURCE_LL as u128), mac.clone()]);
+    long.extend(product(&[type_code(ICMP6_NA), na_dst, own, single(OPT_TARGET_LL as u128), mac]));
+    long.sort();
+    sets.push(set_of(
+        "nd6_long",
+        vec![Field::InetService, Field::Ipv6Addr, Field::Ipv6Addr, Field::InetService, Field::EtherAddr],
+        true,
+        long,
+    ));
+    let header = || cmp(net(6, 2), CmpOp::Eq, ND_HEADER);
+    rules.push(rule(vec![
+        Stmt::L3(L3::Ipv6),
+        meta_len(CmpOp::Eq, 40 + 24),
+        header(),
+        lookup(
+            "nd6_short",
+            vec![
+                raw(Base::Transport, 0, Field::InetService),
+                Selector::Ip6Saddr,
+                Selector::Ip6Daddr,
+                raw(Base::Transport, 8, Field::Ipv6Addr),
+            ],
+        ),
+        Stmt::Verdict(Verdict::Accept),
+    ]));
+    rules.push(rule(vec![
+        Stmt::L3(L3::Ipv6),
+        meta_len(CmpOp::Eq, 40 + 32),
+        header(),
+        lookup(
+            "nd6_long",
+            vec![
+                raw(Base::Transport, 0, Field::InetService),
+                Selector::Ip6Daddr,
+                raw(Base::Transport, 8, Field::Ipv6Addr),
+                raw(Base::Transport, 24, Field::InetService),
+                raw(Base::Transport, 26, Field::EtherAddr),
+            ],
+        ),
+        Stmt::Verdict(Verdict::Accept),
+    ]));
+    let mut rs_option = OPT_SOURCE_LL.to_be_bytes().to_vec();
+    rs_option.extend_from_slice(&pod.mac.0);
+    rules.push(rule(vec![
+        Stmt::L3(L3::Ipv6),
+        meta_len(CmpOp::Eq, 40 + 16),
+        header(),
+        cmp(net(24, 16), CmpOp::Eq, V6_ALL_ROUTERS.to_be_bytes()),
+        cmp(th(0, 2), CmpOp::Eq, [ICMP6_RS, 0]),
+        cmp(th(4, 4), CmpOp::Eq, [0u8; 4]),
+        cmp(th(8, 8), CmpOp::Eq, rs_option),
+        Stmt::Verdict(Verdict::Accept),
+    ]));
+    rules.push(rule(vec![
+        Stmt::L3(L3::Ipv6),
+        Stmt::L4Proto(ICMPV6),
+        Stmt::IcmpTypeRange(ICMP6_RS, ICMP6_REDIRECT),
+        Stmt::Verdict(Verdict::Drop),
+    ]));
+}
+
+/// Per family: what the pod may send back. A flow sent to the pod waits in `pending` until the
+/// pod answers it, which moves it to `replies` (refreshed by the pod's traffic); echo replies
+/// only for a recorded echo request; ICMP errors only to a recorded peer, bounded in size and
+/// rate. Only unicast sent to the pod's MAC and one of its addresses is recorded (`to_pod`).
+struct Family4or6 {
+    l3: L3,
+    saddr: Selector,
+    daddr: Selector,
+    addr: Field,
+    icmp: u8,
+    echo_request: u8,
+    echo_reply: u8,
+    errors: &'static [u8],
+    error_max: u32,
+    tag: &'static str,
+}
+
+const FAMILIES: [Family4or6; 2] = [
+    Family4or6 {
+        l3: L3::Ipv4,
+        saddr: Selector::Ip4Saddr,
+        daddr: Selector::Ip4Daddr,
+        addr: Field::Ipv4Addr,
+        icmp: ICMP,
+        echo_request: 8,
+        echo_reply: 0,
+        errors: &ICMP4_ERROR_TYPES,
+        error_max: ICMP4_ERROR_MAX,
+        tag: "4",
+    },
+    Family4or6 {
+        l3: L3::Ipv6,
+        saddr: Selector::Ip6Saddr,
+        daddr: Selector::Ip6Daddr,
+        addr: Field::Ipv6Addr,
+        icmp: ICMPV6,
+        echo_request: 128,
+        echo_reply: 129,
+        errors: &ICMP6_ERROR_TYPES,
+        error_max: ICMP6_ERROR_MAX,
+        tag: "6",
+    },
+];
+
+fn dynamic(name: String, fields: Vec<Field>, timeout: u32) -> Set {
+    Set {
+        name,
+        fields,
+        interval: false,
+        dynamic: true,
+        timeout_secs: Some(timeout),
+        size: Some(REPLY_SET_SIZE),
+        elements: Vec::new(),
+    }
+}
+
+fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> Table {
+    let mut sets = Vec::new();
+    let mut from_pod = Vec::new();
+    let mut to_pod = Vec::new();
+    identity(pod, &mut sets, &mut from_pod);
+    let id_icmp = raw(Base::Transport, 4, Field::InetService);
+    for f in &FAMILIES {
+        let present = match f.l3 {
+            L3::Ipv4 => pod.v4().next().is_some(),
+            _ => pod.v6().next().is_some(),
+        };
+        if !present {
+            continue;
+        }
+        let (replies, pending, echo, peers, rate, own) = (
+            format!("replies{}", f.tag),
+            format!("pending{}", f.tag),
+            format!("echo{}", f.tag),
+            format!("peers{}", f.tag),
+            format!("new_flows{}", f.tag),
+            format!("own{}", f.tag),
+        );
+        let flow = |fields: bool| -> Vec<Selector> {
+            if fields {
+                vec![f.saddr, f.daddr, Selector::L4Proto, Selector::ThSport, Selector::ThDport]
+            } else {
+                vec![f.daddr, f.saddr, Selector::L4Proto, Selector::ThDport, Selector::ThSport]
+            }
+        };
+        let flow_fields = vec![f.addr, f.addr, Field::InetProto, Field::InetService, Field::InetService];
+        sets.push(dynamic(replies.clone(), flow_fields.clone(), REPLY_TIMEOUT_SECS));
+        sets.push(dynamic(pending.clone(), flow_fields, PENDING_TIMEOUT_SECS));
+        sets.push(dynamic(echo.clone(), vec![f.addr, f.addr, Field::InetService], PENDING_TIMEOUT_SECS));
+        sets.push(dynamic(peers.clone(), vec![f.addr, f.addr], REPLY_TIMEOUT_SECS));
+        sets.push(dynamic(rate.clone(), vec![f.addr], PENDING_TIMEOUT_SECS));
+        // From the pod (key as the pod sends: pod address first).
+        from_pod.push(rule(vec![
+            Stmt::L3(f.l3),
+            lookup(&replies, flow(true)),
+            update(&replies, flow(true)),
+            Stmt::Verdict(Verdict::Accept),
+        ]));
+        from_pod.push(rule(vec![
+            Stmt::L3(f.l3),
+            lookup(&pending, flow(true)),
+            update(&replies, flow(true)),
+            Stmt::Verdict(Verdict::Accept),
+        ]));
+        from_pod.push(rule(vec![
+            Stmt::L3(f.l3),
+            Stmt::L4Proto(f.icmp),
+            Stmt::IcmpType(f.echo_reply),
+            lookup(&echo, vec![f.saddr, f.daddr, id_icmp]),
+            Stmt::Verdict(Verdict::Accept),
+        ]));
+        let mut errors = vec![Stmt::L3(f.l3), meta_len(CmpOp::Lte, f.error_max), Stmt::L4Proto(f.icmp)];
+        errors.extend(one_of(Byte::IcmpType, f.errors));
+        errors.push(lookup(&peers, vec![f.saddr, f.daddr]));
+        errors.push(Stmt::Limit {
+            per_second: ICMP_ERROR_RATE.per_second,
+            burst: ICMP_ERROR_RATE.burst,
+        });
+        errors.push(Stmt::Verdict(Verdict::Accept));
+        from_pod.push(rule(errors));
+        // To the pod: only unicast to its MAC and one of its addresses is recorded.
+        let to_me = || cmp(link(ETH_DADDR, 6), CmpOp::Eq, pod.mac.0);
+        to_pod.push(rule(vec![
+            to_me(),
+            Stmt::L3(f.l3),
+            lookup(&replies, flow(false)),
+            Stmt::Verdict(Verdict::Accept),
+        ]));
+        let mut new_flow = vec![to_me(), Stmt::L3(f.l3), lookup(&own, vec![f.daddr])];
+        new_flow.extend(one_of(Byte::L4Proto, &PORT_PROTOCOLS));
+        new_flow.push(Stmt::Update {
+            set: rate,
+            key: vec![f.saddr],
+            limit: Some(NEW_FLOWS_PER_SOURCE),
+        });
+        new_flow.push(update(&peers, vec![f.daddr, f.saddr]));
+        new_flow.push(update(&pending, flow(false)));
+        to_pod.push(rule(new_flow));
+        to_pod.push(rule(vec![
+            to_me(),
+            Stmt::L3(f.l3),
+            Stmt::L4Proto(f.icmp),
+            Stmt::IcmpType(f.echo_request),
+            lookup(&own, vec![f.daddr]),
+            update(&echo, vec![f.daddr, f.saddr, id_icmp]),
+        ]));
+    }
+    let (a4l4, a4p) = allow_sets(&policy.entries, true);
+    let (a6l4, a6p) = allow_sets(&policy.entries, false);
+    let allow = vec![a4l4, a4p, a6l4, a6p];
+    from_pod.extend(allow_rules(&allow, true));
+    from_pod.extend(allow_rules(&allow, false));
+    sets.extend(allow.into_iter().filter(|s| !s.elements.is_empty()));
     let (closing, policy_verdict) =
         closing_rule(policy.mode, &target.container_id, target.log_group);
     from_pod.push(closing);
-
-    let mut to_pod = Vec::new();
-    for (l3, saddr, daddr, replies, peers) in [
-        (
-            L3::Ipv4,
-            Selector::Ip4Saddr,
-            Selector::Ip4Daddr,
-            "replies4",
-            "peers4",
-        ),
-        (
-            L3::Ipv6,
-            Selector::Ip6Saddr,
-            Selector::Ip6Daddr,
-            "replies6",
-            "peers6",
-        ),
-    ] {
-        // One rule per family: every packet to the pod records its sender as a peer (for
-        // ICMP replies and errors); TCP, UDP and SCTP also record the reverse of their flow.
-        let mut track = vec![
-            Stmt::L3(l3),
-            Stmt::Update {
-                set: peers.into(),
-                key: vec![daddr, saddr],
-            },
-        ];
-        track.extend(one_of(Byte::L4Proto, &PORT_PROTOCOLS));
-        track.push(Stmt::Update {
-            set: replies.into(),
-            key: vec![
-                daddr,
-                saddr,
-                Selector::L4Proto,
-                Selector::ThDport,
-                Selector::ThSport,
-            ],
-        });
-        to_pod.push(rule(track));
-    }
-    sets.retain(|s| s.dynamic || !s.elements.is_empty());
     Table {
         family: Family::Netdev,
         name: table_name(&target.container_id, &target.ifname),
@@ -580,7 +985,7 @@ pub fn compile(policy: &Policy, target: &Target) -> Option<Table> {
         return None;
     }
     match &target.attach {
-        Attach::Host { device } => Some(host_table(policy, target, device)),
+        Attach::Host { device, pod } => Some(host_table(policy, target, device, pod)),
         Attach::Pod => Some(pod_table(policy, target)),
     }
 }
@@ -638,8 +1043,8 @@ mod tests {
     fn one_of_lets_exactly_the_listed_values_through() {
         let lists: [&[u8]; 9] = [
             &ND_TYPES,
-            &ICMP4_REPLY_TYPES,
-            &ICMP6_REPLY_TYPES,
+            &ICMP4_ERROR_TYPES,
+            &ICMP6_ERROR_TYPES,
             &PORT_PROTOCOLS,
             &[7],
             &[0, 255],
@@ -676,9 +1081,10 @@ mod tests {
 
     #[test]
     fn a_host_table_is_one_rule_per_job() {
-        // 9 rules from the pod (ARP, ND, per family replies and ICMP answers, the allowlist of
-        // each family, the closing rule), 2 to it (one per family): each rule is a message of
-        // ADD's transaction.
+        // From the pod: 5 identity rules (MAC, ARP, untagged IP only, IPv4 and IPv6 source),
+        // 4 neighbour discovery, 2 gateway pins, 4 per family for what it may answer, the
+        // allowlist of each family, the closing rule. To it: 3 per family. Each rule is a
+        // message of ADD's transaction.
         let mut p = enforce();
         p.entries = ["10.0.5.0/24 tcp 8443", "fd00::/64 tcp 443"]
             .into_iter()
@@ -686,7 +1092,7 @@ mod tests {
             .collect();
         let t = compile(&p, &target("c1", "eth0")).expect("table");
         let counts: Vec<usize> = t.chains.iter().map(|c| c.rules.len()).collect();
-        assert_eq!(counts, [9, 2]);
+        assert_eq!(counts, [22, 6]);
         let last = t.chains[0].rules.last().expect("closing rule");
         assert!(matches!(
             last.stmts.as_slice(),
@@ -700,6 +1106,7 @@ mod tests {
             ifname: ifname.into(),
             attach: Attach::Host {
                 device: "veth1".into(),
+                pod: PodNet::example(),
             },
             log_group: 100,
         }

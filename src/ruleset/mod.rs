@@ -3,6 +3,7 @@
 
 mod compile;
 mod intervals;
+pub mod podnet;
 mod render;
 
 pub use compile::{
@@ -10,6 +11,7 @@ pub use compile::{
     table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX,
 };
 pub use intervals::{disjoint_boxes, Box2};
+pub use podnet::{IfAddr, Mac, PodNet};
 pub use render::render;
 
 /// nf_tables address family of a table.
@@ -125,6 +127,7 @@ pub enum Field {
     Ipv6Addr,
     InetProto,
     InetService,
+    EtherAddr,
 }
 
 impl Field {
@@ -135,6 +138,7 @@ impl Field {
             Field::Ipv6Addr => 16,
             Field::InetProto => 1,
             Field::InetService => 2,
+            Field::EtherAddr => 6,
         }
     }
     /// nft userspace datatype id (used to compose concatenated key types).
@@ -144,6 +148,7 @@ impl Field {
             Field::Ipv6Addr => 8,
             Field::InetProto => 12,
             Field::InetService => 13,
+            Field::EtherAddr => 9,
         }
     }
     pub fn name(self) -> &'static str {
@@ -152,6 +157,7 @@ impl Field {
             Field::Ipv6Addr => "ipv6_addr",
             Field::InetProto => "inet_proto",
             Field::InetService => "inet_service",
+            Field::EtherAddr => "ether_addr",
         }
     }
     pub fn max(self) -> u128 {
@@ -160,6 +166,7 @@ impl Field {
             Field::Ipv6Addr => u128::MAX,
             Field::InetProto => 255,
             Field::InetService => 65535,
+            Field::EtherAddr => (1u128 << 48) - 1,
         }
     }
     /// Register space the field takes in a concatenation.
@@ -235,6 +242,14 @@ pub enum Selector {
     L4Proto,
     ThSport,
     ThDport,
+    EtherSaddr,
+    EtherDaddr,
+    /// Bytes of a header at a byte offset, as wide as the field.
+    Raw {
+        base: Base,
+        offset: u32,
+        field: Field,
+    },
 }
 
 impl Selector {
@@ -244,8 +259,43 @@ impl Selector {
             Selector::Ip6Saddr | Selector::Ip6Daddr => Field::Ipv6Addr,
             Selector::L4Proto => Field::InetProto,
             Selector::ThSport | Selector::ThDport => Field::InetService,
+            Selector::EtherSaddr | Selector::EtherDaddr => Field::EtherAddr,
+            Selector::Raw { field, .. } => field,
         }
     }
+}
+
+/// Which header a payload offset counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    /// The Ethernet header (netdev only), VLAN tags as they were on the wire.
+    Link,
+    Network,
+    Transport,
+}
+
+/// What a comparison reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// `len` bytes of a header at a byte offset.
+    Payload { base: Base, offset: u32, len: u32 },
+    /// The packet's length from the network header on (`meta length`).
+    MetaLen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Neq,
+    Lte,
+    Gte,
+}
+
+/// A rate limit on packets, as a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u64,
+    pub burst: u32,
 }
 
 /// The statement IR. Each variant maps to a fixed sequence of nf_tables expressions.
@@ -269,15 +319,26 @@ pub enum Stmt {
     OifName(String),
     /// `ct state` has any of the bits in the mask.
     CtState(u32),
-    /// Concatenated key looked up in a named set.
+    /// The input device is Ethernet (`meta iiftype ether`): what makes nft name the
+    /// link-layer fields that follow. Only valid where there is an input device (ingress).
+    LinkIsEther,
+    /// The Ethernet type field of the frame as sent (not `meta protocol`, which a VLAN tag
+    /// hides): the device is Ethernet and the type equals. Ingress only.
+    EtherType(L3),
+    /// Loaded bytes compared with a value (big-endian; a `MetaLen` value is a plain number).
+    Cmp { load: Load, op: CmpOp, value: Vec<u8> },
+    /// Concatenated key looked up in a named set (`negate`: matches when it is absent).
     Lookup {
         set: String,
         key: Vec<Selector>,
+        negate: bool,
     },
-    /// Concatenated key added to / refreshed in a dynamic set.
+    /// Concatenated key added to / refreshed in a dynamic set. With `limit`, every element
+    /// carries its own token bucket and the rule stops here for a key over its rate.
     Update {
         set: String,
         key: Vec<Selector>,
+        limit: Option<Rate>,
     },
     /// Packets per second with a burst; over the limit the rule stops here.
     Limit {

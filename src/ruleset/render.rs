@@ -4,7 +4,9 @@
 use std::fmt::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{Chain, Element, Family, Field, Rule, Selector, Set, Span, Stmt, Table, L3};
+use super::{
+    Base, Chain, CmpOp, Element, Family, Field, Load, Rule, Selector, Set, Span, Stmt, Table, L3,
+};
 
 fn proto_name(p: u8) -> String {
     match p {
@@ -92,6 +94,17 @@ fn span_text(field: Field, s: Span) -> String {
                 None => format!("{}-{}", addr_text(field, s.lo), addr_text(field, s.hi)),
             }
         }
+        Field::EtherAddr => {
+            let mac = |v: u128| {
+                let b = v.to_be_bytes();
+                super::Mac([b[10], b[11], b[12], b[13], b[14], b[15]]).to_string()
+            };
+            if s.lo == s.hi {
+                mac(s.lo)
+            } else {
+                format!("{}-{}", mac(s.lo), mac(s.hi))
+            }
+        }
         Field::InetProto if s.lo == s.hi => proto_name(s.lo as u8),
         _ if s.lo == s.hi => s.lo.to_string(),
         _ => format!("{}-{}", s.lo, s.hi),
@@ -166,6 +179,107 @@ fn selector_text(sel: Selector, l4: Option<u8>) -> String {
         Selector::L4Proto => "meta l4proto".into(),
         Selector::ThSport => format!("{th} sport"),
         Selector::ThDport => format!("{th} dport"),
+        Selector::EtherSaddr => "ether saddr".into(),
+        Selector::EtherDaddr => "ether daddr".into(),
+        Selector::Raw {
+            base,
+            offset,
+            field,
+        } => match (base, offset, l4) {
+            (Base::Transport, 4, Some(1)) => "icmp id".into(),
+            (Base::Transport, 4, Some(58)) => "icmpv6 id".into(),
+            (Base::Network, 14, None) => "arp saddr ip".into(),
+            (Base::Network, 24, None) => "arp daddr ip".into(),
+            (Base::Transport, 0, _) if field.width() == 2 => "th sport".into(),
+            (Base::Transport, 2, _) if field.width() == 2 => "th dport".into(),
+            _ => raw_text(base, offset, field.width() as u32),
+        },
+    }
+}
+
+fn raw_text(base: Base, offset: u32, len: u32) -> String {
+    let b = match base {
+        Base::Link => "ll",
+        Base::Network => "nh",
+        Base::Transport => "th",
+    };
+    format!("@{b},{},{}", offset * 8, len * 8)
+}
+
+fn hex(value: &[u8]) -> String {
+    let v = value.iter().fold(0u128, |acc, b| (acc << 8) | *b as u128);
+    format!("0x{v:x}")
+}
+
+fn ethertype_name(v: &[u8]) -> String {
+    match v {
+        [0x08, 0x00] => "ip".into(),
+        [0x86, 0xdd] => "ip6".into(),
+        [0x08, 0x06] => "arp".into(),
+        [0x81, 0x00] => "8021q".into(),
+        _ => hex(v),
+    }
+}
+
+fn op_text(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "",
+        CmpOp::Neq => "!= ",
+        CmpOp::Lte => "<= ",
+        CmpOp::Gte => ">= ",
+    }
+}
+
+fn be_number(value: &[u8]) -> u128 {
+    value.iter().fold(0u128, |acc, b| (acc << 8) | *b as u128)
+}
+
+/// A comparison as nft lists it: known header fields by name, anything else as a raw load.
+fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) -> String {
+    let o = op_text(op);
+    let Load::Payload { base, offset, len } = load else {
+        return format!("meta length {o}{}", be_number(value));
+    };
+    let mac = || {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&value[..6.min(value.len())]);
+        super::Mac(m).to_string()
+    };
+    let v6 = || {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&value[..16.min(value.len())]);
+        Ipv6Addr::from(a).to_string()
+    };
+    match (base, offset, len, l3) {
+        (Base::Link, ..) if !ether => format!("{} {o}{}", raw_text(base, offset, len), hex(value)),
+        (Base::Link, 0, 6, _) => format!("ether daddr {o}{}", mac()),
+        (Base::Link, 6, 6, _) => format!("ether saddr {o}{}", mac()),
+        (Base::Link, 12, 2, _) => format!("ether type {o}{}", ethertype_name(value)),
+        (Base::Network, 0, 6, Some(L3::Arp)) if value == [0, 1, 8, 0, 6, 4] && op == CmpOp::Eq => {
+            "arp htype 1 arp ptype ip arp hlen 6 arp plen 4".into()
+        }
+        (Base::Network, 6, 2, Some(L3::Arp)) => format!("arp operation {o}{}", be_number(value)),
+        (Base::Network, 8, 6, Some(L3::Arp)) => format!("arp saddr ether {o}{}", mac()),
+        (Base::Network, 6, 2, Some(L3::Ipv6)) if value.len() == 2 => format!(
+            "ip6 nexthdr {o}{} ip6 hoplimit {o}{}",
+            proto_name(value[0]),
+            value[1]
+        ),
+        (Base::Network, 24, 16, Some(L3::Ipv6)) => format!("ip6 daddr {o}{}", v6()),
+        // After `ip6 nexthdr ipv6-icmp`, nft reads type and code (code 0 by the name it has
+        // for destination unreachable).
+        (Base::Transport, 0, 2, Some(L3::Ipv6)) if op == CmpOp::Eq && value.len() == 2 => {
+            let code = match value[1] {
+                0 => "no-route".to_string(),
+                c => c.to_string(),
+            };
+            format!(
+                "icmpv6 type {} icmpv6 code {code}",
+                icmp_type_name(true, value[0])
+            )
+        }
+        (Base::Transport, 0, 2, _) => format!("th sport {o}{}", be_number(value)),
+        _ => format!("{} {o}{}", raw_text(base, offset, len), hex(value)),
     }
 }
 
@@ -190,6 +304,9 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut l3: Option<L3> = None;
     let mut l4: Option<u8> = None;
+    // nft names link-layer fields only after `meta iiftype ether`.
+    let mut ether = false;
+    let mut range_lo: Option<Vec<u8>> = None;
     for (i, stmt) in r.stmts.iter().enumerate() {
         let next = r.stmts.get(i + 1);
         match stmt {
@@ -197,7 +314,37 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                 Family::Netdev => "meta protocol arp".into(),
                 Family::Inet => "meta nfproto arp".into(),
             }),
-            Stmt::L3(p) => l3 = Some(*p),
+            // A dependency of what follows, unless nothing follows it but the verdict.
+            Stmt::L3(p) => {
+                l3 = Some(*p);
+                if family == Family::Netdev && matches!(next, Some(Stmt::Verdict(_)) | None) {
+                    parts.push(format!("meta protocol {}", p.name()));
+                }
+            }
+            Stmt::LinkIsEther => ether = true,
+            Stmt::EtherType(p) => {
+                ether = true;
+                l3 = Some(*p);
+            }
+            Stmt::Cmp {
+                load,
+                op: CmpOp::Gte,
+                value,
+            } if matches!(next, Some(Stmt::Cmp { load: l, op: CmpOp::Lte, .. }) if l == load) => {
+                range_lo = Some(value.clone());
+                let _ = load;
+            }
+            Stmt::Cmp {
+                load,
+                op: CmpOp::Lte,
+                value,
+            } if range_lo.is_some() => {
+                let lo = range_lo.take().unwrap_or_default();
+                let text = cmp_text(l3, ether, *load, CmpOp::Eq, value);
+                // "field HI" -> "field LO-HI"
+                let (field, hi) = text.rsplit_once(' ').unwrap_or(("", &text));
+                parts.push(format!("{field} {}-{hi}", be_number(&lo)));
+            }
             Stmt::L4Proto(p) => {
                 let implied = matches!(
                     next,
@@ -247,12 +394,24 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                 }
                 parts.push(format!("ct state {}", names.join(",")));
             }
-            Stmt::Lookup { set, key } => {
-                parts.push(format!("{} @{set}", key_text(key, l4)));
+            Stmt::Lookup { set, key, negate } => {
+                let not = if *negate { "!= " } else { "" };
+                parts.push(format!("{} {not}@{set}", key_text(key, l4)));
             }
-            Stmt::Update { set, key } => {
-                parts.push(format!("update @{set} {{ {} }}", key_text(key, l4)));
+            Stmt::Update { set, key, limit } => {
+                let limit = match limit {
+                    Some(r) => format!(
+                        " limit rate {}/second burst {} packets",
+                        r.per_second, r.burst
+                    ),
+                    None => String::new(),
+                };
+                parts.push(format!(
+                    "update @{set} {{ {}{limit} }}",
+                    key_text(key, l4)
+                ));
             }
+            Stmt::Cmp { load, op, value } => parts.push(cmp_text(l3, ether, *load, *op, value)),
             Stmt::Limit { per_second, burst } => {
                 parts.push(format!(
                     "limit rate {per_second}/second burst {burst} packets"

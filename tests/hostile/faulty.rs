@@ -78,6 +78,22 @@ impl<K: Kernel> Kernel for Faulty<K> {
     ) -> Result<Option<Snapshot>, KernelError> {
         self.inner.read(at, family, name)
     }
+    fn pod_interface(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<egress_guard::kernel::PodInterface, KernelError> {
+        self.inner.pod_interface(netns, ifname)
+    }
+
+    fn gateway_mac(
+        &mut self,
+        device: &str,
+        gateways: &[std::net::IpAddr],
+    ) -> Result<Option<egress_guard::ruleset::Mac>, KernelError> {
+        self.inner.gateway_mac(device, gateways)
+    }
+
     fn host_peer(
         &mut self,
         netns: &Path,

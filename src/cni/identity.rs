@@ -1,0 +1,175 @@
+//! The pod's identity on its interface for host placement: prevResult's container interface
+//! (MAC, addresses, gateways) checked against what the kernel has on that interface. A pod is
+//! pinned to what both agree on; any disagreement fails ADD.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::{code, CniError};
+use crate::kernel::PodInterface;
+use crate::ruleset::{IfAddr, Mac, PodNet};
+
+/// What prevResult says of the container interface `ifname`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrevInterface {
+    pub mac: Option<Mac>,
+    pub addrs: Vec<IfAddr>,
+    pub gateways: Vec<IpAddr>,
+}
+
+fn bad(field: String, value: &Value, why: &str) -> CniError {
+    CniError::new(
+        code::INVALID_CONFIG,
+        format!("prevResult field \"{field}\" = {value}: {why}"),
+    )
+}
+
+/// Reads prevResult's entry for the container interface `ifname` (the one with a `sandbox`)
+/// and the `ips` that name it (or name no interface).
+pub fn prev_interface(prev: &Value, ifname: &str) -> Result<PrevInterface, CniError> {
+    let mut out = PrevInterface::default();
+    let interfaces = prev
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let index = interfaces.iter().position(|i| {
+        i.get("name").and_then(Value::as_str) == Some(ifname)
+            && i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+    });
+    if let Some(i) = index {
+        if let Some(m) = interfaces[i].get("mac") {
+            let text = m.as_str().unwrap_or_default();
+            out.mac = Some(text.parse().map_err(|_| {
+                bad(format!("interfaces[{i}].mac"), m, "not a MAC address")
+            })?);
+        }
+    }
+    let ips = prev.get("ips").and_then(Value::as_array).cloned().unwrap_or_default();
+    for (n, ip) in ips.iter().enumerate() {
+        match ip.get("interface").and_then(Value::as_u64) {
+            Some(i) if Some(i as usize) != index => continue,
+            _ => {}
+        }
+        let a = ip.get("address").unwrap_or(&Value::Null);
+        let addr: IfAddr = a.as_str().unwrap_or_default().parse().map_err(|_| {
+            bad(format!("ips[{n}].address"), a, "not ADDRESS/PREFIX")
+        })?;
+        out.addrs.push(addr);
+        if let Some(g) = ip.get("gateway") {
+            let gw: IpAddr = g.as_str().unwrap_or_default().parse().map_err(|_| {
+                bad(format!("ips[{n}].gateway"), g, "not an IP address")
+            })?;
+            out.gateways.push(gw);
+        }
+    }
+    Ok(out)
+}
+
+/// The identity the pod is pinned to: the kernel's MAC (which prevResult, when it names one,
+/// must agree with) and prevResult's addresses (each of which the kernel must have on the
+/// interface with the same prefix).
+pub fn pod_net(
+    whom: &str,
+    ifname: &str,
+    prev: &PrevInterface,
+    kernel: &PodInterface,
+    gateway_mac: Option<Mac>,
+) -> Result<PodNet, CniError> {
+    if let Some(m) = prev.mac {
+        if m != kernel.mac {
+            return Err(CniError::new(
+                code::INTERFACE,
+                format!("{whom}: prevResult gives {ifname} the MAC {m}, but the kernel has {}", kernel.mac),
+            ));
+        }
+    }
+    if !kernel.mac.is_unicast() {
+        return Err(CniError::new(
+            code::INTERFACE,
+            format!("{whom}: {ifname} has the MAC {}, which is not a unicast address", kernel.mac),
+        ));
+    }
+    for a in &prev.addrs {
+        if !kernel.addrs.contains(a) {
+            let have: Vec<String> = kernel.addrs.iter().map(|a| a.to_string()).collect();
+            return Err(CniError::new(
+                code::INTERFACE,
+                format!(
+                    "{whom}: prevResult gives {ifname} the address {a}, which the kernel does not have on it (it has [{}])",
+                    have.join(", ")
+                ),
+            ));
+        }
+    }
+    if prev.addrs.is_empty() {
+        log::warn!("{whom}: prevResult names no address for {ifname}: all IP traffic from the pod is dropped");
+    }
+    Ok(PodNet {
+        mac: kernel.mac,
+        addrs: prev.addrs.clone(),
+        link_local: kernel.link_local.clone(),
+        gateway_mac,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kernel() -> PodInterface {
+        PodInterface {
+            mac: "0a:58:0a:16:00:05".parse().expect("mac"),
+            addrs: vec!["10.22.0.5/24".parse().expect("a"), "fd00:22::5/64".parse().expect("a")],
+            link_local: vec!["fe80::858:aff:fe16:5".parse().expect("ll")],
+        }
+    }
+
+    fn prev() -> Value {
+        json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "cni0", "mac": "0a:58:0a:16:00:01"}, {"name": "vethX"},
+                           {"name": "eth0", "mac": "0a:58:0a:16:00:05", "sandbox": "/var/run/netns/p"}],
+            "ips": [{"address": "10.22.0.5/24", "gateway": "10.22.0.1", "interface": 2},
+                    {"address": "fd00:22::5/64", "gateway": "fd00:22::1", "interface": 2},
+                    {"address": "10.99.0.1/24", "interface": 0}]})
+    }
+
+    #[test]
+    fn the_container_interface_and_its_addresses_are_taken_and_checked() {
+        let p = prev_interface(&prev(), "eth0").expect("prev");
+        assert_eq!(p.addrs.len(), 2, "the bridge's address is not the pod's: {p:?}");
+        assert_eq!(p.gateways.len(), 2);
+        let net = pod_net("pod x", "eth0", &p, &kernel(), None).expect("net");
+        assert_eq!(net.addrs, p.addrs);
+        assert_eq!(net.link_local, kernel().link_local);
+    }
+
+    #[test]
+    fn disagreement_with_the_kernel_fails() {
+        let p = prev_interface(&prev(), "eth0").expect("prev");
+        let mut k = kernel();
+        k.addrs.remove(0);
+        let e = pod_net("pod x", "eth0", &p, &k, None).expect_err("missing address");
+        assert_eq!(e.code, code::INTERFACE);
+        assert!(e.msg.contains("10.22.0.5/24"), "{}", e.msg);
+        let mut k = kernel();
+        k.mac = "0a:58:0a:16:00:06".parse().expect("mac");
+        let e = pod_net("pod x", "eth0", &p, &k, None).expect_err("other mac");
+        assert!(e.msg.contains("0a:58:0a:16:00:06"), "{}", e.msg);
+    }
+
+    #[test]
+    fn malformed_prev_results_name_the_field() {
+        let mut v = prev();
+        v["ips"][1]["address"] = json!("fd00:22::5");
+        let e = prev_interface(&v, "eth0").expect_err("no prefix");
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("ips[1].address"), "{}", e.msg);
+        let mut v = prev();
+        v["interfaces"][2]["mac"] = json!("nope");
+        let e = prev_interface(&v, "eth0").expect_err("bad mac");
+        assert!(e.msg.contains("interfaces[2].mac"), "{}", e.msg);
+    }
+}

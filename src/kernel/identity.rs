@@ -1,0 +1,96 @@
+//! Reads what a pod is on its interface (MAC, addresses) inside its netns, and which MAC its
+//! gateway has on the node. Read-only; the plugin checks prevResult against it.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::Path;
+
+use super::netns::NetnsGuard;
+use super::peer::PeerError;
+use crate::netlink::rtnl;
+use crate::netlink::socket::{Socket, NETLINK_ROUTE};
+use crate::netlink::NetlinkError;
+use crate::ruleset::{IfAddr, Mac};
+
+const SCOPE_LINK: u8 = 253;
+
+/// The pod's interface as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInterface {
+    pub mac: Mac,
+    /// Addresses of global scope, with their prefix lengths.
+    pub addrs: Vec<IfAddr>,
+    /// IPv6 link-local addresses.
+    pub link_local: Vec<Ipv6Addr>,
+}
+
+fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
+    move |source| PeerError::Netlink {
+        ifname: ifname.to_string(),
+        source,
+    }
+}
+
+/// Reads `ifname` in the pod namespace at `netns` (called from the host namespace).
+pub fn read_pod_interface(netns: &Path, ifname: &str) -> Result<PodInterface, PeerError> {
+    let _inside = NetnsGuard::enter(netns)?;
+    let mut sock = Socket::open(NETLINK_ROUTE).map_err(nl(ifname))?;
+    let link = rtnl::link_by_name(&mut sock, ifname)
+        .map_err(nl(ifname))?
+        .ok_or_else(|| PeerError::NoInterface {
+            ifname: ifname.to_string(),
+            netns: netns.to_path_buf(),
+        })?;
+    let mac = link.mac.map(Mac).ok_or_else(|| PeerError::NoMac {
+        ifname: ifname.to_string(),
+    })?;
+    let mut addrs = Vec::new();
+    let mut link_local = Vec::new();
+    for a in rtnl::list_addrs(&mut sock).map_err(nl(ifname))? {
+        if a.index != link.index {
+            continue;
+        }
+        match a.addr {
+            IpAddr::V6(v6) if a.scope == SCOPE_LINK => link_local.push(v6),
+            addr if a.scope == 0 => addrs.push(IfAddr {
+                addr,
+                prefix: a.prefix,
+            }),
+            _ => {}
+        }
+    }
+    Ok(PodInterface {
+        mac,
+        addrs,
+        link_local,
+    })
+}
+
+/// The MAC of the host interface holding one of `gateways`, when that interface is `device`
+/// itself (a routed veth: ptp) or the bridge `device` is enslaved to. `None` otherwise: the
+/// gateway is not on this node.
+pub fn find_gateway_mac(
+    host: &mut Socket,
+    device: &str,
+    gateways: &[IpAddr],
+) -> Result<Option<Mac>, PeerError> {
+    if gateways.is_empty() {
+        return Ok(None);
+    }
+    let Some(veth) = rtnl::link_by_name(host, device).map_err(nl(device))? else {
+        return Ok(None);
+    };
+    let candidates: Vec<u32> = std::iter::once(veth.index).chain(veth.master).collect();
+    let holder = rtnl::list_addrs(host)
+        .map_err(nl(device))?
+        .into_iter()
+        .find(|a| candidates.contains(&a.index) && gateways.contains(&a.addr));
+    let Some(holder) = holder else {
+        return Ok(None);
+    };
+    let link = if holder.index == veth.index {
+        Some(veth)
+    } else {
+        rtnl::link_by_index(host, holder.index).map_err(nl(device))?
+    };
+    Ok(link.and_then(|l| l.mac).map(Mac))
+}
