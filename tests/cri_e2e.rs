@@ -227,6 +227,12 @@ fn malformed_annotation_in_enforced_namespace_fails_the_sandbox() {
             "egress-guard.io/alow",
         ),
         ("bad-mode", MODE, "enforcing".to_string(), "enforcing"),
+        (
+            "over-ceiling",
+            ALLOW,
+            "0.0.0.0/0".to_string(),
+            "outside the operator ceiling",
+        ),
     ];
     let mut failures = Vec::new();
     for (name, key, value, needle) in &cases {

@@ -744,3 +744,127 @@ fn gc_removes_legacy_tables_of_attachments_that_are_gone() {
     assert!(k.table_names().is_empty(), "{:?}", k.table_names());
     assert!(!dir.join("cid-a.json").exists());
 }
+
+#[test]
+fn add_in_an_enforced_namespace_outside_the_ceiling_fails_closed_with_code_100() {
+    for (allow, ceiling) in [
+        ("0.0.0.0/0", json!({})),
+        ("@orchestrator, ::/0", json!({})),
+        ("169.254.169.254", json!({})),
+        (
+            "10.0.5.0/24 tcp 8443-8444",
+            json!({"enforcedAllow": ["10.0.0.0/8 tcp 8443"]}),
+        ),
+        ("@orchestrator", json!({"enforcedAllow": []})),
+    ] {
+        let mut k = kernel();
+        let c = conf(
+            Some(json!({"egress-guard.io/mode": "off", "egress-guard.io/allow": allow})),
+            ceiling.clone(),
+        );
+        let out = invoke(&mut k, "ADD", "model-serving", &c);
+        let err = out.result.unwrap_err();
+        assert_eq!(err.code, 100, "{allow} under {ceiling}: {err:?}");
+        let entry = allow.rsplit(", ").next().unwrap();
+        for needle in [
+            "pod model-serving/llm-0",
+            &format!("egress-guard.io/allow entry \"{entry}\""),
+            "outside the operator ceiling for enforced namespace \"model-serving\"",
+            "enforcedAllow",
+        ] {
+            assert!(err.msg.contains(needle), "lacks {needle:?}: {}", err.msg);
+        }
+        assert!(k.table_names().is_empty(), "{:?}", k.table_names());
+        assert!(k.calls.is_empty(), "touched the kernel: {:?}", k.calls);
+        assert_eq!(out.record.error_code, Some(100));
+        // CHECK resolves the same policy and fails the same way.
+        let check = invoke(&mut k, "CHECK", "model-serving", &c);
+        assert_eq!(check.result.unwrap_err().code, 100);
+        assert!(invoke(&mut k, "DEL", "model-serving", &c).result.is_ok());
+    }
+    let c = conf(
+        Some(json!({"egress-guard.io/allow": "0.0.0.0/0"})),
+        json!({}),
+    );
+    let err = invoke(&mut kernel(), "ADD", "model-serving", &c)
+        .result
+        .unwrap_err();
+    assert_eq!(
+        err.msg,
+        "pod model-serving/llm-0 (container cid-a): egress-guard.io/allow entry \"0.0.0.0/0\" is \
+         outside the operator ceiling for enforced namespace \"model-serving\" (enforcedAllow is \
+         not set, so only @names from networks: @orchestrator); ask the node operator to add it \
+         to enforcedAllow or to networks"
+    );
+}
+
+#[test]
+fn add_in_an_enforced_namespace_within_the_ceiling_succeeds() {
+    for (allow, ceiling) in [
+        ("@orchestrator", json!({})),
+        ("@orchestrator", json!({"enforcedAllow": ["@orchestrator"]})),
+        (
+            "@orchestrator",
+            json!({"enforcedAllow": ["10.0.0.0/8 tcp"]}),
+        ),
+        (
+            "10.0.5.7 tcp 8443, @orchestrator",
+            json!({"enforcedAllow": ["@orchestrator", "10.0.5.0/24 tcp 8000-8999"]}),
+        ),
+    ] {
+        let mut k = kernel();
+        let c = conf(
+            Some(json!({"egress-guard.io/allow": allow})),
+            ceiling.clone(),
+        );
+        let out = invoke(&mut k, "ADD", "model-serving", &c);
+        assert_eq!(
+            out.result.unwrap().unwrap(),
+            c["prevResult"],
+            "{allow} under {ceiling}"
+        );
+        assert_eq!(k.table_names(), host_tables(&["cid-a"]));
+        assert_eq!(out.record.mode.as_deref(), Some("enforce"));
+        assert!(invoke(&mut k, "CHECK", "model-serving", &c).result.is_ok());
+        assert!(invoke(&mut k, "DEL", "model-serving", &c).result.is_ok());
+    }
+}
+
+#[test]
+fn the_ceiling_does_not_limit_pods_outside_enforced_namespaces() {
+    for ceiling in [json!({}), json!({"enforcedAllow": []})] {
+        let mut k = kernel();
+        let c = conf(
+            Some(
+                json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "0.0.0.0/0, ::/0"}),
+            ),
+            ceiling,
+        );
+        invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+        assert_eq!(k.table_names(), host_tables(&["cid-a"]));
+    }
+}
+
+#[test]
+fn bad_enforced_allow_is_a_config_error_naming_the_field_and_value() {
+    for (value, needle) in [
+        (
+            json!(["@orchestrator", "@nowhere"]),
+            "\"enforcedAllow[1]\" has value \"@nowhere\"",
+        ),
+        (
+            json!(["10.0.0.0/33"]),
+            "\"enforcedAllow[0]\" has value \"10.0.0.0/33\"",
+        ),
+        (json!("@orchestrator"), "\"enforcedAllow\" must be an array"),
+    ] {
+        let mut k = kernel();
+        let c = conf(Some(enforce()), json!({ "enforcedAllow": value }));
+        let err = invoke(&mut k, "ADD", "model-serving", &c)
+            .result
+            .unwrap_err();
+        assert_eq!(err.code, 7, "{err:?}");
+        assert!(err.msg.contains(needle), "lacks {needle:?}: {}", err.msg);
+        assert!(k.calls.is_empty(), "{:?}", k.calls);
+    }
+}

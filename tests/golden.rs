@@ -232,3 +232,104 @@ fn example_conflists_chain_egress_guard_last_with_a_valid_entry() {
         dir.display()
     );
 }
+
+/// Runs the built `egress-guard render` with `args`.
+fn render_bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+        .arg("render")
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn render_refuses_an_annotation_outside_the_enforced_namespace_ceiling() {
+    let case =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/enforced-namespace-override");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("render-ceiling-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let netconf = case.join("netconf.json");
+    let netconf = netconf.to_str().unwrap();
+    let target = ["--container-id", "c0ffee0005", "--device", "veth00000005"];
+
+    // The case's own annotations are within its ceiling: render prints its expected.nft.
+    let ok = case.join("annotations.json");
+    let mut args = vec!["--config", netconf, "--annotations", ok.to_str().unwrap()];
+    args.extend(["--namespace", "model-serving"]);
+    args.extend(target);
+    let out = render_bin(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(case.join("expected.nft")).unwrap()
+    );
+
+    // 0.0.0.0/0 is not: the same error as ADD gives, on stderr, and a non-zero exit.
+    let wide = tmp.join("wide.json");
+    std::fs::write(
+        &wide,
+        r#"{"egress-guard.io/mode": "off", "egress-guard.io/allow": "10.96.0.10 udp 53, 0.0.0.0/0"}"#,
+    )
+    .unwrap();
+    let wide = wide.to_str().unwrap();
+    let out = render_bin(&[
+        "--config",
+        netconf,
+        "--annotations",
+        wide,
+        "--namespace",
+        "model-serving",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end(),
+        "egress-guard render: egress-guard.io/allow entry \"0.0.0.0/0\" is outside the operator \
+         ceiling for enforced namespace \"model-serving\" (enforcedAllow: @orchestrator, @dns, \
+         10.96.0.0/12 udp 53); ask the node operator to add it to enforcedAllow or to networks"
+    );
+
+    // Outside an enforced namespace (or with none given) the pod's author decides.
+    for ns in [&["--namespace", "ml"][..], &[]] {
+        let mut args = vec!["--config", netconf, "--annotations", wide];
+        args.extend(ns);
+        let out = render_bin(&args);
+        assert!(
+            out.status.success(),
+            "{ns:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A bad ceiling is a config error naming the field and the value.
+    let bad = tmp.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"type": "egress-guard", "networks": {"dns": ["10.96.0.10 udp 53"]}, "enforcedAllow": ["@dns", "@nowhere"]}"#,
+    )
+    .unwrap();
+    let out = render_bin(&[
+        "--config",
+        bad.to_str().unwrap(),
+        "--namespace",
+        "model-serving",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("conflist field \"enforcedAllow[1]\" has value \"@nowhere\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}

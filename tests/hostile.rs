@@ -360,6 +360,28 @@ fn bad_input_cases(state_dir: &Path, host_if: &str) -> Vec<Case> {
             "networks.dns[0]",
         ),
         case(
+            "annotation outside the ceiling of an enforced namespace",
+            bytes(&{
+                let mut c = conf(allow("@orchestrator, 0.0.0.0/0"));
+                c["enforceNamespaces"] = json!(["ml"]);
+                c
+            }),
+            100,
+            "entry \"0.0.0.0/0\" is outside the operator ceiling",
+        ),
+        case(
+            "enforcedAllow naming an unknown network",
+            bytes(&with("enforcedAllow", json!(["@orchestrator", "@nowhere"]))),
+            7,
+            "enforcedAllow[1]",
+        ),
+        case(
+            "enforcedAllow of the wrong type",
+            bytes(&with("enforcedAllow", json!("@orchestrator"))),
+            7,
+            "enforcedAllow",
+        ),
+        case(
             "enforceNamespaces of the wrong type",
             bytes(&with("enforceNamespaces", json!({"a": 1}))),
             7,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::json::{parse_strict, type_name};
-use crate::policy::{parse_network_entry, Entry, Mode, Settings};
+use crate::policy::{parse_network_entry, Ceiling, CeilingEntry, Entry, Mode, Settings};
 
 pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
@@ -138,6 +138,39 @@ fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, Con
     Ok(out)
 }
 
+/// `enforcedAllow`: absent (or null) is the default ceiling, only `@name` entries of
+/// `networks`. Each string holds entries like the annotation's, separated by commas; a `@name`
+/// must be one `networks` defines.
+fn parse_enforced_allow(
+    v: Option<&Value>,
+    networks: &BTreeMap<String, Vec<Entry>>,
+) -> Result<Ceiling, ConfigError> {
+    const FIELD: &str = "enforcedAllow";
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Ceiling::Networks),
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(field_err(
+                FIELD,
+                format!("must be an array of strings, got {}", type_name(other)),
+            ))
+        }
+    };
+    let mut list = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("{FIELD}[{i}]");
+        let s = item.as_str().ok_or_else(|| {
+            field_err(&field, format!("must be a string, got {}", type_name(item)))
+        })?;
+        for part in s.split(',') {
+            let c = CeilingEntry::parse(part, networks)
+                .map_err(|e| field_err(&field, format!("has value \"{}\": {e}", part.trim())))?;
+            list.push(c);
+        }
+    }
+    Ok(Ceiling::List(list))
+}
+
 fn parse_annotations(
     rc: &serde_json::Map<String, Value>,
 ) -> Result<Option<Vec<(String, String)>>, ConfigError> {
@@ -248,6 +281,7 @@ impl NetConf {
             }
         };
         let networks = parse_networks(obj.get("networks"))?;
+        let enforced_allow = parse_enforced_allow(obj.get("enforcedAllow"), &networks)?;
         let placement = match opt_str(obj, "placement")? {
             None | Some("auto") => PlacementPref::Auto,
             Some("host") => PlacementPref::Host,
@@ -336,6 +370,7 @@ impl NetConf {
                 default_mode,
                 enforce_namespaces,
                 networks,
+                enforced_allow,
             },
             placement,
             log_file,
@@ -395,6 +430,28 @@ mod tests {
         assert_eq!(c.annotations.as_ref().unwrap().len(), 2);
         assert_eq!(c.host_interface_hints(), vec!["veth1".to_string()]);
         assert_eq!(c.placement, PlacementPref::Auto);
+        assert_eq!(c.settings.enforced_allow, Ceiling::Networks);
+    }
+
+    #[test]
+    fn parses_enforced_allow() {
+        let c = NetConf::parse(
+            br#"{"networks": {"dns": ["10.96.0.10 udp 53"]},
+                 "enforcedAllow": ["@dns", "10.0.5.0/24 tcp 8443, fd00:5::/64 tcp 443-445"]}"#,
+        )
+        .unwrap();
+        let Ceiling::List(list) = &c.settings.enforced_allow else {
+            panic!("{:?}", c.settings.enforced_allow)
+        };
+        let texts: Vec<&str> = list.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["@dns", "10.0.5.0/24 tcp 8443", "fd00:5::/64 tcp 443-445"]
+        );
+        let empty = NetConf::parse(br#"{"enforcedAllow": []}"#).unwrap();
+        assert_eq!(empty.settings.enforced_allow, Ceiling::List(vec![]));
+        let null = NetConf::parse(br#"{"enforcedAllow": null}"#).unwrap();
+        assert_eq!(null.settings.enforced_allow, Ceiling::Networks);
     }
 
     #[test]
@@ -419,6 +476,31 @@ mod tests {
             ),
             (r#"{"networks":{"dns":["@x"]}}"#, "\"@x\""),
             (r#"{"networks":[]}"#, "\"networks\" must be an object"),
+            (
+                r#"{"networks":{"dns":["10.96.0.10 udp 53"]},"enforcedAllow":["@dns","@orchestrator"]}"#,
+                "\"enforcedAllow[1]\" has value \"@orchestrator\": unknown network \"@orchestrator\" (\"networks\" defines @dns)",
+            ),
+            (
+                r#"{"enforcedAllow":["@dns"]}"#,
+                "\"enforcedAllow[0]\" has value \"@dns\": unknown network \"@dns\" (\"networks\" defines no networks)",
+            ),
+            (
+                r#"{"enforcedAllow":["10.0.0.0/8, 10.0.0.0/33"]}"#,
+                "\"enforcedAllow[0]\" has value \"10.0.0.0/33\"",
+            ),
+            (
+                r#"{"enforcedAllow":["10.0.5.1/24 tcp 80"]}"#,
+                "\"enforcedAllow[0]\" has value \"10.0.5.1/24 tcp 80\"",
+            ),
+            (r#"{"enforcedAllow":[""]}"#, "\"enforcedAllow[0]\" has value \"\": empty entry"),
+            (
+                r#"{"enforcedAllow":"@dns"}"#,
+                "\"enforcedAllow\" must be an array of strings, got a string",
+            ),
+            (
+                r#"{"enforcedAllow":[5]}"#,
+                "\"enforcedAllow[0]\" must be a string, got a number",
+            ),
             (
                 r#"{"placement":"node"}"#,
                 "\"placement\" has value \"node\"",

@@ -47,6 +47,8 @@ pub enum AnnotationError {
 pub struct PodAnnotations {
     pub mode: Option<Mode>,
     pub allow: Vec<EntryRef>,
+    /// Each entry of `allow` as written (trimmed), at the same index (for messages).
+    pub allow_text: Vec<String>,
     /// True if any annotation under the prefix was present.
     pub present: bool,
 }
@@ -112,6 +114,7 @@ pub fn parse_annotations(pairs: &[(String, String)]) -> Result<PodAnnotations, A
                 source,
             })?;
             out.allow.push(entry);
+            out.allow_text.push(item.trim().to_string());
         }
     }
     Ok(out)
@@ -152,6 +155,8 @@ mod tests {
         .unwrap();
         assert_eq!(a.mode, Some(Mode::Enforce));
         assert_eq!(a.allow.len(), 4);
+        assert_eq!(a.allow_text[1], "10.96.0.10 udp 53");
+        assert_eq!(a.allow_text[3], "@orchestrator");
         assert!(a.present);
     }
 

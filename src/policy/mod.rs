@@ -2,12 +2,14 @@
 //! `Policy`. This is the only place raw policy text becomes trusted; nothing here does I/O.
 
 mod annotations;
+mod ceiling;
 mod grammar;
 
 pub use annotations::{
     parse_annotations, PodAnnotations, ALLOW_KEY, MAX_ANNOTATION_BYTES, MAX_ENTRIES, MODE_KEY,
     PREFIX,
 };
+pub use ceiling::{Ceiling, CeilingEntry, CeilingError};
 pub use grammar::{parse_entry, parse_network_entry, Cidr, Entry, EntryRef, GrammarError, Proto};
 
 use std::collections::BTreeMap;
@@ -56,6 +58,8 @@ pub struct Settings {
     pub enforce_namespaces: Vec<String>,
     /// Named allowlist entries referenced as `@name`.
     pub networks: BTreeMap<String, Vec<Entry>>,
+    /// What annotations of pods in `enforce_namespaces` may add (`enforcedAllow`).
+    pub enforced_allow: Ceiling,
 }
 
 impl Default for Settings {
@@ -64,6 +68,7 @@ impl Default for Settings {
             default_mode: Mode::Off,
             enforce_namespaces: Vec::new(),
             networks: BTreeMap::new(),
+            enforced_allow: Ceiling::Networks,
         }
     }
 }
@@ -96,6 +101,13 @@ pub enum PolicyError {
         name: String,
         known: String,
     },
+    #[error("{key} entry \"{text}\" is outside the operator ceiling for enforced namespace \"{namespace}\" ({ceiling}); ask the node operator to add it to enforcedAllow or to networks")]
+    OutsideCeiling {
+        key: &'static str,
+        text: String,
+        namespace: String,
+        ceiling: String,
+    },
 }
 
 impl Policy {
@@ -105,10 +117,9 @@ impl Policy {
         namespace: Option<&str>,
         pod: &PodAnnotations,
     ) -> Result<Policy, PolicyError> {
-        let enforced_ns = namespace
-            .map(|ns| settings.enforce_namespaces.iter().any(|n| n == ns))
-            .unwrap_or(false);
-        let (mode, mode_source) = if enforced_ns {
+        let enforced_ns =
+            namespace.filter(|ns| settings.enforce_namespaces.iter().any(|n| n == ns));
+        let (mode, mode_source) = if enforced_ns.is_some() {
             (Mode::Enforce, ModeSource::EnforcedNamespace)
         } else if let Some(m) = pod.mode {
             (m, ModeSource::Annotation)
@@ -117,31 +128,40 @@ impl Policy {
         };
         let mut entries = Vec::new();
         for (index, r) in pod.allow.iter().enumerate() {
-            match r {
-                EntryRef::Literal(e) => entries.push(*e),
+            let text = || match r {
+                EntryRef::Network(name) => format!("@{name}"),
+                EntryRef::Literal(e) => pod
+                    .allow_text
+                    .get(index)
+                    .cloned()
+                    .unwrap_or_else(|| e.to_string()),
+            };
+            let expanded: &[Entry] = match r {
+                EntryRef::Literal(e) => std::slice::from_ref(e),
                 EntryRef::Network(name) => match settings.networks.get(name) {
-                    Some(list) => entries.extend(list.iter().copied()),
+                    Some(list) => list,
                     None => {
-                        let known = if settings.networks.is_empty() {
-                            "no networks".to_string()
-                        } else {
-                            settings
-                                .networks
-                                .keys()
-                                .map(|k| format!("@{k}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
                         return Err(PolicyError::UnknownNetwork {
                             key: ALLOW_KEY,
                             index: index + 1,
-                            text: format!("@{name}"),
+                            text: text(),
                             name: name.clone(),
-                            known,
+                            known: ceiling::known_networks(&settings.networks),
                         });
                     }
                 },
+            };
+            if let Some(ns) = enforced_ns {
+                if !settings.enforced_allow.permits(r, &settings.networks) {
+                    return Err(PolicyError::OutsideCeiling {
+                        key: ALLOW_KEY,
+                        text: text(),
+                        namespace: ns.to_string(),
+                        ceiling: settings.enforced_allow.describe(&settings.networks),
+                    });
+                }
             }
+            entries.extend(expanded.iter().copied());
         }
         entries.sort();
         entries.dedup();
@@ -192,7 +212,19 @@ mod tests {
             default_mode: Mode::Off,
             enforce_namespaces: vec!["model-serving".into()],
             networks,
+            enforced_allow: Ceiling::Networks,
         }
+    }
+
+    /// `settings()` with `enforcedAllow` set to `items`.
+    fn ceiling(items: &[&str]) -> Settings {
+        let mut s = settings();
+        let list = items
+            .iter()
+            .map(|t| CeilingEntry::parse(t, &s.networks).unwrap())
+            .collect();
+        s.enforced_allow = Ceiling::List(list);
+        s
     }
 
     fn pod(pairs: &[(&str, &str)]) -> PodAnnotations {
@@ -230,12 +262,104 @@ mod tests {
     fn enforced_namespace_cannot_be_turned_off() {
         for m in ["off", "audit"] {
             let a = pod(&[(MODE_KEY, m), (ALLOW_KEY, "10.0.0.1 tcp 80")]);
-            let p = Policy::resolve(&settings(), Some("model-serving"), &a).unwrap();
+            let p =
+                Policy::resolve(&ceiling(&["10.0.0.0/8 tcp"]), Some("model-serving"), &a).unwrap();
             assert_eq!(p.mode, Mode::Enforce);
             assert_eq!(p.mode_source, ModeSource::EnforcedNamespace);
             assert!(p.overrode_annotation(&a));
             assert_eq!(p.entries.len(), 1, "annotation still adds entries");
         }
+    }
+
+    #[test]
+    fn enforced_namespace_annotation_outside_the_ceiling_fails() {
+        let a = pod(&[(ALLOW_KEY, "@dns, 0.0.0.0/0")]);
+        let e = Policy::resolve(&ceiling(&["@dns"]), Some("model-serving"), &a).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "egress-guard.io/allow entry \"0.0.0.0/0\" is outside the operator ceiling for \
+             enforced namespace \"model-serving\" (enforcedAllow: @dns); ask the node operator \
+             to add it to enforcedAllow or to networks"
+        );
+        // Without the field: names only, and the message says so.
+        for raw in ["0.0.0.0/0", "::/0", "169.254.169.254", "10.96.0.10 udp 53"] {
+            let a = pod(&[(ALLOW_KEY, raw)]);
+            let msg = Policy::resolve(&settings(), Some("model-serving"), &a)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(&format!("entry \"{raw}\"")), "{msg}");
+            assert!(
+                msg.contains("enforcedAllow is not set, so only @names from networks: @dns"),
+                "{msg}"
+            );
+        }
+        let ok = Policy::resolve(
+            &settings(),
+            Some("model-serving"),
+            &pod(&[(ALLOW_KEY, "@dns")]),
+        )
+        .unwrap();
+        assert_eq!(ok.entries.len(), 1);
+        // Empty: nothing, not even a name.
+        let msg = Policy::resolve(
+            &ceiling(&[]),
+            Some("model-serving"),
+            &pod(&[(ALLOW_KEY, "@dns")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("\"@dns\"") && msg.contains("enforcedAllow is empty"),
+            "{msg}"
+        );
+        // No annotation entries: always fine.
+        assert!(Policy::resolve(&ceiling(&[]), Some("model-serving"), &pod(&[])).is_ok());
+    }
+
+    #[test]
+    fn enforced_namespace_annotation_within_the_ceiling_is_kept() {
+        let s = ceiling(&["10.0.0.0/8 tcp 8000-8999", "fd00::/8"]);
+        let p = Policy::resolve(
+            &s,
+            Some("model-serving"),
+            &pod(&[(ALLOW_KEY, "10.0.5.0/24 tcp 8443, fd00:5::/64 tcp 443")]),
+        )
+        .unwrap();
+        assert_eq!(p.entries.len(), 2);
+        // @dns is not listed and its entry is not inside a ceiling entry.
+        let e = Policy::resolve(&s, Some("model-serving"), &pod(&[(ALLOW_KEY, "@dns")]));
+        assert!(
+            matches!(e, Err(PolicyError::OutsideCeiling { .. })),
+            "{e:?}"
+        );
+        assert!(Policy::resolve(
+            &ceiling(&["10.96.0.0/12 udp 53"]),
+            Some("model-serving"),
+            &pod(&[(ALLOW_KEY, "@dns")])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn pods_outside_enforced_namespaces_are_not_limited_by_the_ceiling() {
+        let a = pod(&[(ALLOW_KEY, "0.0.0.0/0, ::/0, 169.254.169.254")]);
+        for s in [settings(), ceiling(&[]), ceiling(&["@dns"])] {
+            for ns in [Some("default"), Some("model-serving-2"), None] {
+                let p = Policy::resolve(&s, ns, &a).unwrap();
+                assert_eq!(p.entries.len(), 3, "{ns:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_network_is_reported_before_the_ceiling() {
+        let e = Policy::resolve(
+            &ceiling(&["@dns"]),
+            Some("model-serving"),
+            &pod(&[(ALLOW_KEY, "@nowhere")]),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PolicyError::UnknownNetwork { .. }), "{e:?}");
     }
 
     #[test]

@@ -460,6 +460,11 @@ impl Node {
                  "capabilities": {"io.kubernetes.cri.pod-annotations": true},
                  "defaultMode": "off",
                  "enforceNamespaces": [super::ENFORCE_NS],
+                 // What the enforced-namespace pods of the suite may add (the "internet" host).
+                 "enforcedAllow": [
+                     format!("{INET4} tcp {TCP_PORT}"), format!("{INET6} tcp {TCP_PORT}"),
+                     format!("{INET4} udp {UDP_PORT}"), format!("{INET6} udp {UDP_PORT}"),
+                 ],
                  "logFile": s(&self.plugin_log),
                  "logLevel": "debug"}
             ]

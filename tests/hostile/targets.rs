@@ -61,6 +61,7 @@ fn networks() -> Settings {
         default_mode: Mode::Off,
         enforce_namespaces: vec!["model-serving".to_string()],
         networks,
+        ..Settings::default()
     }
 }
 
@@ -252,6 +253,22 @@ pub fn netconf(data: &[u8]) {
                 conf.prev_result.as_ref(),
                 "prevResult not printed unchanged"
             );
+            // An enforced pod never gets an annotation entry outside the operator's ceiling.
+            if conf.settings.enforce_namespaces.iter().any(|n| n == "ml") {
+                let ann = conf
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| parse_annotations(a).ok());
+                for r in ann.iter().flat_map(|a| a.allow.iter()) {
+                    assert!(
+                        conf.settings
+                            .enforced_allow
+                            .permits(r, &conf.settings.networks),
+                        "ADD accepted {r:?} outside {:?}",
+                        conf.settings.enforced_allow
+                    );
+                }
+            }
             let names = k.table_names();
             assert!(names.len() <= 1, "{names:?}");
             for n in &names {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end test on a kind cluster: build and load the image, apply deploy/, start an
-# orchestrator pod and an annotated model-backend pod, check allowed and blocked egress between
-# real pods, then delete the DaemonSet and check that running (and new) pods stay guarded.
+# End-to-end test on a kind cluster: build and load the image, apply deploy/ (with an
+# enforcedAllow ceiling that admits the orchestrator's pod address), start an orchestrator pod
+# and an annotated model-backend pod, check that a pod asking for more does not start, check
+# allowed and blocked egress between real pods, then delete the DaemonSet and check that
+# running (and new) pods stay guarded.
 #
 # Needs docker (with a running daemon), kind and kubectl. Without them it prints SKIP and exits
 # 0. Every target is inside the cluster: no traffic leaves the machine.
@@ -27,6 +29,7 @@ pass=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 
 cleanup() {
+    rm -rf "${deploy:-}"
     if [[ "${KEEP:-0}" != 1 ]]; then kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -44,7 +47,22 @@ docker build -f "$root/install/Dockerfile" -t "$image" "$root"
 kind load docker-image "$image" --name "$cluster"
 
 echo "== deploy"
-k apply -k "$root/deploy"
+# The backends below add their orchestrator's pod address, which is in none of the config's
+# networks: the operator's ceiling for model-serving (enforcedAllow) must permit it.
+pod_cidr="$(k get node "$node" -o jsonpath='{.spec.podCIDR}')"
+[[ -n "$pod_cidr" ]] || fail "$node has no podCIDR"
+deploy="$(mktemp -d)"
+cp "$root"/deploy/*.yaml "$deploy/"
+python3 - "$deploy/configmap.yaml" "$pod_cidr tcp 8080" <<'PY'
+import json, sys
+path, entry = sys.argv[1], sys.argv[2]
+head, block = open(path).read().split("plugin.json: |\n", 1)
+conf = json.loads(block)
+conf["enforcedAllow"] = ["@dns", entry]
+body = "".join("    " + l + "\n" for l in json.dumps(conf, indent=2).splitlines())
+open(path, "w").write(head + "plugin.json: |\n" + body)
+PY
+k apply -k "$deploy"
 k -n egress-guard rollout status daemonset/egress-guard --timeout=120s
 conflist="$(docker exec "$node" sh -c 'ls /etc/cni/net.d/*.conf* | sort | head -1')"
 docker exec "$node" cat "$conflist" | python3 -c '
@@ -109,6 +127,20 @@ check_guarded() { # pod
     expect_blocked model-serving "$1" "$node_ip:10250"
     expect_blocked model-serving "$1" "$dns_ip:53"
 }
+
+echo "== an annotation outside the operator's ceiling keeps the pod from starting"
+server_pod wide model-serving "\"egress-guard.io/allow\": \"0.0.0.0/0\""
+seen=""
+for _ in $(seq 60); do
+    k -n model-serving get events --field-selector involvedObject.name=wide \
+        -o jsonpath='{.items[*].message}' | grep -q "outside the operator ceiling" && { seen=1; break; }
+    sleep 1
+done
+[[ -n "$seen" ]] || fail "no sandbox error naming the operator ceiling for pod wide"
+[[ "$(k -n model-serving get pod wide -o jsonpath='{.status.phase}')" == Pending ]] \
+    || fail "pod wide is not Pending"
+ok "pod outside the ceiling did not start (its event names the ceiling)"
+k -n model-serving delete pod wide --wait=false >/dev/null
 
 echo "== egress with the DaemonSet running"
 expect_allowed orchestrator orchestrator "$backend_ip:8080"
