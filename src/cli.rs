@@ -143,8 +143,8 @@ fn render_inner(args: &[String]) -> Result<String, String> {
             }
             "--pod-net" => {
                 let v = read_json(&val()?)?;
-                let pod: PodNet = serde_json::from_value(v)
-                    .map_err(|e| format!("--pod-net: {e}"))?;
+                let pod: PodNet =
+                    serde_json::from_value(v).map_err(|e| format!("--pod-net: {e}"))?;
                 if let Attach::Host { pod: p, .. } = &mut attach {
                     *p = pod;
                 }

@@ -36,31 +36,42 @@ pub fn prev_interface(prev: &Value, ifname: &str) -> Result<PrevInterface, CniEr
         .unwrap_or_default();
     let index = interfaces.iter().position(|i| {
         i.get("name").and_then(Value::as_str) == Some(ifname)
-            && i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+            && i.get("sandbox")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
     });
     if let Some(i) = index {
         if let Some(m) = interfaces[i].get("mac") {
             let text = m.as_str().unwrap_or_default();
-            out.mac = Some(text.parse().map_err(|_| {
-                bad(format!("interfaces[{i}].mac"), m, "not a MAC address")
-            })?);
+            out.mac = Some(
+                text.parse()
+                    .map_err(|_| bad(format!("interfaces[{i}].mac"), m, "not a MAC address"))?,
+            );
         }
     }
-    let ips = prev.get("ips").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ips = prev
+        .get("ips")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for (n, ip) in ips.iter().enumerate() {
         match ip.get("interface").and_then(Value::as_u64) {
             Some(i) if Some(i as usize) != index => continue,
             _ => {}
         }
         let a = ip.get("address").unwrap_or(&Value::Null);
-        let addr: IfAddr = a.as_str().unwrap_or_default().parse().map_err(|_| {
-            bad(format!("ips[{n}].address"), a, "not ADDRESS/PREFIX")
-        })?;
+        let addr: IfAddr = a
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| bad(format!("ips[{n}].address"), a, "not ADDRESS/PREFIX"))?;
         out.addrs.push(addr);
         if let Some(g) = ip.get("gateway") {
-            let gw: IpAddr = g.as_str().unwrap_or_default().parse().map_err(|_| {
-                bad(format!("ips[{n}].gateway"), g, "not an IP address")
-            })?;
+            let gw: IpAddr = g
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| bad(format!("ips[{n}].gateway"), g, "not an IP address"))?;
             out.gateways.push(gw);
         }
     }
@@ -81,14 +92,20 @@ pub fn pod_net(
         if m != kernel.mac {
             return Err(CniError::new(
                 code::INTERFACE,
-                format!("{whom}: prevResult gives {ifname} the MAC {m}, but the kernel has {}", kernel.mac),
+                format!(
+                    "{whom}: prevResult gives {ifname} the MAC {m}, but the kernel has {}",
+                    kernel.mac
+                ),
             ));
         }
     }
     if !kernel.mac.is_unicast() {
         return Err(CniError::new(
             code::INTERFACE,
-            format!("{whom}: {ifname} has the MAC {}, which is not a unicast address", kernel.mac),
+            format!(
+                "{whom}: {ifname} has the MAC {}, which is not a unicast address",
+                kernel.mac
+            ),
         ));
     }
     for a in &prev.addrs {
@@ -122,7 +139,10 @@ mod tests {
     fn kernel() -> PodInterface {
         PodInterface {
             mac: "0a:58:0a:16:00:05".parse().expect("mac"),
-            addrs: vec!["10.22.0.5/24".parse().expect("a"), "fd00:22::5/64".parse().expect("a")],
+            addrs: vec![
+                "10.22.0.5/24".parse().expect("a"),
+                "fd00:22::5/64".parse().expect("a"),
+            ],
             link_local: vec!["fe80::858:aff:fe16:5".parse().expect("ll")],
         }
     }
@@ -139,7 +159,11 @@ mod tests {
     #[test]
     fn the_container_interface_and_its_addresses_are_taken_and_checked() {
         let p = prev_interface(&prev(), "eth0").expect("prev");
-        assert_eq!(p.addrs.len(), 2, "the bridge's address is not the pod's: {p:?}");
+        assert_eq!(
+            p.addrs.len(),
+            2,
+            "the bridge's address is not the pod's: {p:?}"
+        );
         assert_eq!(p.gateways.len(), 2);
         let net = pod_net("pod x", "eth0", &p, &kernel(), None).expect("net");
         assert_eq!(net.addrs, p.addrs);

@@ -94,7 +94,10 @@ fn parse_addr(m: &Message) -> Option<AddrInfo> {
     let index = u32::from_ne_bytes(m.payload[4..8].try_into().ok()?);
     let attrs = Attrs::new(&m.payload[8..]);
     // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS elsewhere.
-    let raw = attrs.get(IFA_LOCAL).or_else(|| attrs.get(IFA_ADDRESS))?.value;
+    let raw = attrs
+        .get(IFA_LOCAL)
+        .or_else(|| attrs.get(IFA_ADDRESS))?
+        .value;
     let addr = match family as i32 {
         libc::AF_INET => std::net::IpAddr::from(<[u8; 4]>::try_from(raw).ok()?),
         libc::AF_INET6 => std::net::IpAddr::from(<[u8; 16]>::try_from(raw).ok()?),

@@ -366,7 +366,6 @@ fn comment(policy: &Policy, target: &Target) -> String {
     c
 }
 
-
 /// How long a flow the pod has not answered yet may wait for its first answer.
 pub const PENDING_TIMEOUT_SECS: u32 = 10;
 /// New inbound flows one source may open per second (and burst) before further new flows
@@ -580,7 +579,10 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
             "arp4",
             vec![Field::Ipv4Addr, Field::Ipv4Addr],
             true,
-            product(&[merged(senders.iter().map(|s| (s.lo, s.hi)).collect()), onlink4.clone()]),
+            product(&[
+                merged(senders.iter().map(|s| (s.lo, s.hi)).collect()),
+                onlink4.clone(),
+            ]),
         ));
         rules.push(rule(vec![
             Stmt::EtherType(L3::Arp),
@@ -603,8 +605,16 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
     // the rules below match on, is the type inside a VLAN tag.
     rules.push(rule(vec![
         Stmt::LinkIsEther,
-        cmp(link(ETH_TYPE, 2), CmpOp::Neq, L3::Ipv4.ethertype().to_be_bytes()),
-        cmp(link(ETH_TYPE, 2), CmpOp::Neq, L3::Ipv6.ethertype().to_be_bytes()),
+        cmp(
+            link(ETH_TYPE, 2),
+            CmpOp::Neq,
+            L3::Ipv4.ethertype().to_be_bytes(),
+        ),
+        cmp(
+            link(ETH_TYPE, 2),
+            CmpOp::Neq,
+            L3::Ipv6.ethertype().to_be_bytes(),
+        ),
         drop(),
     ]));
     if v4.is_empty() {
@@ -640,8 +650,20 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
         // (destination . Ethernet destination): on-link destinations with any MAC (the
         // neighbour's), everything else only through the gateway's MAC.
         for (l3, daddr, set, spans, has) in [
-            (L3::Ipv4, Selector::Ip4Daddr, "l2dst4", &onlink4, !v4.is_empty()),
-            (L3::Ipv6, Selector::Ip6Daddr, "l2dst6", &onlink6, !v6.is_empty()),
+            (
+                L3::Ipv4,
+                Selector::Ip4Daddr,
+                "l2dst4",
+                &onlink4,
+                !v4.is_empty(),
+            ),
+            (
+                L3::Ipv6,
+                Selector::Ip6Daddr,
+                "l2dst6",
+                &onlink6,
+                !v6.is_empty(),
+            ),
         ] {
             if !has {
                 continue;
@@ -672,7 +694,13 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
 /// target; NA only for the pod's own addresses, to all-nodes or on-link/link-local, without
 /// or with the pod's MAC as target link-layer option; RS to all-routers with the pod's MAC.
 /// Every other RS, RA, NS, NA and redirect is dropped.
-fn nd_rules(pod: &PodNet, own6: &[u128], onlink6: &[Span], sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
+fn nd_rules(
+    pod: &PodNet,
+    own6: &[u128],
+    onlink6: &[Span],
+    sets: &mut Vec<Set>,
+    rules: &mut Vec<Rule>,
+) {
     let type_code = |t: u8| single((t as u128) << 8);
     let own: Vec<Span> = own6.iter().map(|a| Span::single(*a)).collect();
     let mut na_dst = vec![Span::single(V6_ALL_NODES)];
@@ -683,22 +711,55 @@ fn nd_rules(pod: &PodNet, own6: &[u128], onlink6: &[Span], sets: &mut Vec<Set>, 
     let mac = single(pod.mac.as_u128());
 
     // 24 bytes of ICMPv6: NS from `::` (DAD for an own address), NA without option.
-    let mut short = product(&[type_code(ICMP6_NS), single(0), vec![Span::new(V6_SOLICITED.0, V6_SOLICITED.1)], own.clone()]);
-    short.extend(product(&[type_code(ICMP6_NA), any.clone(), na_dst.clone(), own.clone()]));
+    let mut short = product(&[
+        type_code(ICMP6_NS),
+        single(0),
+        vec![Span::new(V6_SOLICITED.0, V6_SOLICITED.1)],
+        own.clone(),
+    ]);
+    short.extend(product(&[
+        type_code(ICMP6_NA),
+        any.clone(),
+        na_dst.clone(),
+        own.clone(),
+    ]));
     short.sort();
     sets.push(set_of(
         "nd6_short",
-        vec![Field::InetService, Field::Ipv6Addr, Field::Ipv6Addr, Field::Ipv6Addr],
+        vec![
+            Field::InetService,
+            Field::Ipv6Addr,
+            Field::Ipv6Addr,
+            Field::Ipv6Addr,
+        ],
         true,
         short,
     ));
     // 32 bytes: NS / NA with the link-layer address option.
-    let mut long = product(&[type_code(ICMP6_NS), ns_dst, onlink6.to_vec(), single(OPT_SOURCE_LL as u128), mac.clone()]);
-    long.extend(product(&[type_code(ICMP6_NA), na_dst, own, single(OPT_TARGET_LL as u128), mac]));
+    let mut long = product(&[
+        type_code(ICMP6_NS),
+        ns_dst,
+        onlink6.to_vec(),
+        single(OPT_SOURCE_LL as u128),
+        mac.clone(),
+    ]);
+    long.extend(product(&[
+        type_code(ICMP6_NA),
+        na_dst,
+        own,
+        single(OPT_TARGET_LL as u128),
+        mac,
+    ]));
     long.sort();
     sets.push(set_of(
         "nd6_long",
-        vec![Field::InetService, Field::Ipv6Addr, Field::Ipv6Addr, Field::InetService, Field::EtherAddr],
+        vec![
+            Field::InetService,
+            Field::Ipv6Addr,
+            Field::Ipv6Addr,
+            Field::InetService,
+            Field::EtherAddr,
+        ],
         true,
         long,
     ));
@@ -834,16 +895,46 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
         );
         let flow = |fields: bool| -> Vec<Selector> {
             if fields {
-                vec![f.saddr, f.daddr, Selector::L4Proto, Selector::ThSport, Selector::ThDport]
+                vec![
+                    f.saddr,
+                    f.daddr,
+                    Selector::L4Proto,
+                    Selector::ThSport,
+                    Selector::ThDport,
+                ]
             } else {
-                vec![f.daddr, f.saddr, Selector::L4Proto, Selector::ThDport, Selector::ThSport]
+                vec![
+                    f.daddr,
+                    f.saddr,
+                    Selector::L4Proto,
+                    Selector::ThDport,
+                    Selector::ThSport,
+                ]
             }
         };
-        let flow_fields = vec![f.addr, f.addr, Field::InetProto, Field::InetService, Field::InetService];
-        sets.push(dynamic(replies.clone(), flow_fields.clone(), REPLY_TIMEOUT_SECS));
+        let flow_fields = vec![
+            f.addr,
+            f.addr,
+            Field::InetProto,
+            Field::InetService,
+            Field::InetService,
+        ];
+        sets.push(dynamic(
+            replies.clone(),
+            flow_fields.clone(),
+            REPLY_TIMEOUT_SECS,
+        ));
         sets.push(dynamic(pending.clone(), flow_fields, PENDING_TIMEOUT_SECS));
-        sets.push(dynamic(echo.clone(), vec![f.addr, f.addr, Field::InetService], PENDING_TIMEOUT_SECS));
-        sets.push(dynamic(peers.clone(), vec![f.addr, f.addr], REPLY_TIMEOUT_SECS));
+        sets.push(dynamic(
+            echo.clone(),
+            vec![f.addr, f.addr, Field::InetService],
+            PENDING_TIMEOUT_SECS,
+        ));
+        sets.push(dynamic(
+            peers.clone(),
+            vec![f.addr, f.addr],
+            REPLY_TIMEOUT_SECS,
+        ));
         sets.push(dynamic(rate.clone(), vec![f.addr], PENDING_TIMEOUT_SECS));
         // From the pod (key as the pod sends: pod address first).
         from_pod.push(rule(vec![
@@ -865,7 +956,11 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
             lookup(&echo, vec![f.saddr, f.daddr, id_icmp]),
             Stmt::Verdict(Verdict::Accept),
         ]));
-        let mut errors = vec![Stmt::L3(f.l3), meta_len(CmpOp::Lte, f.error_max), Stmt::L4Proto(f.icmp)];
+        let mut errors = vec![
+            Stmt::L3(f.l3),
+            meta_len(CmpOp::Lte, f.error_max),
+            Stmt::L4Proto(f.icmp),
+        ];
         errors.extend(one_of(Byte::IcmpType, f.errors));
         errors.push(lookup(&peers, vec![f.saddr, f.daddr]));
         errors.push(Stmt::Limit {

@@ -326,7 +326,11 @@ pub enum Stmt {
     /// hides): the device is Ethernet and the type equals. Ingress only.
     EtherType(L3),
     /// Loaded bytes compared with a value (big-endian; a `MetaLen` value is a plain number).
-    Cmp { load: Load, op: CmpOp, value: Vec<u8> },
+    Cmp {
+        load: Load,
+        op: CmpOp,
+        value: Vec<u8>,
+    },
     /// Concatenated key looked up in a named set (`negate`: matches when it is absent).
     Lookup {
         set: String,

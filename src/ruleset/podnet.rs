@@ -171,7 +171,9 @@ impl PodNet {
         PodNet {
             mac: Mac([0x0a, 0x58, 0x0a, 0x16, 0x00, 0x05]),
             addrs: vec![ip("10.22.0.5/24"), ip("fd00:22::5/64")],
-            link_local: vec![Ipv6Addr::new(0xfe80, 0, 0, 0, 0x0858, 0x0aff, 0xfe16, 0x0005)],
+            link_local: vec![Ipv6Addr::new(
+                0xfe80, 0, 0, 0, 0x0858, 0x0aff, 0xfe16, 0x0005,
+            )],
             gateway_mac: Some(Mac([0x0a, 0x58, 0x0a, 0x16, 0x00, 0x01])),
         }
     }
@@ -193,8 +195,16 @@ mod tests {
         assert_eq!(m.to_string(), "02:42:ac:11:00:02");
         assert_eq!(m.as_u128(), 0x0242_ac11_0002);
         assert!(m.is_unicast());
-        assert!(!"ff:ff:ff:ff:ff:ff".parse::<Mac>().expect("bcast").is_unicast());
-        for bad in ["02:42:ac:11:00", "02:42:ac:11:00:02:03", "0242ac110002", "zz:42:ac:11:00:02"] {
+        assert!(!"ff:ff:ff:ff:ff:ff"
+            .parse::<Mac>()
+            .expect("bcast")
+            .is_unicast());
+        for bad in [
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:02:03",
+            "0242ac110002",
+            "zz:42:ac:11:00:02",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
         let a: IfAddr = "10.22.0.5/24".parse().expect("addr");

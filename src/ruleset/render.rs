@@ -406,10 +406,7 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                     ),
                     None => String::new(),
                 };
-                parts.push(format!(
-                    "update @{set} {{ {}{limit} }}",
-                    key_text(key, l4)
-                ));
+                parts.push(format!("update @{set} {{ {}{limit} }}", key_text(key, l4)));
             }
             Stmt::Cmp { load, op, value } => parts.push(cmp_text(l3, ether, *load, *op, value)),
             Stmt::Limit { per_second, burst } => {

@@ -459,3 +459,98 @@ pub fn udp_refused(ns: &str, addr: &str, port: u16) -> bool {
         false
     })
 }
+
+/// Records every frame seen on `dev` in `ns` (AF_PACKET, all protocols, both directions), as
+/// raw bytes; `saw_bytes` finds a marker anywhere in one.
+pub struct FrameSniffer {
+    server: Server,
+    frames: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl FrameSniffer {
+    pub fn new(ns: &str, dev: &str) -> FrameSniffer {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let (store, dev) = (frames.clone(), dev.to_string());
+        let server = Server::spawn(ns, move |stop, _seen, ready| {
+            let fd = packet_socket(&dev);
+            set_timeout(fd, Duration::from_millis(50));
+            ready.send(()).unwrap();
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::SeqCst) {
+                // SAFETY: buf is valid for writes of its length.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    store.lock().unwrap().push(buf[..n as usize].to_vec());
+                }
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        });
+        FrameSniffer { server, frames }
+    }
+
+    pub fn saw_bytes(&self, marker: &[u8]) -> bool {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = &self.server;
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|f| f.windows(marker.len()).any(|w| w == marker))
+    }
+}
+
+/// An AF_PACKET socket bound to `dev` for every protocol.
+fn packet_socket(dev: &str) -> i32 {
+    let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+    // SAFETY: plain socket call; checked below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index > 0, "no interface {dev}");
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = proto as u16;
+    sa.sll_ifindex = index as i32;
+    // SAFETY: sa is a valid sockaddr_ll for the call.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "bind packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+/// Sends one whole Ethernet frame out of `dev` in `ns` through a packet socket (what a
+/// process with CAP_NET_RAW can do).
+pub fn send_frame(ns: &str, dev: &str, frame: Vec<u8>) {
+    let dev = dev.to_string();
+    in_ns(ns, move || {
+        let fd = packet_socket(&dev);
+        // SAFETY: frame is valid for reads of its length.
+        let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n as usize,
+            frame.len(),
+            "send frame: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    });
+}

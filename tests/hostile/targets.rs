@@ -668,7 +668,10 @@ pub fn evaluate(table: &Table, chain: &str, p: &Packet) -> Verdict {
                         Some(values) => {
                             let found = !s.dynamic
                                 && s.elements.iter().any(|e| {
-                                    e.spans.iter().zip(&values).all(|(span, v)| span.contains(*v))
+                                    e.spans
+                                        .iter()
+                                        .zip(&values)
+                                        .all(|(span, v)| span.contains(*v))
                                 });
                             found != *negate
                         }
@@ -845,7 +848,11 @@ pub fn compile_target(data: &[u8]) {
                 let allowed = !(host && p.never_allowed())
                     && (p.allowed_by(&policy.entries) || p.always_allowed() || pod_nd);
                 if policy.mode == Mode::Audit {
-                    assert_eq!(accepted, !(host && p.never_allowed()), "audit on {p:?} in {chain}");
+                    assert_eq!(
+                        accepted,
+                        !(host && p.never_allowed()),
+                        "audit on {p:?} in {chain}"
+                    );
                     continue;
                 }
                 assert!(

@@ -1,0 +1,574 @@
+//! Attacks from inside a guarded pod with a packet socket (CAP_NET_RAW, in the default
+//! container capability set), on a node built from namespaces with the reference plugins
+//! (bridge with hairpin mode on and off, ptp). Each "blocked" is paired with the same frames
+#![allow(clippy::unwrap_used)]
+//! from an unguarded pod in the same run, which get through.
+
+mod common;
+
+use common::chain::{Attachment, Chain};
+use common::node::*;
+use common::probe::{self, send_frame, FrameSniffer, Server};
+use common::{can_run_root_tests, exec_in, Netns};
+use serde_json::{json, Value};
+
+struct Pod {
+    ns: String,
+    mac: [u8; 6],
+    ip4: [u8; 4],
+    ip6: [u8; 16],
+    gw_mac: [u8; 6],
+}
+
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let v: Value = serde_json::from_str(&exec_in(ns, &["ip", "-j", "link", "show", dev])).unwrap();
+    parse_mac(v[0]["address"].as_str().unwrap())
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+/// The pod's identity and its gateway's MAC (learnt by pinging the gateway).
+fn pod(ns: &Netns) -> Pod {
+    let ip4: std::net::Ipv4Addr = pod_addr(&ns.name, false).parse().unwrap();
+    let ip6: std::net::Ipv6Addr = pod_addr(&ns.name, true).parse().unwrap();
+    let route: Value = serde_json::from_str(&exec_in(
+        &ns.name,
+        &["ip", "-j", "route", "show", "default"],
+    ))
+    .unwrap();
+    let gw = route[0]["gateway"].as_str().unwrap().to_string();
+    probe::ping(&ns.name, &gw);
+    let neigh: Value =
+        serde_json::from_str(&exec_in(&ns.name, &["ip", "-j", "neigh", "show", &gw])).unwrap();
+    Pod {
+        ns: ns.name.clone(),
+        mac: mac_of(&ns.name, "eth0"),
+        ip4: ip4.octets(),
+        ip6: ip6.octets(),
+        gw_mac: parse_mac(neigh[0]["lladdr"].as_str().unwrap()),
+    }
+}
+
+fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in b.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&(20 + payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0x40, 0, ttl, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&(8 + data.len() as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    u
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hops: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, hops]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa);
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&tpa);
+    a
+}
+
+fn v4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+    failed: bool,
+}
+
+impl Report {
+    /// `what` must reach from the unguarded pod and must not from the guarded one.
+    fn blocked(&mut self, what: &str, control: bool, guarded: bool) {
+        let ok = control && !guarded;
+        self.failed |= !ok;
+        self.lines.push(format!(
+            "{} {what}: control {}, guarded {}",
+            if ok { "ok  " } else { "FAIL" },
+            if control {
+                "got through"
+            } else {
+                "did NOT get through (test is void)"
+            },
+            if guarded { "GOT THROUGH" } else { "blocked" }
+        ));
+    }
+    fn expect(&mut self, what: &str, ok: bool) {
+        self.failed |= !ok;
+        self.lines
+            .push(format!("{} {what}", if ok { "ok  " } else { "FAIL" }));
+    }
+    fn finish(self) {
+        for l in &self.lines {
+            eprintln!("{l}");
+        }
+        assert!(!self.failed, "{}", self.lines.join("\n"));
+    }
+}
+
+/// Sends the frames `make(pod)` builds from the control pod and the guarded pod, each with
+/// its own marker, and reports whether each marker was seen by `sniffer`.
+fn attack(
+    r: &mut Report,
+    what: &str,
+    sniffer: &FrameSniffer,
+    control: &Pod,
+    guarded: &Pod,
+    make: impl Fn(&Pod, &[u8]) -> Vec<u8>,
+) {
+    // Six bytes each: some attacks carry only an Ethernet address worth of data.
+    let h = what
+        .bytes()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32))
+        & 0xfffff;
+    let (mc, mg) = (format!("c{h:05x}"), format!("g{h:05x}"));
+    send_frame(&control.ns, "eth0", make(control, mc.as_bytes()));
+    send_frame(&guarded.ns, "eth0", make(guarded, mg.as_bytes()));
+    r.blocked(
+        what,
+        sniffer.saw_bytes(mc.as_bytes()),
+        sniffer.saw_bytes(mg.as_bytes()),
+    );
+}
+
+fn suite(kind: &str, hairpin: bool) {
+    let n = Node::new(&format!("ct{kind}"));
+    let guarded_ns = n.pod_netns("g");
+    let other_ns = n.pod_netns("x");
+    let control_ns = n.pod_netns("c");
+    let entry = n.guard_entry(json!({}));
+    let mut conflist = if kind == "ptp" {
+        n.ptp_conflist(entry)
+    } else {
+        n.bridge_conflist(entry)
+    };
+    if kind == "bridge" {
+        conflist["plugins"][0]["hairpinMode"] = json!(hairpin);
+    }
+    let chain = Chain::new(&n.node.name, conflist);
+    let ann = json!({"egress-guard.io/mode": "enforce",
+        "egress-guard.io/allow": "@orchestrator, 10.0.5.10 udp 9999, fd00:5::10 udp 9999"});
+    let g = Attachment::new(
+        &format!("{}g", n.prefix),
+        &guarded_ns.path(),
+        "ml",
+        "g",
+        ann,
+    );
+    let x = Attachment::new(
+        &format!("{}x", n.prefix),
+        &other_ns.path(),
+        "ml",
+        "x",
+        json!({}),
+    );
+    let c = Attachment::new(
+        &format!("{}c", n.prefix),
+        &control_ns.path(),
+        "ml",
+        "c",
+        json!({}),
+    );
+    let gres = chain
+        .add(&g)
+        .unwrap_or_else(|e| panic!("ADD guarded: {e:?}"));
+    let xres = chain.add(&x).unwrap_or_else(|e| panic!("ADD other: {e:?}"));
+    let cres = chain
+        .add(&c)
+        .unwrap_or_else(|e| panic!("ADD control: {e:?}"));
+    for p in [&guarded_ns, &other_ns, &control_ns] {
+        wait_ipv6_ready(&p.name);
+    }
+    wait_ipv6_ready(&n.node.name);
+    let (guarded, other, control) = (pod(&guarded_ns), pod(&other_ns), pod(&control_ns));
+    let mut r = Report::default();
+
+    // What must keep working: the allowlist, and the gateway's neighbour entry of the pod.
+    let _orch_srv = Server::tcp(&n.orch.name, 8443);
+    r.expect(
+        "guarded pod reaches the allowlisted orchestrator port over IPv4",
+        probe::tcp(&guarded.ns, ORCH4, 8443, "g4"),
+    );
+    r.expect(
+        "guarded pod reaches the allowlisted orchestrator port over IPv6",
+        probe::tcp(&guarded.ns, ORCH6, 8443, "g6"),
+    );
+    let at_orch = FrameSniffer::new(&n.orch.name, "eth0");
+    let at_inet = FrameSniffer::new(&n.inet.name, "eth0");
+    let at_other = FrameSniffer::new(&other.ns, "eth0");
+    // The unguarded control can move the neighbour's MAC to its own bridge port (that is the
+    // attack the guard stops); the neighbour re-announces itself before each frame to it.
+    let relearn = || {
+        send_frame(
+            &other.ns,
+            "eth0",
+            ether(
+                [0xff; 6],
+                other.mac,
+                0x0806,
+                &arp(1, other.mac, other.ip4, v4(POD_GW4)),
+            ),
+        );
+    };
+
+    // 2. Forged IP source towards an allowlisted service (a reflection).
+    attack(
+        &mut r,
+        "UDP to an allowlisted port with a neighbour's IPv4 source",
+        &at_orch,
+        &control,
+        &guarded,
+        |p, m| {
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x0800,
+                &ipv4(other.ip4, v4(ORCH4), 17, 64, &udp(5353, 9999, m)),
+            )
+        },
+    );
+    attack(
+        &mut r,
+        "UDP to an allowlisted port with an internet IPv4 source",
+        &at_orch,
+        &control,
+        &guarded,
+        |p, m| {
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x0800,
+                &ipv4(v4(INET4), v4(ORCH4), 17, 64, &udp(5353, 9999, m)),
+            )
+        },
+    );
+    attack(
+        &mut r,
+        "UDP to an allowlisted port with a forged IPv6 source",
+        &at_orch,
+        &control,
+        &guarded,
+        |p, m| {
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x86dd,
+                &ipv6(other.ip6, v6(ORCH6), 17, 64, &udp(5353, 9999, m)),
+            )
+        },
+    );
+    // 4. Forged Ethernet source (the neighbour's MAC), valid IP.
+    attack(
+        &mut r,
+        "UDP to an allowlisted port with the neighbour's MAC as source",
+        &at_orch,
+        &control,
+        &guarded,
+        |p, m| {
+            ether(
+                p.gw_mac,
+                other.mac,
+                0x0800,
+                &ipv4(p.ip4, v4(ORCH4), 17, 64, &udp(5353, 9999, m)),
+            )
+        },
+    );
+    // 1. Neighbour discovery as a data channel (hop limit 64, 1000 bytes, to the internet).
+    attack(
+        &mut r,
+        "neighbour solicitation with a payload to an internet address",
+        &at_inet,
+        &control,
+        &guarded,
+        |p, m| {
+            let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&v6(INET6));
+            icmp.extend_from_slice(m);
+            icmp.resize(1000, b'x');
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x86dd,
+                &ipv6(p.ip6, v6(INET6), 58, 64, &icmp),
+            )
+        },
+    );
+    attack(
+        &mut r,
+        "neighbour advertisement with a payload to an internet address",
+        &at_inet,
+        &control,
+        &guarded,
+        |p, m| {
+            let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+            icmp.extend_from_slice(&p.ip6);
+            icmp.extend_from_slice(m);
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x86dd,
+                &ipv6(p.ip6, v6(INET6), 58, 64, &icmp),
+            )
+        },
+    );
+    // 9. Allowlisted IP addressed at layer 2 to another pod (bridge: a covert channel).
+    if kind == "bridge" {
+        // Allowlisted IP addressed at layer 2 to the neighbour's MAC is dropped by the
+        // l2dst4/l2dst6 rules; its packet test is still to be made reliable against the bridge's
+        // FDB state (issue 16 note).
+        attack(
+            &mut r,
+            "ARP request with 1400 bytes of trailing data",
+            &at_other,
+            &control,
+            &guarded,
+            |p, m| {
+                let mut a = arp(1, p.mac, p.ip4, v4(POD_GW4));
+                a.extend_from_slice(m);
+                a.resize(1400, b'x');
+                ether([0xff; 6], p.mac, 0x0806, &a)
+            },
+        );
+        attack(
+            &mut r,
+            "802.1Q-tagged ARP",
+            &at_other,
+            &control,
+            &guarded,
+            |p, m| {
+                let mut tagged = vec![0x00, 0x05, 0x08, 0x06];
+                let mut a = arp(1, p.mac, p.ip4, v4(POD_GW4));
+                a[18..24].copy_from_slice(&m[..6]);
+                tagged.extend_from_slice(&a);
+                ether([0xff; 6], p.mac, 0x8100, &tagged)
+            },
+        );
+        // 3. ARP poisoning: "the gateway is at my MAC", to the neighbour.
+        attack(
+            &mut r,
+            "ARP reply claiming the gateway's address",
+            &at_other,
+            &control,
+            &guarded,
+            |p, m| {
+                relearn();
+                let mut a = arp(2, p.mac, v4(POD_GW4), other.ip4);
+                a[18..24].copy_from_slice(&m[..6]);
+                ether(other.mac, p.mac, 0x0806, &a)
+            },
+        );
+        // 4. Bridge FDB: a frame with the neighbour's MAC must not move it to our port.
+        let fdb_port = |mac: [u8; 6]| {
+            let text = exec_in(&n.node.name, &["bridge", "fdb", "show"]);
+            let m = mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            text.lines()
+                .find(|l| l.starts_with(&m))
+                .map(|l| l.split_whitespace().nth(2).unwrap_or("").to_string())
+        };
+        probe::ping(&other.ns, POD_GW4);
+        let before = fdb_port(other.mac);
+        let host_of = |res: &Value| {
+            res["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| {
+                    i.get("sandbox").is_none()
+                        && i["name"] != "cni0"
+                        && i["name"].as_str().unwrap().starts_with("veth")
+                })
+                .map(|i| i["name"].as_str().unwrap().to_string())
+                .unwrap()
+        };
+        let garp = ether(
+            [0xff; 6],
+            other.mac,
+            0x0806,
+            &arp(1, other.mac, other.ip4, v4(POD_GW4)),
+        );
+        send_frame(&guarded.ns, "eth0", garp.clone());
+        let after = fdb_port(other.mac);
+        r.expect(
+            &format!("the neighbour's MAC stays on its bridge port ({before:?} -> {after:?})"),
+            after.as_deref() != Some(host_of(&gres).as_str()) && before == after,
+        );
+        send_frame(&control.ns, "eth0", garp);
+        r.expect(
+            "control: the same frame from the unguarded pod moves the MAC (the check can fail)",
+            fdb_port(other.mac).as_deref() == Some(host_of(&cres).as_str()),
+        );
+        probe::ping(&other.ns, POD_GW4);
+        let _ = &xres;
+    }
+
+    // 5. Self-injection: a frame to its own MAC with a forged internet source, then traffic
+    // "back" to that source.
+    let hairpin_probe = |p: &Pod, m: &[u8]| {
+        send_frame(
+            &p.ns,
+            "eth0",
+            ether(
+                p.mac,
+                p.mac,
+                0x0800,
+                &ipv4(v4(INET4), p.ip4, 17, 64, &udp(53, 4444, b"in")),
+            ),
+        );
+        ether(
+            p.gw_mac,
+            p.mac,
+            0x0800,
+            &ipv4(p.ip4, v4(INET4), 17, 64, &udp(4444, 53, m)),
+        )
+    };
+    attack(
+        &mut r,
+        "UDP to the internet after a hairpinned frame with that source",
+        &at_inet,
+        &control,
+        &guarded,
+        hairpin_probe,
+    );
+    // 8. A neighbour's broadcast is no reply flow.
+    let bcast = |p: &Pod, m: &[u8]| {
+        relearn();
+        send_frame(
+            &other.ns,
+            "eth0",
+            ether(
+                [0xff; 6],
+                other.mac,
+                0x0800,
+                &ipv4(
+                    other.ip4,
+                    v4("10.22.0.255"),
+                    17,
+                    64,
+                    &udp(7000, 7777, b"hello"),
+                ),
+            ),
+        );
+        ether(
+            if kind == "bridge" {
+                other.mac
+            } else {
+                p.gw_mac
+            },
+            p.mac,
+            0x0800,
+            &ipv4(p.ip4, other.ip4, 17, 64, &udp(7777, 7000, m)),
+        )
+    };
+    if kind == "bridge" {
+        attack(
+            &mut r,
+            "UDP back to a neighbour that only broadcast",
+            &at_other,
+            &control,
+            &guarded,
+            bcast,
+        );
+    }
+    r.finish();
+    for (a, res, ns) in [
+        (&g, &gres, &guarded_ns),
+        (&x, &xres, &other_ns),
+        (&c, &cres, &control_ns),
+    ] {
+        chain
+            .del(a, &ns.path(), Some(res))
+            .unwrap_or_else(|e| panic!("DEL: {e:?}"));
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn bridge_with_hairpin_pins_the_pods_identity() {
+    if !can_run_root_tests("bridge_with_hairpin_pins_the_pods_identity") {
+        return;
+    }
+    suite("bridge", true);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn bridge_without_hairpin_pins_the_pods_identity() {
+    if !can_run_root_tests("bridge_without_hairpin_pins_the_pods_identity") {
+        return;
+    }
+    suite("bridge", false);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn ptp_pins_the_pods_identity() {
+    if !can_run_root_tests("ptp_pins_the_pods_identity") {
+        return;
+    }
+    suite("ptp", false);
+}
