@@ -727,24 +727,11 @@ fn a_colliding_pod_never_takes_over_another_pods_table() {
     // The victim's table, as the plugin renders it for the victim, moved to the newcomer's name.
     let own = egress_guard::ruleset::table_name(&v.container_id, "eth0");
     let taken = egress_guard::ruleset::table_name(&x.container_id, "eth0");
-    let conf = egress_guard::cni::NetConf::parse(
-        json!({"cniVersion": "1.0.0", "name": "k8s"})
-            .as_object()
-            .map(|o| {
-                let mut o = o.clone();
-                o.extend(entry.as_object().unwrap().clone());
-                Value::Object(o).to_string()
-            })
-            .unwrap()
-            .as_bytes(),
-    )
-    .unwrap();
-    let pairs: Vec<(String, String)> = ann
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect();
+    let mut full = entry.clone();
+    full["cniVersion"] = json!("1.0.0");
+    full["name"] = json!("k8s");
+    let conf = egress_guard::cni::NetConf::parse(full.to_string().as_bytes()).unwrap();
+    let pairs = common::annotation_pairs(&ann);
     let policy = egress_guard::policy::Policy::resolve(
         &conf.settings,
         Some("ml"),

@@ -28,12 +28,7 @@ fn load(dir: &Path) -> Case {
     };
     let conf = NetConf::parse(&read("netconf.json")).unwrap();
     let ann: Value = serde_json::from_slice(&read("annotations.json")).unwrap();
-    let pairs: Vec<(String, String)> = ann
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect();
+    let pairs = common::annotation_pairs(&ann);
     let target: Value = serde_json::from_slice(&read("target.json")).unwrap();
     let pod = parse_annotations(&pairs).unwrap();
     let policy = Policy::resolve(&conf.settings, target["namespace"].as_str(), &pod).unwrap();

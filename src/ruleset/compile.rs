@@ -572,17 +572,16 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
     if !v4.is_empty() {
         // ARP: Ethernet/IPv4, request or reply, exact length, sender = the pod (or 0.0.0.0
         // for a probe), target inside the pod's on-link subnets.
-        let senders: Vec<Span> = std::iter::once(Span::single(0))
-            .chain(v4.iter().map(|a| Span::single(a.value())))
-            .collect();
+        let senders = merged(
+            std::iter::once((0, 0))
+                .chain(v4.iter().map(|a| (a.value(), a.value())))
+                .collect(),
+        );
         sets.push(set_of(
             "arp4",
             vec![Field::Ipv4Addr, Field::Ipv4Addr],
             true,
-            product(&[
-                merged(senders.iter().map(|s| (s.lo, s.hi)).collect()),
-                onlink4.clone(),
-            ]),
+            product(&[senders, onlink4.clone()]),
         ));
         rules.push(rule(vec![
             Stmt::EtherType(L3::Arp),

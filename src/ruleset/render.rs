@@ -332,7 +332,6 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                 value,
             } if matches!(next, Some(Stmt::Cmp { load: l, op: CmpOp::Lte, .. }) if l == load) => {
                 range_lo = Some(value.clone());
-                let _ = load;
             }
             Stmt::Cmp {
                 load,

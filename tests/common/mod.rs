@@ -8,6 +8,15 @@ pub mod node;
 pub mod probe;
 
 use std::process::Command;
+
+/// A JSON object of pod annotations as the (key, value) pairs the policy parser takes.
+pub fn annotation_pairs(ann: &serde_json::Value) -> Vec<(String, String)> {
+    ann.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Returns false (after printing why) when root tests cannot run here.

@@ -463,7 +463,8 @@ pub fn udp_refused(ns: &str, addr: &str, port: u16) -> bool {
 /// Records every frame seen on `dev` in `ns` (AF_PACKET, all protocols, both directions), as
 /// raw bytes; `saw_bytes` finds a marker anywhere in one.
 pub struct FrameSniffer {
-    server: Server,
+    /// Stops the capture when the sniffer is dropped.
+    _server: Server,
     frames: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -486,12 +487,14 @@ impl FrameSniffer {
             // SAFETY: fd is ours.
             unsafe { libc::close(fd) };
         });
-        FrameSniffer { server, frames }
+        FrameSniffer {
+            _server: server,
+            frames,
+        }
     }
 
     pub fn saw_bytes(&self, marker: &[u8]) -> bool {
         std::thread::sleep(Duration::from_millis(300));
-        let _ = &self.server;
         self.frames
             .lock()
             .unwrap()
