@@ -475,7 +475,7 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
             "--container-id",
             "init",
             "--placement",
-            "pod",
+            "pod-inet",
         ],
     )?;
     let (tarball, layer) = build_init_image(&work, &rules)?;

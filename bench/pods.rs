@@ -222,7 +222,9 @@ impl BenchNode {
             &pod.cid,
         ];
         if placement == "pod" {
-            args.extend(["--placement", "pod"]);
+            // The file is for `nft -f` in the pod netns, as an init container would load it:
+            // the inet form (the netdev form's sets are keyed on raw loads nft cannot read).
+            args.extend(["--placement", "pod-inet"]);
         } else {
             args.extend(["--device", &pod.veth]);
         }

@@ -68,11 +68,14 @@ pub fn run_plugin() -> ExitCode {
 
 const RENDER_USAGE: &str =
     "usage: egress-guard render --config FILE [--annotations FILE] [--annotation KEY=VALUE]...
-                           [--namespace NS] [--container-id ID] [--device IFNAME | --placement pod]
-                           [--pod-net FILE]
+                           [--namespace NS] [--container-id ID] [--placement host|pod|pod-inet]
+                           [--device IFNAME] [--pod-net FILE]
   --config       the egress-guard conflist entry, or a whole conflist holding one
   --annotations  a JSON object of pod annotations
-  --pod-net      the pod's identity on its interface (host placement), a JSON object:
+  --placement    host (default): netdev table on the pod's host-side veth (--device, veth0);
+                 pod: netdev table in the pod netns on the pod's interface (--device, eth0);
+                 pod-inet: inet table in the pod netns (kernels without the netdev egress hook)
+  --pod-net      the pod's identity on its interface (host and pod placement), a JSON object:
                  {\"mac\": \"0a:58:0a:16:00:05\", \"addrs\": [\"10.22.0.5/24\"], \"link_local\": [\"fe80::1\"],
                   \"gateway_mac\": \"0a:58:0a:16:00:01\"}; without it, an example pod with those
                  values and fd00:22::5/64";
@@ -101,10 +104,9 @@ fn render_inner(args: &[String]) -> Result<String, String> {
     let mut annotations: Vec<(String, String)> = Vec::new();
     let mut namespace = None;
     let mut cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string();
-    let mut attach = Attach::Host {
-        device: "veth0".to_string(),
-        pod: PodNet::example(),
-    };
+    let mut device = None;
+    let mut pod = PodNet::example();
+    let mut placement = "host".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -135,29 +137,32 @@ fn render_inner(args: &[String]) -> Result<String, String> {
             }
             "--namespace" => namespace = Some(val()?),
             "--container-id" => cid = val()?,
-            "--device" => {
-                let device = val()?;
-                if let Attach::Host { device: d, .. } = &mut attach {
-                    *d = device;
-                }
-            }
+            "--device" => device = Some(val()?),
             "--pod-net" => {
                 let v = read_json(&val()?)?;
-                let pod: PodNet =
-                    serde_json::from_value(v).map_err(|e| format!("--pod-net: {e}"))?;
-                if let Attach::Host { pod: p, .. } = &mut attach {
-                    *p = pod;
-                }
+                pod = serde_json::from_value(v).map_err(|e| format!("--pod-net: {e}"))?;
             }
-            "--placement" => match val()?.as_str() {
-                "pod" => attach = Attach::Pod,
-                "host" => {}
-                other => return Err(format!("--placement \"{other}\" (expected host or pod)")),
-            },
+            "--placement" => placement = val()?,
             "-h" | "--help" => return Err(RENDER_USAGE.to_string()),
             other => return Err(format!("unknown argument \"{other}\"\n{RENDER_USAGE}")),
         }
     }
+    let attach = match placement.as_str() {
+        "host" => Attach::Host {
+            device: device.unwrap_or_else(|| "veth0".to_string()),
+            pod,
+        },
+        "pod" => Attach::PodLink {
+            device: device.unwrap_or_else(|| "eth0".to_string()),
+            pod,
+        },
+        "pod-inet" => Attach::Pod,
+        other => {
+            return Err(format!(
+                "--placement \"{other}\" (expected host, pod or pod-inet)"
+            ))
+        }
+    };
     let config = config.ok_or_else(|| format!("--config is required\n{RENDER_USAGE}"))?;
     let mut v = read_json(&config)?;
     // A whole conflist: take the egress-guard entry.

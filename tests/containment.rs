@@ -8,7 +8,7 @@ mod common;
 
 use common::chain::{Attachment, Chain};
 use common::node::*;
-use common::probe::{self, send_frame, FrameSniffer, Server};
+use common::probe::{self, send_frame, send_frame_as, FrameSniffer, Server};
 use common::{can_run_root_tests, exec_in, Netns};
 use serde_json::{json, Value};
 
@@ -183,12 +183,98 @@ fn attack(
     );
 }
 
-fn suite(kind: &str, hairpin: bool) {
-    let n = Node::new(&format!("ct{kind}"));
+/// Where the guarded pod's table goes: `host` (the host-side veth) or `pod` (the pod's own
+/// interface in its netns, where packet-socket frames pass its egress hook).
+/// 11. What a packet socket can do besides forging: the pod's own identity to a destination
+/// off the allowlist; the queueing layer skipped (`PACKET_QDISC_BYPASS`); `meta protocol` set
+/// apart from the frame's type, so that the kernel would read the frame as another protocol.
+fn packet_socket_attacks(
+    r: &mut Report,
+    at_inet: &FrameSniffer,
+    at_orch: &FrameSniffer,
+    control: &Pod,
+    guarded: &Pod,
+) {
+    let to_inet = |p: &Pod, m: &[u8]| {
+        ether(
+            p.gw_mac,
+            p.mac,
+            0x0800,
+            &ipv4(p.ip4, v4(INET4), 17, 64, &udp(4444, 53, m)),
+        )
+    };
+    attack(
+        r,
+        "UDP to the internet from a packet socket, the pod's own addresses",
+        at_inet,
+        control,
+        guarded,
+        to_inet,
+    );
+    let mut sent = |what: &str,
+                    at: &FrameSniffer,
+                    protocol: Option<u16>,
+                    bypass: bool,
+                    make: &dyn Fn(&Pod, &[u8]) -> Vec<u8>| {
+        let h = what
+            .bytes()
+            .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32))
+            & 0xfffff;
+        let (mc, mg) = (format!("c{h:05x}"), format!("g{h:05x}"));
+        send_frame_as(
+            &control.ns,
+            "eth0",
+            make(control, mc.as_bytes()),
+            protocol,
+            bypass,
+        );
+        send_frame_as(
+            &guarded.ns,
+            "eth0",
+            make(guarded, mg.as_bytes()),
+            protocol,
+            bypass,
+        );
+        r.blocked(
+            what,
+            at.saw_bytes(mc.as_bytes()),
+            at.saw_bytes(mg.as_bytes()),
+        );
+    };
+    sent(
+        "UDP to the internet from a packet socket that bypasses the queueing layer",
+        at_inet,
+        None,
+        true,
+        &to_inet,
+    );
+    // An IPv4 frame the sender's kernel would read as IPv6 (or ARP): a forged IPv4 source
+    // to an allowlisted port.
+    let forged = |p: &Pod, m: &[u8]| {
+        ether(
+            p.gw_mac,
+            p.mac,
+            0x0800,
+            &ipv4(v4(INET4), v4(ORCH4), 17, 64, &udp(5353, 9999, m)),
+        )
+    };
+    for (name, proto) in [("IPv6", 0x86dd), ("ARP", 0x0806)] {
+        sent(
+            &format!("a forged-source IPv4 frame sent as protocol {name}"),
+            at_orch,
+            Some(proto),
+            false,
+            &forged,
+        );
+    }
+}
+
+fn suite(kind: &str, hairpin: bool, placement: &str) {
+    let n = Node::new(&format!("ct{kind}{}", &placement[..1]));
     let guarded_ns = n.pod_netns("g");
     let other_ns = n.pod_netns("x");
     let control_ns = n.pod_netns("c");
-    let entry = n.guard_entry(json!({}));
+    let entry = n.guard_entry(json!({ "placement": placement }));
     let mut conflist = if kind == "ptp" {
         n.ptp_conflist(entry)
     } else {
@@ -525,6 +611,7 @@ fn suite(kind: &str, hairpin: bool) {
             bcast,
         );
     }
+    packet_socket_attacks(&mut r, &at_inet, &at_orch, &control, &guarded);
     r.finish();
     for (a, res, ns) in [
         (&g, &gres, &guarded_ns),
@@ -546,7 +633,7 @@ fn bridge_with_hairpin_pins_the_pods_identity() {
     if !can_run_root_tests("bridge_with_hairpin_pins_the_pods_identity") {
         return;
     }
-    suite("bridge", true);
+    suite("bridge", true, "host");
 }
 
 #[test]
@@ -558,7 +645,7 @@ fn bridge_without_hairpin_pins_the_pods_identity() {
     if !can_run_root_tests("bridge_without_hairpin_pins_the_pods_identity") {
         return;
     }
-    suite("bridge", false);
+    suite("bridge", false, "host");
 }
 
 #[test]
@@ -570,5 +657,29 @@ fn ptp_pins_the_pods_identity() {
     if !can_run_root_tests("ptp_pins_the_pods_identity") {
         return;
     }
-    suite("ptp", false);
+    suite("ptp", false, "host");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn pod_placement_on_a_bridge_with_hairpin_pins_the_pods_identity() {
+    if !can_run_root_tests("pod_placement_on_a_bridge_with_hairpin_pins_the_pods_identity") {
+        return;
+    }
+    suite("bridge", true, "pod");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn pod_placement_on_ptp_pins_the_pods_identity() {
+    if !can_run_root_tests("pod_placement_on_ptp_pins_the_pods_identity") {
+        return;
+    }
+    suite("ptp", false, "pod");
 }

@@ -639,10 +639,10 @@ fn pod_placement_guards_inside_the_pod() {
     let mut r = Report::default();
     let in_pod = exec_in(&pod.name, &["nft", "list", "tables"]);
     r.expect(
-        "table lives in the pod netns",
+        "table lives in the pod netns, a netdev table on the pod's eth0",
         true,
         in_pod.contains(&format!(
-            "inet {}",
+            "netdev {}",
             egress_guard::ruleset::table_name(&cid, "eth0")
         )),
     );

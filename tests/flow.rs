@@ -224,7 +224,8 @@ fn kernel_failures_fail_closed_with_the_right_code() {
 
 #[test]
 fn placement_follows_interface_kind_and_kernel() {
-    // No host-side veth (macvlan): pod placement under auto.
+    // No host-side veth (macvlan): pod placement under auto, a netdev table on the pod's own
+    // interface.
     let mut k = kernel();
     k.peers.insert(
         PathBuf::from(NETNS),
@@ -237,7 +238,7 @@ fn placement_follows_interface_kind_and_kernel() {
         .unwrap();
     assert_eq!(
         k.table_names(),
-        vec![format!("{NETNS} inet {}", tn("cid-a"))]
+        vec![format!("{NETNS} netdev {}", tn("cid-a"))]
     );
     // ...and an error when host placement is demanded.
     let mut k = kernel();
@@ -257,7 +258,8 @@ fn placement_follows_interface_kind_and_kernel() {
     .unwrap_err();
     assert_eq!(err.code, 102);
     assert!(err.msg.contains("macvlan"));
-    // A kernel without the netdev egress hook: pod placement under auto, error under host.
+    // A kernel without the netdev egress hook: pod placement (inet) under auto, error under
+    // host.
     let mut k = kernel();
     k.netdev_egress = false;
     invoke(&mut k, "ADD", "ml", &conf(Some(enforce()), json!({})))
@@ -278,7 +280,9 @@ fn placement_follows_interface_kind_and_kernel() {
         .code,
         101
     );
-    // placement pod never looks for the peer.
+    // placement pod with a veth: in the pod netns, on the pod's interface; the host-side
+    // veth is still looked up (stale host tables on it are removed, its bridge's gateway MAC
+    // pinned).
     let mut k = kernel();
     invoke(
         &mut k,
@@ -288,8 +292,12 @@ fn placement_follows_interface_kind_and_kernel() {
     )
     .result
     .unwrap();
+    assert_eq!(
+        k.table_names(),
+        vec![format!("{NETNS} netdev {}", tn("cid-a"))]
+    );
     assert!(
-        !k.calls.iter().any(|c| c.starts_with("peer")),
+        k.calls.iter().any(|c| c.starts_with("peer")),
         "{:?}",
         k.calls
     );

@@ -1,7 +1,7 @@
 //! Golden tests: each `tests/golden/<case>/` holds a conflist entry, pod annotations and a target;
 //! the compiled ruleset rendered as nft text must equal `expected.nft` (`BLESS=1` rewrites it).
-//! As root, each host-placement case is also installed for real in a scratch network namespace
-//! and `nft list table` must print exactly the same text.
+//! As root, each case is also installed for real in a scratch network namespace and `nft list
+//! table` must print exactly the same text.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -32,15 +32,22 @@ fn load(dir: &Path) -> Case {
     let target: Value = serde_json::from_slice(&read("target.json")).unwrap();
     let pod = parse_annotations(&pairs).unwrap();
     let policy = Policy::resolve(&conf.settings, target["namespace"].as_str(), &pod).unwrap();
-    let attach = match target["device"].as_str() {
-        Some(d) => Attach::Host {
-            device: d.to_string(),
-            pod: match target.get("podNet") {
-                Some(v) => serde_json::from_value(v.clone()).unwrap(),
-                None => egress_guard::ruleset::PodNet::example(),
-            },
+    let pod = || match target.get("podNet") {
+        Some(v) => serde_json::from_value(v.clone()).unwrap(),
+        None => egress_guard::ruleset::PodNet::example(),
+    };
+    let device = || target["device"].as_str().unwrap().to_string();
+    let attach = match target["placement"].as_str().unwrap_or("host") {
+        "host" => Attach::Host {
+            device: device(),
+            pod: pod(),
         },
-        None => Attach::Pod,
+        "pod" => Attach::PodLink {
+            device: device(),
+            pod: pod(),
+        },
+        "pod-inet" => Attach::Pod,
+        other => panic!("{}: placement {other}", dir.display()),
     };
     let t = Target {
         container_id: target["containerId"].as_str().unwrap().to_string(),
@@ -113,9 +120,16 @@ fn golden_cases_cover_the_interesting_shapes() {
         .contains("policy drop"));
     assert!(by("audit-host-empty").text.contains("policy accept"));
     assert_eq!(
-        by("enforce-pod-placement").table.as_ref().unwrap().family,
+        by("enforce-pod-inet").table.as_ref().unwrap().family,
         Family::Inet
     );
+    // Pod placement on the pod's own interface: from_pod on its egress hook.
+    let pod = by("enforce-pod-placement").table.as_ref().unwrap();
+    assert_eq!(pod.family, Family::Netdev);
+    assert_eq!(pod.chains[0].hook, egress_guard::ruleset::Hook::Egress);
+    assert!(by("enforce-pod-placement")
+        .text
+        .contains("meta oiftype ether"));
     // Overlapping entries were cut into disjoint boxes (the kernel rejects overlaps).
     assert!(by("overlapping-entries")
         .text
@@ -127,8 +141,8 @@ fn golden_cases_cover_the_interesting_shapes() {
     not(feature = "root-tests"),
     ignore = "needs root: cargo test --features root-tests"
 )]
-fn kernel_listing_matches_render_for_every_host_case() {
-    if !common::can_run_root_tests("kernel_listing_matches_render_for_every_host_case") {
+fn kernel_listing_matches_render_for_every_case() {
+    if !common::can_run_root_tests("kernel_listing_matches_render_for_every_case") {
         return;
     }
     let ns = common::Netns::new(&common::unique("gold"));
@@ -136,7 +150,7 @@ fn kernel_listing_matches_render_for_every_host_case() {
     for c in cases() {
         let Some(table) = &c.table else { continue };
         if table.family != Family::Netdev {
-            // Pod placement: install in the namespace itself.
+            // The inet pod table: install in the namespace itself.
             let mut k = NetlinkKernel::new();
             let path = ns.path();
             let at = Where::Netns(Path::new(&path));
@@ -157,7 +171,8 @@ fn kernel_listing_matches_render_for_every_host_case() {
             &format!("link add {dev} type veth peer name {dev}p"),
         );
         {
-            // Host placement: the scratch namespace plays the host.
+            // A netdev table (host, or pod on its own interface): the scratch namespace holds
+            // the device.
             let _inside = NetnsGuard::enter(Path::new(&ns.path())).unwrap();
             NetlinkKernel::new()
                 .install(Where::Host, Family::Netdev, &[], Some(table))

@@ -106,8 +106,10 @@ impl PodState {
         self.placement == "host"
     }
 
+    /// A host table and a pod table whose state pins the pod (on its own interface) are
+    /// netdev tables; a pod table without (a kernel without the netdev egress hook) is inet.
     pub fn family(&self) -> Family {
-        if self.is_host() {
+        if self.is_host() || self.pod_net.is_some() {
             Family::Netdev
         } else {
             Family::Inet
@@ -172,7 +174,13 @@ impl PodState {
                     container_id: self.container_id.clone(),
                 })?,
             },
-            "pod" => Attach::Pod,
+            "pod" => match &self.pod_net {
+                Some(pod) => Attach::PodLink {
+                    device: self.ifname.clone(),
+                    pod: pod.clone(),
+                },
+                None => Attach::Pod,
+            },
             other => {
                 return Err(StateError::Placement {
                     container_id: self.container_id.clone(),

@@ -162,46 +162,63 @@ fn choose_attach<K: Kernel>(
     netns: &str,
     ifname: &str,
 ) -> Result<(Attach, Option<HostLink>), CniError> {
-    if ctx.conf.placement == PlacementPref::Pod {
-        return Ok((Attach::Pod, None));
-    }
     let peer = ctx
         .kernel
         .host_peer(Path::new(netns), ifname, &ctx.conf.host_interface_hints())
         .map_err(|e| kernel_error(whom, "finding the pod's host-side interface", &e))?;
     let egress = ctx.kernel.has_netdev_egress();
-    match (peer, ctx.conf.placement, egress) {
-        (HostPeer::Veth { name, index }, _, true) => {
-            let pod = pod_identity(ctx, whom, netns, ifname, &name)?;
+    let host = match peer {
+        HostPeer::Veth { name, index } => Some((name, index)),
+        HostPeer::None { kind } => {
+            if ctx.conf.placement == PlacementPref::Host {
+                return Err(CniError::new(
+                    code::INTERFACE,
+                    format!("{whom}: placement \"host\" needs a veth with its peer in the host namespace, but \"{ifname}\" is a {kind}"),
+                ));
+            }
+            None
+        }
+    };
+    match (&host, ctx.conf.placement, egress) {
+        (Some((name, _)), PlacementPref::Host | PlacementPref::Auto, true) => {
+            let pod = pod_identity(ctx, whom, netns, ifname, Some(name))?;
             Ok((
                 Attach::Host {
                     device: name.clone(),
                     pod,
                 },
-                Some((name, index)),
+                host,
             ))
         }
-        (HostPeer::Veth { name, .. }, PlacementPref::Host, false) => Err(CniError::new(
+        (Some((name, _)), PlacementPref::Host, false) => Err(CniError::new(
             code::KERNEL_REJECTED,
             format!("{whom}: placement \"host\" needs the netdev egress hook (kernel 5.16 or later); use placement \"auto\" or \"pod\" (host interface {name})"),
         )),
-        (HostPeer::Veth { name, index }, _, false) => Ok((Attach::Pod, Some((name, index)))),
-        (HostPeer::None { kind }, PlacementPref::Host, _) => Err(CniError::new(
-            code::INTERFACE,
-            format!("{whom}: placement \"host\" needs a veth with its peer in the host namespace, but \"{ifname}\" is a {kind}"),
-        )),
-        (HostPeer::None { .. }, _, _) => Ok((Attach::Pod, None)),
+        // Inside the pod: on its own interface where the kernel has the egress hook.
+        (_, _, true) => {
+            let device = host.as_ref().map(|(n, _)| n.as_str());
+            let pod = pod_identity(ctx, whom, netns, ifname, device)?;
+            Ok((
+                Attach::PodLink {
+                    device: ifname.to_string(),
+                    pod,
+                },
+                host,
+            ))
+        }
+        (_, _, false) => Ok((Attach::Pod, host)),
     }
 }
 
-/// Who the pod is on `ifname` (host placement pins its frames to it): prevResult's container
-/// interface checked against the kernel, and the gateway's MAC on the node.
+/// Who the pod is on `ifname` (the table pins its frames to it): prevResult's container
+/// interface checked against the kernel, and the gateway's MAC when the pod's host-side
+/// `device` (or its bridge) holds the gateway.
 fn pod_identity<K: Kernel>(
     ctx: &mut Ctx<'_, K>,
     whom: &str,
     netns: &str,
     ifname: &str,
-    device: &str,
+    device: Option<&str>,
 ) -> Result<PodNet, CniError> {
     let prev = match &ctx.conf.prev_result {
         Some(p) => identity::prev_interface(p, ifname)?,
@@ -211,13 +228,24 @@ fn pod_identity<K: Kernel>(
         .kernel
         .pod_interface(Path::new(netns), ifname)
         .map_err(|e| kernel_error(whom, "reading the pod's interface", &e))?;
-    let gateway = ctx
-        .kernel
-        .gateway_mac(device, &prev.gateways)
-        .map_err(|e| kernel_error(whom, "finding the pod's gateway", &e))?;
-    if gateway.is_none() && !prev.gateways.is_empty() {
-        log::warn!("{whom}: no gateway of {ifname} is on {device} or its bridge: frames to off-link addresses are not pinned to the gateway's MAC");
-    }
+    let gateway = match device {
+        Some(device) => {
+            let gateway = ctx
+                .kernel
+                .gateway_mac(device, &prev.gateways)
+                .map_err(|e| kernel_error(whom, "finding the pod's gateway", &e))?;
+            if gateway.is_none() && !prev.gateways.is_empty() {
+                log::warn!("{whom}: no gateway of {ifname} is on {device} or its bridge: frames to off-link addresses are not pinned to the gateway's MAC");
+            }
+            gateway
+        }
+        None => {
+            if !prev.gateways.is_empty() {
+                log::info!("{whom}: {ifname} has no host-side veth: frames to off-link addresses are not pinned to the gateway's MAC");
+            }
+            None
+        }
+    };
     identity::pod_net(whom, ifname, &prev, &iface, gateway)
 }
 
@@ -623,31 +651,46 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
                 }
             }
         }
-        Attach::Pod => {
+        Attach::PodLink { .. } | Attach::Pod => {
             if let Some((dev, _)) = &peer {
                 clear_stale_host_tables(ctx, &whom, &cid, &name, dev)?;
             }
             let at = Where::Netns(Path::new(&netns));
-            // This attachment's table from an earlier ADD, under either name.
-            let mut replace = Vec::new();
+            let family = attach.family();
+            // This attachment's table from an earlier ADD, under either name, in the family
+            // this ADD installs (replaced in the same transaction) or the other one (removed
+            // once the new table is in: until then both guard the pod).
+            let (mut replace, mut other) = (Vec::new(), Vec::new());
             for n in [name.clone(), legacy_table_name(&cid, &ifname)] {
-                if let Some(t) = ctx
-                    .kernel
-                    .table(at, Family::Inet, &n)
-                    .map_err(|e| kernel_error(&whom, "looking up the pod's table", &e))?
-                {
-                    replace.push(t.name);
+                for f in [Family::Netdev, Family::Inet] {
+                    if let Some(t) = ctx
+                        .kernel
+                        .table(at, f, &n)
+                        .map_err(|e| kernel_error(&whom, "looking up the pod's table", &e))?
+                    {
+                        if f == family {
+                            replace.push(t.name);
+                        } else {
+                            other.push((f, t.name));
+                        }
+                    }
                 }
             }
             log::debug!(
-                "{whom}: installing table inet {} in pod netns {netns}: {} rules, {} set elements",
+                "{whom}: installing table {} {} in pod netns {netns}: {} rules, {} set elements",
+                family.name(),
                 table.name,
                 table.rule_count(),
                 table.element_count()
             );
-            if let Err(e) = ctx.kernel.install(at, Family::Inet, &replace, Some(&table)) {
-                undo_uncertain(ctx, &whom, at, Family::Inet, &name, &e);
+            if let Err(e) = ctx.kernel.install(at, family, &replace, Some(&table)) {
+                undo_uncertain(ctx, &whom, at, family, &name, &e);
                 return Err(kernel_error(&whom, "installing the egress policy", &e));
+            }
+            for (f, n) in other {
+                ctx.kernel
+                    .remove(at, f, &n)
+                    .map_err(|e| kernel_error(&whom, "removing the pod's earlier table", &e))?;
             }
         }
     }
@@ -665,10 +708,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             placement: attach.placement().as_str(),
             table: &table.name,
             device: peer.as_ref().map(|(n, _)| n.as_str()),
-            pod_net: match &attach {
-                Attach::Host { pod, .. } => Some(pod),
-                Attach::Pod => None,
-            },
+            pod_net: attach.pod_net(),
             policy: policy.digest(),
             entries: policy.entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: ctx.conf.nflog_group,
@@ -721,13 +761,15 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
                 .map_err(|e| kernel_error(&whom, "removing the host table", &e))?;
         }
         if let Some(netns) = ctx.env.netns.as_deref().filter(|n| !n.is_empty()) {
-            match ctx
-                .kernel
-                .remove(Where::Netns(Path::new(netns)), Family::Inet, name)
-            {
-                Ok(r) => removed_pod |= r,
-                Err(e) if e.netns_missing() => {}
-                Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
+            for family in [Family::Netdev, Family::Inet] {
+                match ctx
+                    .kernel
+                    .remove(Where::Netns(Path::new(netns)), family, name)
+                {
+                    Ok(r) => removed_pod |= r,
+                    Err(e) if e.netns_missing() => break,
+                    Err(e) => return Err(kernel_error(&whom, "removing the pod table", &e)),
+                }
             }
         }
         if let Some(device) = device {
@@ -768,7 +810,7 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
     };
     let at = match &attach {
         Attach::Host { .. } => Where::Host,
-        Attach::Pod => Where::Netns(Path::new(&netns)),
+        Attach::PodLink { .. } | Attach::Pod => Where::Netns(Path::new(&netns)),
     };
     let mut actual = ctx
         .kernel

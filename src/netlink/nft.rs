@@ -9,7 +9,7 @@ use super::socket::{
     NLM_F_REQUEST,
 };
 use super::NetlinkError;
-use crate::ruleset::{Base, CmpOp, Family, Load, Selector, Set, Stmt, Table};
+use crate::ruleset::{Base, CmpOp, Dev, Family, Load, Selector, Set, Stmt, Table};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -76,6 +76,7 @@ const REG32_00: u32 = 8;
 const META_LEN: u32 = 0;
 const META_PROTOCOL: u32 = 1;
 const META_IIFTYPE: u32 = 8;
+const META_OIFTYPE: u32 = 9;
 const ARPHRD_ETHER: u16 = 1;
 const META_OIFNAME: u32 = 7;
 const META_NFPROTO: u32 = 15;
@@ -328,6 +329,14 @@ fn meta(key: u32) -> Expr {
     }
 }
 
+fn link_is_ether(dev: Dev, out: &mut Vec<Expr>) {
+    let key = match dev {
+        Dev::In => META_IIFTYPE,
+        Dev::Out => META_OIFTYPE,
+    };
+    load_eq(meta(key), ARPHRD_ETHER.to_ne_bytes().to_vec(), out)
+}
+
 /// Lowers one statement to kernel expressions.
 pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
     let r = REG32_00;
@@ -340,6 +349,14 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
             ),
             Family::Inet => load_eq(meta(META_NFPROTO), vec![l3.nfproto()], out),
         },
+        Stmt::L3Not(l3) => {
+            out.push(meta(META_PROTOCOL));
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: CMP_NEQ,
+                data: l3.ethertype().to_be_bytes().to_vec(),
+            });
+        }
         Stmt::L4Proto(p) => load_eq(meta(META_L4PROTO), vec![*p], out),
         Stmt::L4ProtoRange(lo, hi) => load_within(meta(META_L4PROTO), *lo, *hi, out),
         Stmt::L4ProtoNot(lo, hi) => load_outside(meta(META_L4PROTO), *lo, *hi, out),
@@ -370,11 +387,11 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
             });
         }
         Stmt::Cmp { load, op, value } => lower_cmp(*load, *op, value, out),
-        Stmt::LinkIsEther => load_eq(meta(META_IIFTYPE), ARPHRD_ETHER.to_ne_bytes().to_vec(), out),
+        Stmt::LinkIsEther(dev) => link_is_ether(*dev, out),
         // The Ethernet type as it was on the wire: a VLAN-tagged frame reads 0x8100 here
         // (the kernel puts the tag back for the load), never the type inside the tag.
-        Stmt::EtherType(l3) => {
-            load_eq(meta(META_IIFTYPE), ARPHRD_ETHER.to_ne_bytes().to_vec(), out);
+        Stmt::EtherType(dev, l3) => {
+            link_is_ether(*dev, out);
             load_eq(
                 Expr::Payload {
                     base: BASE_LINK,
@@ -1254,8 +1271,9 @@ mod tests {
                 key: vec![Selector::EtherSaddr],
                 limit: None,
             },
-            Stmt::LinkIsEther,
-            Stmt::EtherType(L3::Arp),
+            Stmt::LinkIsEther(Dev::In),
+            Stmt::LinkIsEther(Dev::Out),
+            Stmt::EtherType(Dev::In, L3::Arp),
             Stmt::Cmp {
                 load: crate::ruleset::Load::MetaLen,
                 op: crate::ruleset::CmpOp::Lte,

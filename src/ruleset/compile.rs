@@ -4,8 +4,8 @@
 use super::intervals::{disjoint_boxes, Box2};
 use super::podnet::PodNet;
 use super::{
-    Base, Chain, CmpOp, Element, Family, Field, Hook, Load, Rate, Rule, Selector, Set, Span, Stmt,
-    Table, Verdict, L3,
+    Base, Chain, CmpOp, Dev, Element, Family, Field, Hook, Load, Rate, Rule, Selector, Set, Span,
+    Stmt, Table, Verdict, L3,
 };
 use crate::policy::{Entry, Mode, Policy};
 
@@ -24,7 +24,7 @@ const LOG_BURST: u32 = 20;
 pub enum Placement {
     /// netdev table in the host netns bound to the pod's host-side veth.
     Host,
-    /// inet table inside the pod's netns (removable by CAP_NET_ADMIN in the pod).
+    /// A table inside the pod's netns (removable by CAP_NET_ADMIN in the pod).
     Pod,
 }
 
@@ -52,7 +52,10 @@ pub struct Target {
 pub enum Attach {
     /// Host netns, chains bound to this host-side interface; `pod` is who may send on it.
     Host { device: String, pod: PodNet },
-    /// Inside the pod netns.
+    /// Pod netns, netdev chains bound to the pod's own interface `device` (its egress hook
+    /// sees packet-socket frames too); `pod` is who may send on it.
+    PodLink { device: String, pod: PodNet },
+    /// Pod netns, inet output and forward chains: kernels without the netdev egress hook.
     Pod,
 }
 
@@ -60,7 +63,20 @@ impl Attach {
     pub fn placement(&self) -> Placement {
         match self {
             Attach::Host { .. } => Placement::Host,
-            Attach::Pod => Placement::Pod,
+            Attach::PodLink { .. } | Attach::Pod => Placement::Pod,
+        }
+    }
+    pub fn family(&self) -> Family {
+        match self {
+            Attach::Host { .. } | Attach::PodLink { .. } => Family::Netdev,
+            Attach::Pod => Family::Inet,
+        }
+    }
+    /// Who may send on the attachment, where the table pins it.
+    pub fn pod_net(&self) -> Option<&PodNet> {
+        match self {
+            Attach::Host { pod, .. } | Attach::PodLink { pod, .. } => Some(pod),
+            Attach::Pod => None,
         }
     }
 }
@@ -385,6 +401,44 @@ const ICMP6_ERROR_MAX: u32 = 1280;
 const ICMP4_ERROR_TYPES: [u8; 3] = [3, 11, 12];
 const ICMP6_ERROR_TYPES: [u8; 4] = [1, 2, 3, 4];
 
+/// Which interface a link table's chains are bound to, which decides the hooks and what the
+/// from-pod rules see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The pod's host-side veth: frames from the pod come in (ingress), frames to it go out.
+    HostPeer,
+    /// The pod's own interface in its netns: frames from the pod go out (egress, which packet
+    /// sockets pass too), frames to it come in.
+    PodOwn,
+}
+
+impl Side {
+    /// The device of a from-pod frame as the from-pod chain sees it.
+    fn pod_frames(self) -> Dev {
+        match self {
+            Side::HostPeer => Dev::In,
+            Side::PodOwn => Dev::Out,
+        }
+    }
+    /// Hooks of the from-pod and to-pod chains.
+    fn hooks(self) -> (Hook, Hook) {
+        match self {
+            Side::HostPeer => (Hook::Ingress, Hook::Egress),
+            Side::PodOwn => (Hook::Egress, Hook::Ingress),
+        }
+    }
+    /// `meta length` of a from-pod frame is counted from the network header at ingress and
+    /// from the Ethernet header at egress.
+    fn len(self, op: CmpOp, from_network_header: u32) -> Stmt {
+        let l2 = match self {
+            Side::HostPeer => 0,
+            Side::PodOwn => ETH_HLEN,
+        };
+        meta_len(op, from_network_header + l2)
+    }
+}
+
+const ETH_HLEN: u32 = 14;
 const ETH_DADDR: u32 = 0;
 const ETH_SADDR: u32 = 6;
 const ETH_TYPE: u32 = 12;
@@ -547,8 +601,9 @@ fn single(v: u128) -> Vec<Span> {
 /// The sets and rules that pin the pod's identity: Ethernet source, untagged IPv4/IPv6/ARP
 /// only, IP source, ARP and neighbour discovery of exact shape, and (with a known gateway)
 /// the gateway as Ethernet destination of everything off-link. Drops in every mode.
-fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
+fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
     let drop = || Stmt::Verdict(Verdict::Drop);
+    let dev = side.pod_frames();
     let v4: Vec<_> = pod.v4().collect();
     let v6: Vec<_> = pod.v6().collect();
     let onlink4 = merged(v4.iter().map(|a| a.subnet()).collect());
@@ -565,7 +620,7 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
         .collect();
 
     rules.push(rule(vec![
-        Stmt::LinkIsEther,
+        Stmt::LinkIsEther(dev),
         cmp(link(ETH_SADDR, 6), CmpOp::Neq, pod.mac.0),
         drop(),
     ]));
@@ -584,8 +639,8 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
             product(&[senders, onlink4.clone()]),
         ));
         rules.push(rule(vec![
-            Stmt::EtherType(L3::Arp),
-            meta_len(CmpOp::Eq, 28),
+            Stmt::EtherType(dev, L3::Arp),
+            side.len(CmpOp::Eq, 28),
             cmp(net(0, 6), CmpOp::Eq, [0, 1, 8, 0, 6, 4]),
             cmp(net(6, 2), CmpOp::Gte, [0, 1]),
             cmp(net(6, 2), CmpOp::Lte, [0, 2]),
@@ -603,7 +658,7 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
     // Untagged IPv4 and IPv6 only from here on (ARP was decided above): `meta protocol`, which
     // the rules below match on, is the type inside a VLAN tag.
     rules.push(rule(vec![
-        Stmt::LinkIsEther,
+        Stmt::LinkIsEther(dev),
         cmp(
             link(ETH_TYPE, 2),
             CmpOp::Neq,
@@ -616,6 +671,19 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
         ),
         drop(),
     ]));
+    if dev == Dev::Out {
+        // A packet socket sets `meta protocol` (from which the kernel finds the transport
+        // header for the rules below) apart from the frame's type: they must agree. The
+        // rules below would drop such a frame too (its transport header is never found, and
+        // every accept needs one); this keeps that true of any rule added later.
+        for l3 in [L3::Ipv4, L3::Ipv6] {
+            rules.push(rule(vec![
+                Stmt::EtherType(dev, l3),
+                Stmt::L3Not(l3),
+                drop(),
+            ]));
+        }
+    }
     if v4.is_empty() {
         rules.push(rule(vec![Stmt::L3(L3::Ipv4), drop()]));
     } else {
@@ -643,7 +711,7 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
             absent("own6", vec![Selector::Ip6Saddr]),
             drop(),
         ]));
-        nd_rules(pod, &own6, &onlink6, sets, rules);
+        nd_rules(pod, side, &own6, &onlink6, sets, rules);
     }
     if let Some(gw) = pod.gateway_mac {
         // (destination . Ethernet destination): on-link destinations with any MAC (the
@@ -678,7 +746,7 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
             elements.sort();
             sets.push(set_of(set, vec![addr, Field::EtherAddr], true, elements));
             rules.push(rule(vec![
-                Stmt::LinkIsEther,
+                Stmt::LinkIsEther(dev),
                 Stmt::L3(l3),
                 absent(set, vec![daddr, Selector::EtherDaddr]),
                 drop(),
@@ -695,6 +763,7 @@ fn identity(pod: &PodNet, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) {
 /// Every other RS, RA, NS, NA and redirect is dropped.
 fn nd_rules(
     pod: &PodNet,
+    side: Side,
     own6: &[u128],
     onlink6: &[Span],
     sets: &mut Vec<Set>,
@@ -765,7 +834,7 @@ fn nd_rules(
     let header = || cmp(net(6, 2), CmpOp::Eq, ND_HEADER);
     rules.push(rule(vec![
         Stmt::L3(L3::Ipv6),
-        meta_len(CmpOp::Eq, 40 + 24),
+        side.len(CmpOp::Eq, 40 + 24),
         header(),
         lookup(
             "nd6_short",
@@ -780,7 +849,7 @@ fn nd_rules(
     ]));
     rules.push(rule(vec![
         Stmt::L3(L3::Ipv6),
-        meta_len(CmpOp::Eq, 40 + 32),
+        side.len(CmpOp::Eq, 40 + 32),
         header(),
         lookup(
             "nd6_long",
@@ -798,7 +867,7 @@ fn nd_rules(
     rs_option.extend_from_slice(&pod.mac.0);
     rules.push(rule(vec![
         Stmt::L3(L3::Ipv6),
-        meta_len(CmpOp::Eq, 40 + 16),
+        side.len(CmpOp::Eq, 40 + 16),
         header(),
         cmp(net(24, 16), CmpOp::Eq, V6_ALL_ROUTERS.to_be_bytes()),
         cmp(th(0, 2), CmpOp::Eq, [ICMP6_RS, 0]),
@@ -870,11 +939,13 @@ fn dynamic(name: String, fields: Vec<Field>, timeout: u32) -> Set {
     }
 }
 
-fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> Table {
+/// A netdev table whose chains are bound to one of the pod's two interfaces (`side`): the
+/// pod's identity pinned, replies tracked in sets, the allowlist, then the closing rule.
+fn link_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet, side: Side) -> Table {
     let mut sets = Vec::new();
     let mut from_pod = Vec::new();
     let mut to_pod = Vec::new();
-    identity(pod, &mut sets, &mut from_pod);
+    identity(pod, side, &mut sets, &mut from_pod);
     let id_icmp = raw(Base::Transport, 4, Field::InetService);
     for f in &FAMILIES {
         let present = match f.l3 {
@@ -957,7 +1028,7 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
         ]));
         let mut errors = vec![
             Stmt::L3(f.l3),
-            meta_len(CmpOp::Lte, f.error_max),
+            side.len(CmpOp::Lte, f.error_max),
             Stmt::L4Proto(f.icmp),
         ];
         errors.extend(one_of(Byte::IcmpType, f.errors));
@@ -1004,6 +1075,7 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
     let (closing, policy_verdict) =
         closing_rule(policy.mode, &target.container_id, target.log_group);
     from_pod.push(closing);
+    let (from_hook, to_hook) = side.hooks();
     Table {
         family: Family::Netdev,
         name: table_name(&target.container_id, &target.ifname),
@@ -1012,7 +1084,7 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
         chains: vec![
             Chain {
                 name: "from_pod".into(),
-                hook: Hook::Ingress,
+                hook: from_hook,
                 device: Some(device.to_string()),
                 priority: 0,
                 policy: policy_verdict,
@@ -1020,7 +1092,7 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
             },
             Chain {
                 name: "to_pod".into(),
-                hook: Hook::Egress,
+                hook: to_hook,
                 device: Some(device.to_string()),
                 priority: 0,
                 policy: Verdict::Accept,
@@ -1030,7 +1102,9 @@ fn host_table(policy: &Policy, target: &Target, device: &str, pod: &PodNet) -> T
     }
 }
 
-fn pod_table(policy: &Policy, target: &Target) -> Table {
+/// The fallback for kernels without the netdev egress hook: inet output and forward chains
+/// with conntrack in the pod netns, which packet sockets bypass.
+fn inet_pod_table(policy: &Policy, target: &Target) -> Table {
     let (a4l4, a4p) = allow_sets(&policy.entries, true);
     let (a6l4, a6p) = allow_sets(&policy.entries, false);
     let mut sets = vec![a4l4, a4p, a6l4, a6p];
@@ -1079,8 +1153,13 @@ pub fn compile(policy: &Policy, target: &Target) -> Option<Table> {
         return None;
     }
     match &target.attach {
-        Attach::Host { device, pod } => Some(host_table(policy, target, device, pod)),
-        Attach::Pod => Some(pod_table(policy, target)),
+        Attach::Host { device, pod } => {
+            Some(link_table(policy, target, device, pod, Side::HostPeer))
+        }
+        Attach::PodLink { device, pod } => {
+            Some(link_table(policy, target, device, pod, Side::PodOwn))
+        }
+        Attach::Pod => Some(inet_pod_table(policy, target)),
     }
 }
 

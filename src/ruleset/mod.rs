@@ -303,6 +303,8 @@ pub struct Rate {
 pub enum Stmt {
     /// `meta protocol` (netdev) or `meta nfproto` (inet) equals.
     L3(L3),
+    /// `meta protocol` differs (netdev).
+    L3Not(L3),
     /// `meta l4proto` equals.
     L4Proto(u8),
     /// `meta l4proto` lies in `lo..=hi`.
@@ -319,12 +321,13 @@ pub enum Stmt {
     OifName(String),
     /// `ct state` has any of the bits in the mask.
     CtState(u32),
-    /// The input device is Ethernet (`meta iiftype ether`): what makes nft name the
-    /// link-layer fields that follow. Only valid where there is an input device (ingress).
-    LinkIsEther,
+    /// The device is Ethernet (`meta iiftype ether` at ingress, `meta oiftype ether` at
+    /// egress, where there is no input device and an `iiftype` match never matches).
+    LinkIsEther(Dev),
     /// The Ethernet type field of the frame as sent (not `meta protocol`, which a VLAN tag
-    /// hides): the device is Ethernet and the type equals. Ingress only.
-    EtherType(L3),
+    /// hides, and which a packet socket sets apart from the frame): the device is Ethernet
+    /// and the type equals.
+    EtherType(Dev, L3),
     /// Loaded bytes compared with a value (big-endian; a `MetaLen` value is a plain number).
     Cmp {
         load: Load,
@@ -356,6 +359,14 @@ pub enum Stmt {
     },
     Counter,
     Verdict(Verdict),
+}
+
+/// The device a chain sees a frame on: the one it came in by (ingress hook) or the one it
+/// leaves by (egress hook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dev {
+    In,
+    Out,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,8 @@ use std::fmt::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    Base, Chain, CmpOp, Element, Family, Field, Load, Rule, Selector, Set, Span, Stmt, Table, L3,
+    Base, Chain, CmpOp, Dev, Element, Family, Field, Load, Rule, Selector, Set, Span, Stmt, Table,
+    L3,
 };
 
 fn proto_name(p: u8) -> String {
@@ -164,7 +165,7 @@ fn render_set(out: &mut String, set: &Set) {
     out.push_str("\t}\n");
 }
 
-fn selector_text(sel: Selector, l4: Option<u8>) -> String {
+fn selector_text(sel: Selector, l3: Option<L3>, l4: Option<u8>, ether: bool) -> String {
     let th = match l4 {
         Some(6) => "tcp",
         Some(17) => "udp",
@@ -179,8 +180,10 @@ fn selector_text(sel: Selector, l4: Option<u8>) -> String {
         Selector::L4Proto => "meta l4proto".into(),
         Selector::ThSport => format!("{th} sport"),
         Selector::ThDport => format!("{th} dport"),
-        Selector::EtherSaddr => "ether saddr".into(),
-        Selector::EtherDaddr => "ether daddr".into(),
+        Selector::EtherSaddr if ether => "ether saddr".into(),
+        Selector::EtherDaddr if ether => "ether daddr".into(),
+        Selector::EtherSaddr => raw_text(Base::Link, 6, 6),
+        Selector::EtherDaddr => raw_text(Base::Link, 0, 6),
         Selector::Raw {
             base,
             offset,
@@ -188,8 +191,8 @@ fn selector_text(sel: Selector, l4: Option<u8>) -> String {
         } => match (base, offset, l4) {
             (Base::Transport, 4, Some(1)) => "icmp id".into(),
             (Base::Transport, 4, Some(58)) => "icmpv6 id".into(),
-            (Base::Network, 14, None) => "arp saddr ip".into(),
-            (Base::Network, 24, None) => "arp daddr ip".into(),
+            (Base::Network, 14, None) if l3 == Some(L3::Arp) => "arp saddr ip".into(),
+            (Base::Network, 24, None) if l3 == Some(L3::Arp) => "arp daddr ip".into(),
             (Base::Transport, 0, _) if field.width() == 2 => "th sport".into(),
             (Base::Transport, 2, _) if field.width() == 2 => "th dport".into(),
             _ => raw_text(base, offset, field.width() as u32),
@@ -283,9 +286,9 @@ fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) ->
     }
 }
 
-fn key_text(key: &[Selector], l4: Option<u8>) -> String {
+fn key_text(key: &[Selector], l3: Option<L3>, l4: Option<u8>, ether: bool) -> String {
     key.iter()
-        .map(|s| selector_text(*s, l4))
+        .map(|s| selector_text(*s, l3, l4, ether))
         .collect::<Vec<_>>()
         .join(" . ")
 }
@@ -304,7 +307,8 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut l3: Option<L3> = None;
     let mut l4: Option<u8> = None;
-    // nft names link-layer fields only after `meta iiftype ether`.
+    // nft names link-layer fields only after `meta iiftype ether`; after `meta oiftype ether`
+    // (egress) it lists them as raw loads.
     let mut ether = false;
     let mut range_lo: Option<Vec<u8>> = None;
     for (i, stmt) in r.stmts.iter().enumerate() {
@@ -321,10 +325,20 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                     parts.push(format!("meta protocol {}", p.name()));
                 }
             }
-            Stmt::LinkIsEther => ether = true,
-            Stmt::EtherType(p) => {
+            Stmt::LinkIsEther(Dev::In) => ether = true,
+            Stmt::LinkIsEther(Dev::Out) => parts.push("meta oiftype ether".into()),
+            Stmt::EtherType(Dev::In, p) => {
                 ether = true;
                 l3 = Some(*p);
+            }
+            // Without `meta protocol`, nft lists what follows an ARP type as raw loads.
+            Stmt::EtherType(Dev::Out, p) => {
+                l3 = Some(*p).filter(|p| *p != L3::Arp);
+                parts.push(format!(
+                    "meta oiftype ether {} {}",
+                    raw_text(Base::Link, 12, 2),
+                    hex(&p.ethertype().to_be_bytes())
+                ));
             }
             Stmt::Cmp {
                 load,
@@ -342,8 +356,14 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                 let text = cmp_text(l3, ether, *load, CmpOp::Eq, value);
                 // "field HI" -> "field LO-HI"
                 let (field, hi) = text.rsplit_once(' ').unwrap_or(("", &text));
-                parts.push(format!("{field} {}-{hi}", be_number(&lo)));
+                let lo = if hi.starts_with("0x") {
+                    hex(&lo)
+                } else {
+                    be_number(&lo).to_string()
+                };
+                parts.push(format!("{field} {lo}-{hi}"));
             }
+            Stmt::L3Not(p) => parts.push(format!("meta protocol != {}", p.name())),
             Stmt::L4Proto(p) => {
                 let implied = matches!(
                     next,
@@ -395,7 +415,7 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
             }
             Stmt::Lookup { set, key, negate } => {
                 let not = if *negate { "!= " } else { "" };
-                parts.push(format!("{} {not}@{set}", key_text(key, l4)));
+                parts.push(format!("{} {not}@{set}", key_text(key, l3, l4, ether)));
             }
             Stmt::Update { set, key, limit } => {
                 let limit = match limit {
@@ -405,7 +425,10 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                     ),
                     None => String::new(),
                 };
-                parts.push(format!("update @{set} {{ {}{limit} }}", key_text(key, l4)));
+                parts.push(format!(
+                    "update @{set} {{ {}{limit} }}",
+                    key_text(key, l3, l4, ether)
+                ));
             }
             Stmt::Cmp { load, op, value } => parts.push(cmp_text(l3, ether, *load, *op, value)),
             Stmt::Limit { per_second, burst } => {

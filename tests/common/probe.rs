@@ -542,16 +542,62 @@ fn packet_socket(dev: &str) -> i32 {
 /// Sends one whole Ethernet frame out of `dev` in `ns` through a packet socket (what a
 /// process with CAP_NET_RAW can do).
 pub fn send_frame(ns: &str, dev: &str, frame: Vec<u8>) {
+    send_frame_as(ns, dev, frame, None, false);
+}
+
+/// Sends `frame` from a packet socket with `protocol` as the packet's protocol (what the
+/// kernel's `meta protocol` then says, whatever the frame's type) and, with `bypass`, the
+/// socket's `PACKET_QDISC_BYPASS` set (the frame skips the queueing layer). A frame that a
+/// filter on the sending device drops is not an error: whether it arrived is for the caller's
+/// sniffer to say.
+pub fn send_frame_as(ns: &str, dev: &str, frame: Vec<u8>, protocol: Option<u16>, bypass: bool) {
     let dev = dev.to_string();
     in_ns(ns, move || {
         let fd = packet_socket(&dev);
-        // SAFETY: frame is valid for reads of its length.
-        let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "send frame: {}",
-            std::io::Error::last_os_error()
+        if bypass {
+            let one: libc::c_int = 1;
+            // SAFETY: fd is a packet socket; the option value is a c_int.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_QDISC_BYPASS,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "PACKET_QDISC_BYPASS: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let name = std::ffi::CString::new(dev.as_str()).unwrap();
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_protocol = protocol.unwrap_or(libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: valid C string.
+        sa.sll_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        sa.sll_halen = 6;
+        sa.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and sa are valid for reads of their lengths.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        // ENOBUFS: a filter on the sending device (pod placement) dropped the frame.
+        assert!(
+            n as usize == frame.len() || err.raw_os_error() == Some(libc::ENOBUFS),
+            "send frame: {err}"
         );
         // SAFETY: fd is ours.
         unsafe { libc::close(fd) };

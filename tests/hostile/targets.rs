@@ -18,8 +18,8 @@ use egress_guard::policy::{
     ALLOW_KEY, MAX_ANNOTATION_BYTES, MAX_ENTRIES, MODE_KEY, PREFIX,
 };
 use egress_guard::ruleset::{
-    compile, render, table_name, Attach, Base, CmpOp, Family, Field, Load, Mac, PodNet, Selector,
-    Stmt, Table, Target, Verdict,
+    compile, render, table_name, Attach, Base, CmpOp, Family, Field, Hook, Load, Mac, PodNet,
+    Selector, Stmt, Table, Target, Verdict,
 };
 
 /// Every CNI error code README.md documents.
@@ -631,13 +631,21 @@ pub fn evaluate(table: &Table, chain: &str, p: &Packet) -> Verdict {
         .find(|c| c.name == chain)
         .unwrap_or_else(|| panic!("no chain {chain}"));
     let f = Frame::of(p);
-    let len = (f.net.len() + f.transport.len()) as u32;
+    // `meta length` counts from the network header at ingress, from the link header at egress.
+    let l2 = if chain.hook == Hook::Egress {
+        f.link.len()
+    } else {
+        0
+    };
+    let len = (l2 + f.net.len() + f.transport.len()) as u32;
     let ip = !p.arp;
     'rules: for rule in &chain.rules {
         for stmt in &rule.stmts {
             let matched = match stmt {
-                Stmt::L3(l3) | Stmt::EtherType(l3) => f.ethertype() == l3.ethertype(),
-                Stmt::LinkIsEther => true,
+                Stmt::L3(l3) | Stmt::EtherType(_, l3) => f.ethertype() == l3.ethertype(),
+                // What a packet socket could make differ, the frame here never does.
+                Stmt::L3Not(l3) => f.ethertype() != l3.ethertype(),
+                Stmt::LinkIsEther(_) => true,
                 Stmt::L4Proto(n) => ip && p.proto == *n,
                 Stmt::IcmpType(t) => ip && p.icmp_type == *t,
                 Stmt::IcmpTypeRange(lo, hi) => ip && (*lo..=*hi).contains(&p.icmp_type),
@@ -808,6 +816,10 @@ pub fn compile_target(data: &[u8]) {
             device: "vfuzz0".into(),
             pod: fuzz_pod(),
         },
+        Attach::PodLink {
+            device: "eth0".into(),
+            pod: fuzz_pod(),
+        },
         Attach::Pod,
     ] {
         let target = Target {
@@ -832,7 +844,7 @@ pub fn compile_target(data: &[u8]) {
         );
         check_table(&table, cid);
         let (family, chains): (Family, &[&str]) = match attach {
-            Attach::Host { .. } => (Family::Netdev, &["from_pod"]),
+            Attach::Host { .. } | Attach::PodLink { .. } => (Family::Netdev, &["from_pod"]),
             Attach::Pod => (Family::Inet, &["output", "forward"]),
         };
         assert_eq!(table.family, family);
@@ -843,7 +855,7 @@ pub fn compile_target(data: &[u8]) {
             for chain in chains {
                 let accepted = evaluate(&table, chain, p) == Verdict::Accept;
                 let host = family == Family::Netdev;
-                // Pod placement still accepts RS, NS and NA of any shape (README).
+                // The inet pod table still accepts RS, NS and NA of any shape (README).
                 let pod_nd = !host && p.never_allowed() && [133, 135, 136].contains(&p.icmp_type);
                 let allowed = !(host && p.never_allowed())
                     && (p.allowed_by(&policy.entries) || p.always_allowed() || pod_nd);
