@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::pods::{exec_ok, BenchNode, Pod};
+use crate::pods::{exec_ok, exec_timed, BenchNode, Pod};
 use crate::stats::{lat_row, ratio, Report, Samples};
 
 /// The eight series of one population, taken interleaved.
@@ -28,7 +28,9 @@ pub struct Stage {
 pub struct Measured {
     pub host: Pod,
     pub pod: Pod,
-    host_rules: String,
+    /// `None` when `nft` cannot read the host table's text back (its sets are keyed on raw
+    /// header loads, which nft 1.0.6 lists but cannot parse).
+    host_rules: Option<String>,
     pod_rules: String,
 }
 
@@ -39,6 +41,11 @@ impl Measured {
         let host = bn.attach("mh", ann.clone())?;
         let pod = bn.attach("mp", ann)?;
         let host_rules = bn.render(&host, "host")?;
+        let host_rules = exec_timed(&bn.node_path(), "nft", &["-c", "-f", &host_rules], &[], b"")?
+            .1
+            .status
+            .success()
+            .then_some(host_rules);
         let pod_rules = bn.render(&pod, "pod")?;
         Ok(Measured {
             host,
@@ -73,24 +80,26 @@ pub fn latency_stage(
             return Err("host ADD installed no netdev table".into());
         }
         st.host_del.push(bn.guard("DEL", &eh, &m.host)?);
-        st.nft_host_add
-            .push(exec_ok(&node, "nft", &["-f", &m.host_rules], &[], b"")?.0);
-        if i == 0 && !BenchNode::has_table(&node, "netdev", &m.host.cid)? {
-            return Err("nft -f installed no netdev table".into());
+        if let Some(rules) = &m.host_rules {
+            st.nft_host_add
+                .push(exec_ok(&node, "nft", &["-f", rules], &[], b"")?.0);
+            if i == 0 && !BenchNode::has_table(&node, "netdev", &m.host.cid)? {
+                return Err("nft -f installed no netdev table".into());
+            }
+            st.nft_host_del.push(
+                exec_ok(
+                    &node,
+                    "nft",
+                    &["delete", "table", "netdev", &t_host],
+                    &[],
+                    b"",
+                )?
+                .0,
+            );
         }
-        st.nft_host_del.push(
-            exec_ok(
-                &node,
-                "nft",
-                &["delete", "table", "netdev", &t_host],
-                &[],
-                b"",
-            )?
-            .0,
-        );
         st.pod_add.push(bn.guard("ADD", &ep, &m.pod)?);
-        if i == 0 && !BenchNode::has_table(&podns, "inet", &m.pod.cid)? {
-            return Err("pod ADD installed no inet table in the pod".into());
+        if i == 0 && !BenchNode::has_table(&podns, "netdev", &m.pod.cid)? {
+            return Err("pod ADD installed no netdev table in the pod".into());
         }
         st.pod_del.push(bn.guard("DEL", &ep, &m.pod)?);
         st.nft_pod_add
@@ -120,6 +129,7 @@ pub fn latency_stage(
         );
     }
     if BenchNode::has_table(&node, "netdev", &m.host.cid)?
+        || BenchNode::has_table(&podns, "netdev", &m.pod.cid)?
         || BenchNode::has_table(&podns, "inet", &m.pod.cid)?
     {
         return Err("a measured table survived its DEL".into());
@@ -134,7 +144,11 @@ pub fn report_latency(r: &mut Report, stages: &[Stage], runs: usize) {
             "Milliseconds from spawn to exit, {runs} runs each, all series interleaved run by run. \
              \"guarded pods\" = pods already on the node with a host-placed egress-guard table \
              (the same 7-entry policy). `nft -f` applies the exact text `egress-guard render` \
-             prints for the same pod; its DEL is `nft delete table`."
+             prints for the same pod where nft can read it back: the host table's sets are \
+             keyed on raw header loads, which nft 1.0.6 lists but cannot parse, so its row is \
+             empty (n 0); in the pod netns it loads the inet table an init container would \
+             (`render --placement pod-inet`), while pod placement ADD installs the netdev table \
+             on the pod's interface. Its DEL is `nft delete table`."
         ),
     );
     let mut rows = Vec::new();
@@ -187,9 +201,9 @@ pub fn report_latency(r: &mut Report, stages: &[Stage], runs: usize) {
     let last = &stages[stages.len() - 1];
     let p50 = last.host_add.p50();
     r.target(
-        &format!("ADD p50 <= 3 ms with {} guarded pods (host)", last.pods),
+        &format!("ADD p50 <= 2.2 ms with {} guarded pods (host)", last.pods),
         format!("{p50:.2} ms"),
-        p50 <= 3.0,
+        p50 <= 2.2,
     );
     let g = p50 / first.host_add.p50();
     r.target(
@@ -204,16 +218,21 @@ pub fn report_latency(r: &mut Report, stages: &[Stage], runs: usize) {
     r.target(
         &format!("same, pod placement ({} pods)", last.pods),
         format!("{:.2} ms, {pg:.2}x", last.pod_add.p50()),
-        last.pod_add.p50() <= 3.0 && pg <= 1.5,
+        last.pod_add.p50() <= 2.2 && pg <= 1.5,
     );
+    // A series nft could not load (NaN) drops out of the minimum.
     let worst = stages
         .iter()
-        .map(|s| {
-            (s.nft_host_add.p50() / s.host_add.p50()).min(s.nft_pod_add.p50() / s.pod_add.p50())
+        .flat_map(|s| {
+            [
+                s.nft_host_add.p50() / s.host_add.p50(),
+                s.nft_pod_add.p50() / s.pod_add.p50(),
+            ]
         })
+        .filter(|r| !r.is_nan())
         .fold(f64::INFINITY, f64::min);
     r.target(
-        "ADD faster than `nft -f` of the same rules (every population, both placements)",
+        "ADD faster than `nft -f` of the rules nft can load (every population)",
         format!("`nft -f` p50 / ADD p50 >= {worst:.2}x"),
         worst > 1.0,
     );
@@ -382,25 +401,21 @@ pub fn rss(bn: &mut BenchNode, r: &mut Report) -> Result<(), String> {
     let podns = m.pod.netns_path();
     let bg = BenchNode::count_tables(&bn.node_path())?;
     for _ in 0..5 {
-        nft_node = nft_node.max(max_rss(
-            &bn.node_path(),
-            "nft",
-            &["-f", &m.host_rules],
-            &[],
-            b"",
-        )?);
-        exec_ok(
-            &bn.node_path(),
-            "nft",
-            &[
-                "delete",
-                "table",
-                "netdev",
-                &egress_guard::ruleset::table_name(&m.host.cid, "eth0"),
-            ],
-            &[],
-            b"",
-        )?;
+        if let Some(rules) = &m.host_rules {
+            nft_node = nft_node.max(max_rss(&bn.node_path(), "nft", &["-f", rules], &[], b"")?);
+            exec_ok(
+                &bn.node_path(),
+                "nft",
+                &[
+                    "delete",
+                    "table",
+                    "netdev",
+                    &egress_guard::ruleset::table_name(&m.host.cid, "eth0"),
+                ],
+                &[],
+                b"",
+            )?;
+        }
         nft_pod = nft_pod.max(max_rss(&podns, "nft", &["-f", &m.pod_rules], &[], b"")?);
         exec_ok(
             &podns,

@@ -369,6 +369,25 @@ fn run_escape_suite(kind: &str) {
     let other6 = pod_addr(&other.name, true);
 
     let mut r = Report::default();
+    // The gateway the table pins off-link frames to is the node's interface holding the
+    // gateway address (the bridge, or the host veth under ptp).
+    let gw_dev: Value = serde_json::from_str(&exec_in(
+        &n.node.name,
+        &["ip", "-j", "-4", "addr", "show", "to", POD_GW4],
+    ))
+    .unwrap();
+    let gw_dev = gw_dev[0]["ifname"].as_str().unwrap_or_default().to_string();
+    let gw_link: Value = serde_json::from_str(&exec_in(
+        &n.node.name,
+        &["ip", "-j", "link", "show", &gw_dev],
+    ))
+    .unwrap();
+    let pinned = pod_net_of(&n, &cid)["gateway_mac"].clone();
+    r.expect(
+        &format!("the pinned gateway MAC {pinned} is that of {gw_dev}"),
+        true,
+        !gw_dev.is_empty() && pinned == gw_link[0]["address"],
+    );
     check_allowed_and_inbound(&mut r, &n, &guarded.name);
     check_peer_replies(&mut r, &n, &guarded.name, &control.name);
     check_escapes(&mut r, &guarded.name, &control.name, &other4, &other6);

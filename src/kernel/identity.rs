@@ -45,10 +45,7 @@ pub fn read_pod_interface(netns: &Path, ifname: &str) -> Result<PodInterface, Pe
     })?;
     let mut addrs = Vec::new();
     let mut link_local = Vec::new();
-    for a in rtnl::list_addrs(&mut sock).map_err(nl(ifname))? {
-        if a.index != link.index {
-            continue;
-        }
+    for a in rtnl::addrs_of(&mut sock, link.index).map_err(nl(ifname))? {
         match a.addr {
             IpAddr::V6(v6) if a.scope == SCOPE_LINK => link_local.push(v6),
             addr if a.scope == 0 => addrs.push(IfAddr {
@@ -79,18 +76,21 @@ pub fn find_gateway_mac(
     let Some(veth) = rtnl::link_by_name(host, device).map_err(nl(device))? else {
         return Ok(None);
     };
-    let candidates: Vec<u32> = std::iter::once(veth.index).chain(veth.master).collect();
-    let holder = rtnl::list_addrs(host)
-        .map_err(nl(device))?
-        .into_iter()
-        .find(|a| candidates.contains(&a.index) && gateways.contains(&a.addr));
+    let mut holder = None;
+    for index in std::iter::once(veth.index).chain(veth.master) {
+        let addrs = rtnl::addrs_of(host, index).map_err(nl(device))?;
+        if addrs.iter().any(|a| gateways.contains(&a.addr)) {
+            holder = Some(index);
+            break;
+        }
+    }
     let Some(holder) = holder else {
         return Ok(None);
     };
-    let link = if holder.index == veth.index {
+    let link = if holder == veth.index {
         Some(veth)
     } else {
-        rtnl::link_by_index(host, holder.index).map_err(nl(device))?
+        rtnl::link_by_index(host, holder).map_err(nl(device))?
     };
     Ok(link.and_then(|l| l.mac).map(Mac))
 }

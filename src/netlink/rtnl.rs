@@ -118,6 +118,18 @@ pub fn list_addrs(sock: &mut Socket) -> Result<Vec<AddrInfo>, NetlinkError> {
     Ok(msgs.iter().filter_map(parse_addr).collect())
 }
 
+/// The IPv4 and IPv6 addresses of interface `index`: the kernel filters the dump where it
+/// checks requests strictly, else every address is dumped and filtered here.
+pub fn addrs_of(sock: &mut Socket, index: u32) -> Result<Vec<AddrInfo>, NetlinkError> {
+    let mut ifaddrmsg = [libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0];
+    ifaddrmsg[4..8].copy_from_slice(&index.to_ne_bytes());
+    let all = match sock.dump_filtered("list addresses", RTM_GETADDR, &ifaddrmsg)? {
+        Some(msgs) => msgs.iter().filter_map(parse_addr).collect(),
+        None => list_addrs(sock)?,
+    };
+    Ok(all.into_iter().filter(|a| a.index == index).collect())
+}
+
 fn missing(e: &NetlinkError) -> bool {
     matches!(e.errno(), Some(libc::ENODEV) | Some(libc::ENOENT))
 }

@@ -25,6 +25,7 @@ const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NETLINK_CAP_ACK: i32 = 10;
 const NETLINK_EXT_ACK: i32 = 11;
+const NETLINK_GET_STRICT_CHK: i32 = 12;
 const RECV_BUF: usize = 256 * 1024;
 
 /// One received netlink message (header fields and payload after the header).
@@ -276,6 +277,26 @@ impl Socket {
     /// Sends a dump request and collects every message until NLMSG_DONE. A dump the kernel
     /// marks as interrupted (NLM_F_DUMP_INTR: the data changed while it was being read) may be
     /// incomplete, so it is repeated; after a few interrupted tries the error is returned.
+    /// A dump the kernel filters by the header in `payload` (strict checking, Linux 4.20 and
+    /// later). `None` where the kernel does not check strictly: then it would ignore the
+    /// filter, and the caller must dump everything.
+    pub fn dump_filtered(
+        &mut self,
+        op: &'static str,
+        kind: u16,
+        payload: &[u8],
+    ) -> Result<Option<Vec<Message>>, NetlinkError> {
+        if self
+            .setopt_int(libc::SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let result = self.dump(op, kind, payload);
+        self.setopt_int(libc::SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)?;
+        result.map(Some)
+    }
+
     pub fn dump(
         &mut self,
         op: &'static str,
