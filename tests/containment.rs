@@ -185,6 +185,83 @@ fn attack(
 
 /// Where the guarded pod's table goes: `host` (the host-side veth) or `pod` (the pod's own
 /// interface in its netns, where packet-socket frames pass its egress hook).
+fn icmp(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(data);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// 8. The pod sends an allowlisted datagram with TTL 1, so the node (its router) answers with
+/// time exceeded; that answer must not make the node a peer: the pod's echo replies and ICMP
+/// errors with a payload of its own to the node's address stay blocked (`to_pod` records
+/// peers only from TCP, UDP and SCTP, and echo requests only as such).
+fn node_is_no_peer_after_time_exceeded(r: &mut Report, n: &Node, control: &Pod, guarded: &Pod) {
+    let at_node = Server::raw_ip_sniffer(&n.node.name, libc::IPPROTO_ICMP);
+    let at_guarded = FrameSniffer::new(&guarded.ns, "eth0");
+    for p in [control, guarded] {
+        send_frame(
+            &p.ns,
+            "eth0",
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x0800,
+                &ipv4(p.ip4, v4(ORCH4), 17, 1, &udp(4445, 9999, b"ttl one")),
+            ),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The datagram leaving, and the time exceeded quoting it coming back.
+    let seen = at_guarded.count_bytes(b"ttl one");
+    r.expect(
+        &format!("the node answered the guarded pod's TTL-1 datagram ({seen} frames quote it)"),
+        seen >= 2,
+    );
+    let gw = v4(POD_GW4);
+    for (what, make) in [
+        (
+            "ICMP echo reply with a payload to the node after its time exceeded",
+            Box::new(|p: &Pod, m: &[u8]| {
+                ether(
+                    p.gw_mac,
+                    p.mac,
+                    0x0800,
+                    &ipv4(p.ip4, gw, 1, 64, &icmp(0, 0, [0, 7, 0, 1], m)),
+                )
+            }) as Box<dyn Fn(&Pod, &[u8]) -> Vec<u8>>,
+        ),
+        (
+            "ICMP port unreachable with a payload to the node after its time exceeded",
+            Box::new(|p: &Pod, m: &[u8]| {
+                let mut quoted = ipv4(gw, p.ip4, 17, 64, &udp(4000, 4001, b""));
+                quoted.extend_from_slice(m);
+                ether(
+                    p.gw_mac,
+                    p.mac,
+                    0x0800,
+                    &ipv4(p.ip4, gw, 1, 64, &icmp(3, 3, [0; 4], &quoted)),
+                )
+            }),
+        ),
+    ] {
+        let h = what
+            .bytes()
+            .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32))
+            & 0xfffff;
+        let (mc, mg) = (format!("c{h:05x}"), format!("g{h:05x}"));
+        send_frame(&control.ns, "eth0", make(control, mc.as_bytes()));
+        send_frame(&guarded.ns, "eth0", make(guarded, mg.as_bytes()));
+        r.blocked(
+            what,
+            at_node.saw_containing(&mc),
+            at_node.saw_containing(&mg),
+        );
+    }
+}
+
 /// 11. What a packet socket can do besides forging: the pod's own identity to a destination
 /// off the allowlist; the queueing layer skipped (`PACKET_QDISC_BYPASS`); `meta protocol` set
 /// apart from the frame's type, so that the kernel would read the frame as another protocol.
@@ -611,6 +688,7 @@ fn suite(kind: &str, hairpin: bool, placement: &str) {
             bcast,
         );
     }
+    node_is_no_peer_after_time_exceeded(&mut r, &n, &control, &guarded);
     packet_socket_attacks(&mut r, &at_inet, &at_orch, &control, &guarded);
     r.finish();
     for (a, res, ns) in [

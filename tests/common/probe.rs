@@ -171,6 +171,12 @@ impl Server {
     pub fn saw(&self, marker: &str) -> bool {
         self.seen.lock().unwrap().iter().any(|s| s == marker)
     }
+
+    /// Whether any record contains `marker` (after a moment for it to arrive).
+    pub fn saw_containing(&self, marker: &str) -> bool {
+        std::thread::sleep(Duration::from_millis(300));
+        self.seen.lock().unwrap().iter().any(|s| s.contains(marker))
+    }
 }
 
 impl Drop for Server {
@@ -475,6 +481,18 @@ impl FrameSniffer {
         let server = Server::spawn(ns, move |stop, _seen, ready| {
             let fd = packet_socket(&dev);
             set_timeout(fd, Duration::from_millis(50));
+            // Room for a flood: frames the reader has not taken yet are not lost.
+            let size: libc::c_int = 64 << 20;
+            // SAFETY: fd is a socket; the option value is a c_int.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
             ready.send(()).unwrap();
             let mut buf = [0u8; 4096];
             while !stop.load(Ordering::SeqCst) {
@@ -491,6 +509,16 @@ impl FrameSniffer {
             _server: server,
             frames,
         }
+    }
+
+    /// How many frames seen so far contain `marker`.
+    pub fn count_bytes(&self, marker: &[u8]) -> usize {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| f.windows(marker.len()).any(|w| w == marker))
+            .count()
     }
 
     pub fn saw_bytes(&self, marker: &[u8]) -> bool {
