@@ -8,7 +8,7 @@ mod common;
 
 use common::chain::{Attachment, Chain};
 use common::node::*;
-use common::probe::{self, send_frame, send_frame_as, FrameSniffer, Server};
+use common::probe::{self, send_frame, send_frame_as, send_frames, FrameSniffer, Server};
 use common::{can_run_root_tests, exec_in, Netns};
 use serde_json::{json, Value};
 
@@ -194,7 +194,7 @@ fn icmp(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
     m
 }
 
-/// 8. The pod sends an allowlisted datagram with TTL 1, so the node (its router) answers with
+/// Item 8: the pod sends an allowlisted datagram with TTL 1, so the node (its router) answers with
 /// time exceeded; that answer must not make the node a peer: the pod's echo replies and ICMP
 /// errors with a payload of its own to the node's address stay blocked (`to_pod` records
 /// peers only from TCP, UDP and SCTP, and echo requests only as such).
@@ -262,7 +262,7 @@ fn node_is_no_peer_after_time_exceeded(r: &mut Report, n: &Node, control: &Pod, 
     }
 }
 
-/// 11. What a packet socket can do besides forging: the pod's own identity to a destination
+/// Item 11: what a packet socket can do besides forging: the pod's own identity to a destination
 /// off the allowlist; the queueing layer skipped (`PACKET_QDISC_BYPASS`); `meta protocol` set
 /// apart from the frame's type, so that the kernel would read the frame as another protocol.
 fn packet_socket_attacks(
@@ -760,4 +760,111 @@ fn pod_placement_on_ptp_pins_the_pods_identity() {
         return;
     }
     suite("ptp", false, "pod");
+}
+
+/// Item 7, exhaustion: one peer opening more new flows than the pod's flow sets hold (66,000 UDP
+/// flows, distinct ports, from an unguarded neighbour's own address, as fast as a packet
+/// socket sends them) must not stop the pod answering another peer. Without the per-source
+/// meter (`new_flows4`) and the short-lived `pending4` set, the flood fills the 65,536-entry
+/// set and the orchestrator's connection made after it gets no answer. The flood reaching the
+/// pod is checked (so the test cannot pass by losing it), and how many flows the set kept.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn a_flood_of_new_flows_from_one_peer_does_not_stop_the_pod_answering_others() {
+    if !can_run_root_tests(
+        "a_flood_of_new_flows_from_one_peer_does_not_stop_the_pod_answering_others",
+    ) {
+        return;
+    }
+    let n = Node::new("ctfl");
+    let guarded_ns = n.pod_netns("g");
+    let flooder_ns = n.pod_netns("f");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let cid = format!("{}g", n.prefix);
+    let g = Attachment::new(
+        &cid,
+        &guarded_ns.path(),
+        "ml",
+        "g",
+        json!({"egress-guard.io/mode": "enforce", "egress-guard.io/allow": "@orchestrator"}),
+    );
+    let f = Attachment::new(
+        &format!("{}f", n.prefix),
+        &flooder_ns.path(),
+        "ml",
+        "f",
+        json!({}),
+    );
+    let gres = chain
+        .add(&g)
+        .unwrap_or_else(|e| panic!("ADD guarded: {e:?}"));
+    let fres = chain
+        .add(&f)
+        .unwrap_or_else(|e| panic!("ADD flooder: {e:?}"));
+    let (guarded, flooder) = (pod(&guarded_ns), pod(&flooder_ns));
+    let _server = Server::tcp(&guarded.ns, 8080);
+    let mut r = Report::default();
+    let g4 = std::net::Ipv4Addr::from(guarded.ip4).to_string();
+    r.expect(
+        "before the flood, the orchestrator's connection to the pod is answered",
+        probe::tcp(&n.orch.name, &g4, 8080, "before"),
+    );
+    probe::ping(&flooder.ns, &g4);
+    let sniffer = FrameSniffer::new(&guarded.ns, "eth0");
+    const FLOWS: usize = 66_000;
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            let sport = 1024 + (i % 60_000) as u16;
+            let dport = 20_000 + (i / 60_000) as u16;
+            ether(
+                guarded.mac,
+                flooder.mac,
+                0x0800,
+                &ipv4(
+                    flooder.ip4,
+                    guarded.ip4,
+                    17,
+                    64,
+                    &udp(sport, dport, b"flood"),
+                ),
+            )
+        })
+        .collect();
+    let sent = send_frames(&flooder.ns, "eth0", frames);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let arrived = sniffer.count_bytes(b"flood");
+    r.expect(
+        &format!("the flood reached the pod: {sent} sent, {arrived} arrived (more than 65,536)"),
+        arrived > 65_536,
+    );
+    let table = egress_guard::ruleset::table_name(&cid, "eth0");
+    let listing: Value = serde_json::from_str(&exec_in(
+        &n.node.name,
+        &["nft", "-j", "list", "set", "netdev", &table, "pending4"],
+    ))
+    .unwrap();
+    let kept = listing["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o["set"]["elem"].as_array().map(|e| e.len()))
+        .unwrap_or(0);
+    r.expect(
+        &format!("the meter kept the flooder's new flows to {kept} of {FLOWS}"),
+        kept < 65_536,
+    );
+    r.expect(
+        "after the flood, the orchestrator's new connection to the pod is answered",
+        probe::tcp(&n.orch.name, &g4, 8080, "after"),
+    );
+    r.finish();
+    chain
+        .del(&g, &guarded_ns.path(), Some(&gres))
+        .unwrap_or_else(|e| panic!("DEL: {e:?}"));
+    chain
+        .del(&f, &flooder_ns.path(), Some(&fres))
+        .unwrap_or_else(|e| panic!("DEL: {e:?}"));
 }

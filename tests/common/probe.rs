@@ -573,6 +573,28 @@ pub fn send_frame(ns: &str, dev: &str, frame: Vec<u8>) {
     send_frame_as(ns, dev, frame, None, false);
 }
 
+/// Sends every frame of `frames` out of `dev` in `ns` from one packet socket, as fast as the
+/// device takes them (a flood); returns how many the kernel accepted.
+pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> usize {
+    let dev = dev.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let fd = packet_socket(&dev);
+        let mut sent = 0;
+        for f in &frames {
+            // SAFETY: f is valid for reads of its length.
+            let n = unsafe { libc::send(fd, f.as_ptr().cast(), f.len(), 0) };
+            if n as usize == f.len() {
+                sent += 1;
+            }
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        tx.send(sent).unwrap();
+    });
+    rx.recv().unwrap()
+}
+
 /// Sends `frame` from a packet socket with `protocol` as the packet's protocol (what the
 /// kernel's `meta protocol` then says, whatever the frame's type) and, with `bypass`, the
 /// socket's `PACKET_QDISC_BYPASS` set (the frame skips the queueing layer). A frame that a
