@@ -301,6 +301,21 @@ fn placement_follows_interface_kind_and_kernel() {
         "{:?}",
         k.calls
     );
+    // ...and a host side that cannot be found does not stop placement pod (it needs none).
+    let mut k = kernel();
+    k.peers.clear();
+    invoke(
+        &mut k,
+        "ADD",
+        "ml",
+        &conf(Some(enforce()), json!({"placement": "pod"})),
+    )
+    .result
+    .unwrap();
+    assert_eq!(
+        k.table_names(),
+        vec![format!("{NETNS} netdev {}", tn("cid-a"))]
+    );
 }
 
 #[test]

@@ -162,10 +162,28 @@ fn choose_attach<K: Kernel>(
     netns: &str,
     ifname: &str,
 ) -> Result<(Attach, Option<HostLink>), CniError> {
-    let peer = ctx
-        .kernel
-        .host_peer(Path::new(netns), ifname, &ctx.conf.host_interface_hints())
-        .map_err(|e| kernel_error(whom, "finding the pod's host-side interface", &e))?;
+    let peer = match ctx.kernel.host_peer(
+        Path::new(netns),
+        ifname,
+        &ctx.conf.host_interface_hints(),
+    ) {
+        Ok(peer) => peer,
+        // Placement pod needs no host-side veth: without one found, nothing is cleared on the
+        // node and the gateway's MAC is not pinned.
+        Err(e) if ctx.conf.placement == PlacementPref::Pod => {
+            log::warn!("{whom}: placement pod: the host-side interface of {ifname} was not found ({e}); frames to off-link addresses are not pinned to the gateway's MAC");
+            HostPeer::None {
+                kind: "interface whose host side was not found".into(),
+            }
+        }
+        Err(e) => {
+            return Err(kernel_error(
+                whom,
+                "finding the pod's host-side interface",
+                &e,
+            ))
+        }
+    };
     let egress = ctx.kernel.has_netdev_egress();
     let host = match peer {
         HostPeer::Veth { name, index } => Some((name, index)),
