@@ -824,3 +824,78 @@ fn a_colliding_pod_never_takes_over_another_pods_table() {
     chain.del(&v, &victim.path(), Some(&vres)).unwrap();
     chain.del(&c, &control.path(), Some(&cres)).unwrap();
 }
+
+/// A pod with two IPv4 and two IPv6 addresses (ptp + host-local with two ranges per family;
+/// the bridge plugin refuses a second gateway address per family on its bridge): the table
+/// pins all four as sources, and traffic from each to an allowlisted service, and to
+/// each from the orchestrator, works.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn a_pod_with_two_addresses_per_family_uses_all_of_them() {
+    if !can_run_root_tests("a_pod_with_two_addresses_per_family_uses_all_of_them") {
+        return;
+    }
+    let n = Node::new("two");
+    let pod = n.pod_netns("p");
+    let mut conflist = n.ptp_conflist(n.guard_entry(json!({})));
+    conflist["plugins"][0]["ipam"]["ranges"] = json!([
+        [{"subnet": POD_SUBNET4}],
+        [{"subnet": "10.24.0.0/24"}],
+        [{"subnet": POD_SUBNET6}],
+        [{"subnet": "fd00:24::/64"}],
+    ]);
+    let chain = Chain::new(&n.node.name, conflist);
+    let a = Attachment::new(
+        &format!("{}pod", n.prefix),
+        &pod.path(),
+        "ml",
+        "two",
+        annotations(
+            "enforce",
+            "@orchestrator, 10.0.5.10 udp 9999, fd00:5::10 udp 9999",
+        ),
+    );
+    let res = add(&chain, &a);
+    wait_ipv6_ready(&pod.name);
+    wait_ipv6_ready(&n.node.name);
+    let _in_pod = Server::tcp(&pod.name, 8080);
+    let _at_orch = Server::udp(&n.orch.name, 9999);
+    let addrs: Vec<String> = res["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut r = Report::default();
+    r.expect(
+        "prevResult gives the pod four addresses",
+        true,
+        addrs.len() == 4,
+    );
+    for src in &addrs {
+        let orch = if src.contains(':') { ORCH6 } else { ORCH4 };
+        r.expect(
+            &format!("UDP from {src} to the allowlisted {orch}:9999 and its answer"),
+            true,
+            probe::udp_from(&pod.name, Some(src), orch, 9999, "two"),
+        );
+        r.expect(
+            &format!("orchestrator -> {src}:8080 request/response"),
+            true,
+            probe::tcp(&n.orch.name, src, 8080, "req"),
+        );
+    }
+    r.finish();
+    chain.del(&a, &pod.path(), Some(&res)).unwrap();
+}

@@ -545,6 +545,8 @@ const ICMP6_NA: u8 = 136;
 const ICMP6_REDIRECT: u8 = 137;
 const OPT_SOURCE_LL: u16 = 0x0101;
 const OPT_TARGET_LL: u16 = 0x0201;
+/// The nonce option of enhanced duplicate address detection (RFC 7527).
+const OPT_NONCE: u8 = 14;
 
 /// Disjoint, sorted spans (an interval set must not hold overlapping elements).
 fn merged(mut spans: Vec<(u128, u128)>) -> Vec<Span> {
@@ -859,6 +861,25 @@ fn nd_rules(
                 raw(Base::Transport, 8, Field::Ipv6Addr),
                 raw(Base::Transport, 24, Field::InetService),
                 raw(Base::Transport, 26, Field::EtherAddr),
+            ],
+        ),
+        Stmt::Verdict(Verdict::Accept),
+    ]));
+    // Duplicate address detection as Linux sends it (`enhanced_dad`, RFC 7527): the NS from
+    // `::` with a nonce option (type 14, 8 bytes), for an own address.
+    rules.push(rule(vec![
+        Stmt::L3(L3::Ipv6),
+        side.len(CmpOp::Eq, 40 + 32),
+        header(),
+        cmp(th(0, 2), CmpOp::Eq, [ICMP6_NS, 0]),
+        cmp(th(24, 2), CmpOp::Eq, [OPT_NONCE, 1]),
+        lookup(
+            "nd6_short",
+            vec![
+                raw(Base::Transport, 0, Field::InetService),
+                Selector::Ip6Saddr,
+                Selector::Ip6Daddr,
+                raw(Base::Transport, 8, Field::Ipv6Addr),
             ],
         ),
         Stmt::Verdict(Verdict::Accept),

@@ -224,12 +224,21 @@ pub fn tcp(ns: &str, addr: &str, port: u16, marker: &str) -> bool {
 
 /// Sends a UDP datagram from `ns` and expects it echoed back (two tries).
 pub fn udp(ns: &str, addr: &str, port: u16, marker: &str) -> bool {
+    udp_from(ns, None, addr, port, marker)
+}
+
+/// `udp` from the source address `src` (the kernel's choice when `None`).
+pub fn udp_from(ns: &str, src: Option<&str>, addr: &str, port: u16, marker: &str) -> bool {
     let ip: IpAddr = addr.parse().unwrap();
     let target = SocketAddr::new(ip, port);
     let marker = marker.to_string();
+    let src: Option<IpAddr> = src.map(|s| s.parse().unwrap());
     in_ns(ns, move || {
-        let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let s = UdpSocket::bind(bind).unwrap();
+        let s = match src {
+            Some(a) => UdpSocket::bind(SocketAddr::new(a, 0)).unwrap(),
+            None if ip.is_ipv4() => UdpSocket::bind("0.0.0.0:0").unwrap(),
+            None => UdpSocket::bind("[::]:0").unwrap(),
+        };
         s.set_read_timeout(Some(PROBE_TIMEOUT / 2)).unwrap();
         let mut buf = [0u8; 1500];
         for _ in 0..2 {
