@@ -1276,7 +1276,7 @@ mod tests {
     #[test]
     fn a_host_table_is_one_rule_per_job() {
         // From the pod: 5 identity rules (MAC, ARP, untagged IP only, IPv4 and IPv6 source),
-        // 4 neighbour discovery, 2 gateway pins, 4 per family for what it may answer, the
+        // 5 neighbour discovery (short, long, DAD with a nonce, RS, the drop), 2 gateway pins, 4 per family for what it may answer, the
         // allowlist of each family, the closing rule. To it: 3 per family. Each rule is a
         // message of ADD's transaction.
         let mut p = enforce();
@@ -1286,7 +1286,7 @@ mod tests {
             .collect();
         let t = compile(&p, &target("c1", "eth0")).expect("table");
         let counts: Vec<usize> = t.chains.iter().map(|c| c.rules.len()).collect();
-        assert_eq!(counts, [22, 6]);
+        assert_eq!(counts, [23, 6]);
         let last = t.chains[0].rules.last().expect("closing rule");
         assert!(matches!(
             last.stmts.as_slice(),
