@@ -484,9 +484,10 @@ fn macvlan_pod_gets_pod_placement_under_auto() {
     let ctl = Attachment::new(&format!("{cid}c"), &control.path(), "ml", "ctl", json!({}));
     let cres = chain.add(&ctl).unwrap();
     let in_pod = exec_in(&pod.name, &["nft", "list", "tables"]);
+    // A netdev table on the macvlan interface (this kernel has the egress hook).
     assert!(
         in_pod.contains(&format!(
-            "inet {}",
+            "netdev {}",
             egress_guard::ruleset::table_name(&cid, "eth0")
         )),
         "{in_pod}"
