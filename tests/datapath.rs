@@ -899,3 +899,70 @@ fn a_pod_with_two_addresses_per_family_uses_all_of_them() {
     r.finish();
     chain.del(&a, &pod.path(), Some(&res)).unwrap();
 }
+
+/// Duplicate address detection works through the guard: a neighbour already holds the pod's
+/// IPv6 address; the pod probes for it again (Linux sends the NS from `::` with the RFC 7527
+/// nonce option) and the neighbour's answer marks the address `dadfailed`, as it does for the
+/// unguarded control. Without the rule for the nonce form the guard dropped the probe and the
+/// duplicate went unseen. (The bridge plugin turns DAD off in the pod unless `enabledad`.)
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn duplicate_address_detection_works_through_the_guard() {
+    if !can_run_root_tests("duplicate_address_detection_works_through_the_guard") {
+        return;
+    }
+    let n = Node::new("dad");
+    let guarded = n.pod_netns("g");
+    let control = n.pod_netns("c");
+    let other = n.pod_netns("x");
+    let mut conflist = n.bridge_conflist(n.guard_entry(json!({})));
+    conflist["plugins"][0]["enabledad"] = json!(true);
+    let chain = Chain::new(&n.node.name, conflist);
+    let attach = |ns: &Netns, name: &str, ann: Value| {
+        Attachment::new(&format!("{}{name}", n.prefix), &ns.path(), "ml", name, ann)
+    };
+    let g = attach(&guarded, "g", annotations("enforce", "@orchestrator"));
+    let c = attach(&control, "c", json!({}));
+    let x = attach(&other, "x", json!({}));
+    let gres = add(&chain, &g);
+    let cres = add(&chain, &c);
+    let xres = add(&chain, &x);
+    for ns in [&guarded.name, &control.name, &other.name] {
+        wait_ipv6_ready(ns);
+    }
+    let dad_fails = |pod: &Netns| {
+        let a = pod_addr(&pod.name, true);
+        common::ip(&other.name, &format!("-6 addr add {a}/64 dev eth0 nodad"));
+        common::ip(&pod.name, &format!("-6 addr del {a}/64 dev eth0"));
+        common::ip(&pod.name, &format!("-6 addr add {a}/64 dev eth0"));
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if common::ip(&pod.name, "-6 addr show dev eth0 dadfailed").contains(&a) {
+                return true;
+            }
+        }
+        false
+    };
+    let mut r = Report::default();
+    r.expect(
+        "control: the unguarded pod's DAD finds the duplicate (the check can fail)",
+        true,
+        dad_fails(&control),
+    );
+    r.expect(
+        "the guarded pod's DAD probe reaches the neighbour and its answer comes back",
+        true,
+        dad_fails(&guarded),
+    );
+    r.finish();
+    for (a, res, ns) in [
+        (&g, &gres, &guarded),
+        (&c, &cres, &control),
+        (&x, &xres, &other),
+    ] {
+        chain.del(a, &ns.path(), Some(res)).unwrap();
+    }
+}
