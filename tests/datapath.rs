@@ -966,3 +966,75 @@ fn duplicate_address_detection_works_through_the_guard() {
         chain.del(a, &ns.path(), Some(res)).unwrap();
     }
 }
+
+/// Neighbour unreachability detection works through the guard: the pod's entry for its IPv6
+/// router, put into PROBE, is confirmed by unicast NS/NA and returns to REACHABLE, as the
+/// unguarded control's does.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root: cargo test --features root-tests"
+)]
+fn neighbour_unreachability_detection_works_through_the_guard() {
+    if !can_run_root_tests("neighbour_unreachability_detection_works_through_the_guard") {
+        return;
+    }
+    let n = Node::new("nud");
+    let guarded = n.pod_netns("g");
+    let control = n.pod_netns("c");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let attach = |ns: &Netns, name: &str, ann: Value| {
+        Attachment::new(&format!("{}{name}", n.prefix), &ns.path(), "ml", name, ann)
+    };
+    let g = attach(&guarded, "g", annotations("enforce", "@orchestrator"));
+    let c = attach(&control, "c", json!({}));
+    let gres = add(&chain, &g);
+    let cres = add(&chain, &c);
+    for ns in [&guarded.name, &control.name, &n.node.name] {
+        wait_ipv6_ready(ns);
+    }
+    let _orch = Server::tcp(&n.orch.name, 8443);
+    let confirmed = |pod: &Netns| {
+        // Traffic through the router gives the pod a neighbour entry for it.
+        probe::tcp(&pod.name, ORCH6, 8443, "nud");
+        let neigh: Value =
+            serde_json::from_str(&common::ip(&pod.name, "-j -6 neigh show dev eth0")).unwrap();
+        let Some(entry) = neigh
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["lladdr"].is_string()))
+        else {
+            return false;
+        };
+        let (dst, mac) = (
+            entry["dst"].as_str().unwrap().to_string(),
+            entry["lladdr"].as_str().unwrap().to_string(),
+        );
+        common::ip(
+            &pod.name,
+            &format!("-6 neigh replace {dst} dev eth0 lladdr {mac} nud probe"),
+        );
+        for _ in 0..30 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = common::ip(&pod.name, &format!("-6 neigh show {dst} dev eth0"));
+            if now.contains("REACHABLE") {
+                return true;
+            }
+        }
+        false
+    };
+    let mut r = Report::default();
+    r.expect(
+        "control: the unguarded pod's probed router entry returns to REACHABLE (the check can fail)",
+        true,
+        confirmed(&control),
+    );
+    r.expect(
+        "the guarded pod's probed router entry returns to REACHABLE",
+        true,
+        confirmed(&guarded),
+    );
+    r.finish();
+    for (a, res, ns) in [(&g, &gres, &guarded), (&c, &cres, &control)] {
+        chain.del(a, &ns.path(), Some(res)).unwrap();
+    }
+}
