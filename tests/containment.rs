@@ -528,9 +528,41 @@ fn suite(kind: &str, hairpin: bool, placement: &str) {
     );
     // 9. Allowlisted IP addressed at layer 2 to another pod (bridge: a covert channel).
     if kind == "bridge" {
-        // Allowlisted IP addressed at layer 2 to the neighbour's MAC is dropped by the
-        // l2dst4/l2dst6 rules; its packet test is still to be made reliable against the bridge's
-        // FDB state (issue 16 note).
+        // Allowlisted IP addressed at layer 2 to the neighbour's MAC (the l2dst4/l2dst6 rules:
+        // off-link only through the gateway's MAC). The neighbour re-announces itself first,
+        // since the control's earlier frames may have moved its MAC in the bridge's FDB.
+        attack(
+            &mut r,
+            "allowlisted UDP addressed at layer 2 to the neighbour's MAC",
+            &at_other,
+            &control,
+            &guarded,
+            |p, m| {
+                relearn();
+                ether(
+                    other.mac,
+                    p.mac,
+                    0x0800,
+                    &ipv4(p.ip4, v4(ORCH4), 17, 64, &udp(5353, 9999, m)),
+                )
+            },
+        );
+        attack(
+            &mut r,
+            "allowlisted UDP over IPv6 addressed at layer 2 to the neighbour's MAC",
+            &at_other,
+            &control,
+            &guarded,
+            |p, m| {
+                relearn();
+                ether(
+                    other.mac,
+                    p.mac,
+                    0x86dd,
+                    &ipv6(p.ip6, v6(ORCH6), 17, 64, &udp(5353, 9999, m)),
+                )
+            },
+        );
         attack(
             &mut r,
             "ARP request with 1400 bytes of trailing data",
