@@ -503,6 +503,56 @@ fn macvlan_pod_gets_pod_placement_under_auto() {
         !probe::tcp(&pod.name, INET4, 80, "pod"),
         "guarded macvlan pod reached the internet host"
     );
+    // A packet socket in the pod does not get past the table on its macvlan interface either.
+    let mac = |ns: &str, dev: &str| -> Vec<u8> {
+        let v: Value =
+            serde_json::from_str(&exec_in(ns, &["ip", "-j", "link", "show", dev])).unwrap();
+        v[0]["address"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    let inet_mac = mac(&n.inet.name, "eth0");
+    let inet4: std::net::Ipv4Addr = INET4.parse().unwrap();
+    let frame = |ns: &str, marker: &[u8]| {
+        let src: std::net::Ipv4Addr = common::node::pod_addr(ns, false).parse().unwrap();
+        let mut udp = vec![0x11, 0x5c, 0x00, 0x35, 0, 0, 0, 0];
+        udp.extend_from_slice(marker);
+        let ulen = udp.len() as u16;
+        udp[4..6].copy_from_slice(&ulen.to_be_bytes());
+        let mut ip4 = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        ip4.extend_from_slice(&src.octets());
+        ip4.extend_from_slice(&inet4.octets());
+        let tlen = (20 + udp.len()) as u16;
+        ip4[2..4].copy_from_slice(&tlen.to_be_bytes());
+        let mut sum: u32 = ip4
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+            .sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip4[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        ip4.extend_from_slice(&udp);
+        let mut f = inet_mac.clone();
+        f.extend_from_slice(&mac(ns, "eth0"));
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip4);
+        f
+    };
+    let at_inet = probe::FrameSniffer::new(&n.inet.name, "eth0");
+    probe::send_frame(&control.name, "eth0", frame(&control.name, b"mv-control"));
+    probe::send_frame(&pod.name, "eth0", frame(&pod.name, b"mv-guarded"));
+    assert!(
+        at_inet.saw_bytes(b"mv-control"),
+        "control: a packet-socket frame from the unguarded macvlan pod reaches the host"
+    );
+    assert!(
+        !at_inet.saw_bytes(b"mv-guarded"),
+        "a packet-socket frame from the guarded macvlan pod reached the internet host"
+    );
     // placement "host" cannot be honoured for macvlan: a clear error.
     let strict = Chain::new(
         &n.node.name,
