@@ -13,3 +13,4 @@ pub mod logging;
 pub mod netlink;
 pub mod policy;
 pub mod ruleset;
+pub mod signal;

@@ -1,6 +1,8 @@
-//! JSON-lines logging to the conflist's `logFile`: a `log` facade backend for messages and one
-//! record per CNI verb. Never writes to stdout (the CNI result goes there). A log that cannot be
-//! written never fails a verb.
+//! The one logger of every subcommand: a `log` facade backend writing JSON lines
+//! (`{"time","level","target","msg"}`, RFC 3339 UTC time with microseconds) to a file, stdout or
+//! stderr, plus the one record per CNI verb. The plugin and the agent never log to stdout (the
+//! CNI result and the flow records go there); the installer does. A log that cannot be written
+//! never fails a verb: the line goes to stderr instead.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -45,8 +47,17 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     f.write_all(&buf)
 }
 
-struct FileLogger {
-    path: Option<PathBuf>,
+/// Where log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// Appended to a file (created with its directory); stderr when that fails.
+    File(PathBuf),
+    Stdout,
+    Stderr,
+}
+
+struct JsonLogger {
+    sink: Sink,
     level: log::LevelFilter,
 }
 
@@ -54,10 +65,21 @@ struct FileLogger {
 struct LogLine<'a> {
     time: String,
     level: &'a str,
+    target: &'a str,
     msg: String,
 }
 
-impl log::Log for FileLogger {
+fn level_name(l: log::Level) -> &'static str {
+    match l {
+        log::Level::Error => "error",
+        log::Level::Warn => "warn",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    }
+}
+
+impl log::Log for JsonLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         m.level() <= self.level
     }
@@ -67,39 +89,49 @@ impl log::Log for FileLogger {
         }
         let line = LogLine {
             time: rfc3339(SystemTime::now()),
-            level: r.level().as_str(),
+            level: level_name(r.level()),
+            target: r.target(),
             msg: r.args().to_string(),
         };
         let Ok(text) = serde_json::to_string(&line) else {
             return;
         };
-        match &self.path {
-            Some(p) => {
+        match &self.sink {
+            Sink::File(p) => {
                 if append_line(p, &text).is_err() {
                     eprintln!("{text}");
                 }
             }
-            None => eprintln!("{text}"),
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+            }
+            Sink::Stderr => eprintln!("{text}"),
         }
     }
-    fn flush(&self) {}
+    fn flush(&self) {
+        if self.sink == Sink::Stdout {
+            let _ = std::io::stdout().flush();
+        }
+    }
 }
 
-static LOGGER: OnceLock<FileLogger> = OnceLock::new();
+static LOGGER: OnceLock<JsonLogger> = OnceLock::new();
 
-/// Installs the logger once; later calls are ignored. Without a file, warnings go to stderr.
-pub fn init(path: Option<&Path>, level: log::LevelFilter) {
-    let level = if path.is_none() {
-        level.min(log::LevelFilter::Warn)
-    } else {
-        level
-    };
-    let logger = LOGGER.get_or_init(|| FileLogger {
-        path: path.map(Path::to_path_buf),
-        level,
-    });
+/// Installs the logger once per process; later calls are ignored.
+pub fn init(sink: Sink, level: log::LevelFilter) {
+    let logger = LOGGER.get_or_init(|| JsonLogger { sink, level });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(logger.level);
+    }
+}
+
+/// The plugin's logger: the conflist's `logFile` at its `logLevel`; without a file, warnings and
+/// errors only, to stderr (which the runtime shows when a verb fails).
+pub fn init_plugin(path: Option<&Path>, level: log::LevelFilter) {
+    match path {
+        Some(p) => init(Sink::File(p.to_path_buf()), level),
+        None => init(Sink::Stderr, level.min(log::LevelFilter::Warn)),
     }
 }
 
@@ -151,5 +183,21 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-23T16:06:40.123456Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789000Z");
+    }
+
+    #[test]
+    fn lines_name_time_level_target_and_message() {
+        let line = LogLine {
+            time: rfc3339(UNIX_EPOCH),
+            level: level_name(log::Level::Warn),
+            target: "egress_guard::install",
+            msg: "chained".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"time":"1970-01-01T00:00:00.000000Z","level":"warn","target":"egress_guard::install","msg":"chained"}"#
+        );
     }
 }

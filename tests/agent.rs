@@ -211,10 +211,6 @@ fn node_tables(n: &Node) -> String {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn denied_and_audited_packets_become_one_json_line_each() {
     if !can_run_root_tests("denied_and_audited_packets_become_one_json_line_each") {
         return;
@@ -324,10 +320,6 @@ fn denied_and_audited_packets_become_one_json_line_each() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn metrics_change_as_traffic_is_sent_and_denied() {
     if !can_run_root_tests("metrics_change_as_traffic_is_sent_and_denied") {
         return;
@@ -440,10 +432,6 @@ fn log_rule_handle(n: &Node, table: &str) -> Option<String> {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn hand_deleted_rule_is_drift_and_repair_restores_it() {
     if !can_run_root_tests("hand_deleted_rule_is_drift_and_repair_restores_it") {
         return;
@@ -523,10 +511,6 @@ fn hand_deleted_rule_is_drift_and_repair_restores_it() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn tables_of_pods_deleted_without_del_are_collected() {
     if !can_run_root_tests("tables_of_pods_deleted_without_del_are_collected") {
         return;

@@ -735,10 +735,6 @@ fn suite(kind: &str, hairpin: bool, placement: &str) {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn bridge_with_hairpin_pins_the_pods_identity() {
     if !can_run_root_tests("bridge_with_hairpin_pins_the_pods_identity") {
         return;
@@ -747,10 +743,6 @@ fn bridge_with_hairpin_pins_the_pods_identity() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn bridge_without_hairpin_pins_the_pods_identity() {
     if !can_run_root_tests("bridge_without_hairpin_pins_the_pods_identity") {
         return;
@@ -759,10 +751,6 @@ fn bridge_without_hairpin_pins_the_pods_identity() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn ptp_pins_the_pods_identity() {
     if !can_run_root_tests("ptp_pins_the_pods_identity") {
         return;
@@ -771,10 +759,6 @@ fn ptp_pins_the_pods_identity() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn pod_placement_on_a_bridge_with_hairpin_pins_the_pods_identity() {
     if !can_run_root_tests("pod_placement_on_a_bridge_with_hairpin_pins_the_pods_identity") {
         return;
@@ -783,10 +767,6 @@ fn pod_placement_on_a_bridge_with_hairpin_pins_the_pods_identity() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn pod_placement_on_ptp_pins_the_pods_identity() {
     if !can_run_root_tests("pod_placement_on_ptp_pins_the_pods_identity") {
         return;
@@ -801,10 +781,6 @@ fn pod_placement_on_ptp_pins_the_pods_identity() {
 /// set and the orchestrator's connection made after it gets no answer. The flood reaching the
 /// pod is checked (so the test cannot pass by losing it), and how many flows the set kept.
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn a_flood_of_new_flows_from_one_peer_does_not_stop_the_pod_answering_others() {
     if !can_run_root_tests(
         "a_flood_of_new_flows_from_one_peer_does_not_stop_the_pod_answering_others",

@@ -1,9 +1,9 @@
 //! egress-guard under a real container runtime: containerd 1.6 (CRI) + runc running the
 //! conflist bridge + host-local + portmap + egress-guard, driven over CRI as a kubelet would.
 //! Needs root and the packages listed in tests/cri/README.md; run with
-//! `cargo test --features root-tests --test cri_e2e`. Scenarios run one at a time on one node.
-#![cfg(feature = "root-tests")]
+//! `cargo test --test cri_e2e`. Scenarios run one at a time on one node.
 
+mod common;
 mod cri;
 
 use std::collections::BTreeSet;

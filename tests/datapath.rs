@@ -462,10 +462,6 @@ fn run_escape_suite(kind: &str) {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn bridge_chain_blocks_every_escape_and_allows_the_allowlist() {
     if !can_run_root_tests("bridge_chain_blocks_every_escape_and_allows_the_allowlist") {
         return;
@@ -474,10 +470,6 @@ fn bridge_chain_blocks_every_escape_and_allows_the_allowlist() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn ptp_chain_blocks_every_escape_and_allows_the_allowlist() {
     if !can_run_root_tests("ptp_chain_blocks_every_escape_and_allows_the_allowlist") {
         return;
@@ -486,10 +478,6 @@ fn ptp_chain_blocks_every_escape_and_allows_the_allowlist() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn audit_mode_passes_traffic_and_counts_it() {
     if !can_run_root_tests("audit_mode_passes_traffic_and_counts_it") {
         return;
@@ -529,10 +517,6 @@ fn audit_mode_passes_traffic_and_counts_it() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing() {
     if !can_run_root_tests(
         "malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing",
@@ -578,10 +562,6 @@ fn malformed_annotation_in_enforced_namespace_fails_add_and_installs_nothing() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn enforced_namespace_guards_without_annotations() {
     if !can_run_root_tests("enforced_namespace_guards_without_annotations") {
         return;
@@ -619,10 +599,6 @@ fn enforced_namespace_guards_without_annotations() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn pod_placement_guards_inside_the_pod() {
     if !can_run_root_tests("pod_placement_guards_inside_the_pod") {
         return;
@@ -704,10 +680,6 @@ fn pod_placement_guards_inside_the_pod() {
 /// pod: the new pod's ADD fails naming the owner, and neither the runtime's DEL after it nor a
 /// retried ADD takes the table away.
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn a_colliding_pod_never_takes_over_another_pods_table() {
     if !can_run_root_tests("a_colliding_pod_never_takes_over_another_pods_table") {
         return;
@@ -830,10 +802,6 @@ fn a_colliding_pod_never_takes_over_another_pods_table() {
 /// pins all four as sources, and traffic from each to an allowlisted service, and to
 /// each from the orchestrator, works.
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn a_pod_with_two_addresses_per_family_uses_all_of_them() {
     if !can_run_root_tests("a_pod_with_two_addresses_per_family_uses_all_of_them") {
         return;
@@ -906,10 +874,6 @@ fn a_pod_with_two_addresses_per_family_uses_all_of_them() {
 /// unguarded control. Without the rule for the nonce form the guard dropped the probe and the
 /// duplicate went unseen. (The bridge plugin turns DAD off in the pod unless `enabledad`.)
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn duplicate_address_detection_works_through_the_guard() {
     if !can_run_root_tests("duplicate_address_detection_works_through_the_guard") {
         return;
@@ -971,10 +935,6 @@ fn duplicate_address_detection_works_through_the_guard() {
 /// router, put into PROBE, is confirmed by unicast NS/NA and returns to REACHABLE, as the
 /// unguarded control's does.
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn neighbour_unreachability_detection_works_through_the_guard() {
     if !can_run_root_tests("neighbour_unreachability_detection_works_through_the_guard") {
         return;

@@ -137,10 +137,6 @@ fn golden_cases_cover_the_interesting_shapes() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn kernel_listing_matches_render_for_every_case() {
     if !common::can_run_root_tests("kernel_listing_matches_render_for_every_case") {
         return;

@@ -679,10 +679,6 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn bad_input_through_the_plugin_binary_leaves_nothing() {
     let _s = serial();
     if !can_run_root_tests("bad_input_through_the_plugin_binary_leaves_nothing") {
@@ -762,10 +758,6 @@ fn big_policy(shift: u16) -> Value {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn sigkill_at_random_points_leaves_the_table_complete_or_absent() {
     let _s = serial();
     if !can_run_root_tests("sigkill_at_random_points_leaves_the_table_complete_or_absent") {
@@ -854,10 +846,6 @@ fn sigkill_at_random_points_leaves_the_table_complete_or_absent() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn concurrent_add_del_on_64_pods() {
     let _s = serial();
     if !can_run_root_tests("concurrent_add_del_on_64_pods") {
@@ -979,10 +967,6 @@ fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn library_verbs_leak_no_descriptors_or_sockets() {
     let _s = serial();
     if !can_run_root_tests("library_verbs_leak_no_descriptors_or_sockets") {
@@ -1043,10 +1027,6 @@ fn library_verbs_leak_no_descriptors_or_sockets() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn vanishing_veth_refused_hook_and_enobufs_fail_clean() {
     let _s = serial();
     if !can_run_root_tests("vanishing_veth_refused_hook_and_enobufs_fail_clean") {

@@ -441,10 +441,6 @@ mod common;
 /// namespace) and enforces what it finds; with the server gone, an enforced namespace fails
 /// closed.
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn plugin_reads_annotations_from_the_api_server_when_the_runtime_sends_none() {
     if !common::can_run_root_tests(
         "plugin_reads_annotations_from_the_api_server_when_the_runtime_sends_none",

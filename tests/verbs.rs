@@ -73,10 +73,6 @@ fn enforce() -> Value {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn stale_table_on_a_reused_device_name_is_replaced() {
     if !can_run_root_tests("stale_table_on_a_reused_device_name_is_replaced") {
         return;
@@ -130,10 +126,6 @@ fn stale_table_on_a_reused_device_name_is_replaced() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn repeated_add_replaces_its_own_table() {
     if !can_run_root_tests("repeated_add_replaces_its_own_table") {
         return;
@@ -167,10 +159,6 @@ fn repeated_add_replaces_its_own_table() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn check_reports_drift_and_gc_collects_orphans() {
     if !can_run_root_tests("check_reports_drift_and_gc_collects_orphans") {
         return;
@@ -271,10 +259,6 @@ fn check_reports_drift_and_gc_collects_orphans() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn del_is_idempotent() {
     if !can_run_root_tests("del_is_idempotent") {
         return;
@@ -299,10 +283,6 @@ fn del_is_idempotent() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn add_errors_carry_the_right_code_and_leave_nothing() {
     if !can_run_root_tests("add_errors_carry_the_right_code_and_leave_nothing") {
         return;
@@ -417,10 +397,6 @@ fn add_errors_carry_the_right_code_and_leave_nothing() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn old_cni_version_chain_works() {
     if !can_run_root_tests("old_cni_version_chain_works") {
         return;
@@ -457,10 +433,6 @@ fn old_cni_version_chain_works() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn macvlan_pod_gets_pod_placement_under_auto() {
     if !can_run_root_tests("macvlan_pod_gets_pod_placement_under_auto") {
         return;
@@ -579,10 +551,6 @@ fn macvlan_pod_gets_pod_placement_under_auto() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn each_verb_writes_one_json_record() {
     if !can_run_root_tests("each_verb_writes_one_json_record") {
         return;
@@ -633,10 +601,6 @@ fn each_verb_writes_one_json_record() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn second_interface_of_a_container_gets_its_own_table() {
     if !can_run_root_tests("second_interface_of_a_container_gets_its_own_table") {
         return;
@@ -722,10 +686,6 @@ fn second_interface_of_a_container_gets_its_own_table() {
 }
 
 #[test]
-#[cfg_attr(
-    not(feature = "root-tests"),
-    ignore = "needs root: cargo test --features root-tests"
-)]
 fn host_link_check_notices_a_vanished_or_renamed_veth() {
     if !can_run_root_tests("host_link_check_notices_a_vanished_or_renamed_veth") {
         return;

@@ -1,4 +1,4 @@
-//! `egress-guard agent`, `status` and `report`: node telemetry and coverage (issue 5).
+//! `egress-guard agent`, `status` and `report`: node telemetry and coverage.
 //!
 //! The agent subscribes to the plugin's NFLOG group and writes one `egress-guard.flow/v1` JSON
 //! line per flow and interval on stdout, serves Prometheus metrics, and reconciles every guarded
@@ -18,32 +18,18 @@ pub mod status;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cli::{CliError, Parsed};
 use crate::cni::config::{DEFAULT_NFLOG_GROUP, DEFAULT_STATE_DIR};
 use crate::kernel::NetlinkKernel;
 
 pub use report::report;
 pub use status::status;
 
-const USAGE: &str =
-    "usage: egress-guard agent [--plugin-config FILE] [--state-dir DIR] [--nflog-group N]
-                          [--node-name NAME] [--metrics-address ADDR|off] [--interval SECS]
-                          [--flush-interval SECS] [--repair] [--log-file FILE] [--log-level LEVEL]
-  --plugin-config   the egress-guard conflist entry (plugin.json); its stateDir and nflogGroup
-                    are the defaults of --state-dir (/run/egress-guard) and --nflog-group (100)
-  --node-name       node name in records (default $NODE_NAME, else the host name)
-  --metrics-address where /metrics is served (default 0.0.0.0:9617; off disables)
-  --interval        seconds between reconciliations (default 30)
-  --flush-interval  seconds over which identical flows are aggregated (default 10)
-  --repair          reinstall tables that drifted from their policy";
-
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{0}\n{USAGE}")]
-    Usage(String),
     #[error("cannot read plugin config {path}: {problem}")]
     PluginConfig { path: PathBuf, problem: String },
     #[error(transparent)]
@@ -56,6 +42,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot install the SIGTERM/SIGINT handler: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("the NFLOG receiver stopped")]
     NflogStopped,
 }
@@ -101,17 +89,17 @@ pub(crate) fn default_node_name() -> String {
         .unwrap_or_default()
 }
 
-fn seconds(flag: &str, v: &str) -> Result<Duration, AgentError> {
+fn seconds(flag: &str, v: &str) -> Result<Duration, CliError> {
     match v.parse::<f64>() {
         Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err(AgentError::Usage(format!(
-            "{flag} \"{v}\" is not a number of seconds (0 < s <= 86400)"
+        _ => Err(CliError::usage(format!(
+            "--{flag} \"{v}\" is not a number of seconds (0 < s <= 86400)"
         ))),
     }
 }
 
-/// Parses the agent's arguments.
-pub fn parse_options(args: &[String]) -> Result<Options, AgentError> {
+/// The agent's options from its flags.
+pub fn parse_options(p: &Parsed) -> Result<Options, CliError> {
     let mut o = Options {
         state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         nflog_group: DEFAULT_NFLOG_GROUP,
@@ -123,88 +111,53 @@ pub fn parse_options(args: &[String]) -> Result<Options, AgentError> {
         log_file: None,
         log_level: log::LevelFilter::Info,
     };
-    let (mut state_dir, mut group, mut node) = (None, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| AgentError::Usage(format!("{a} needs a value")))
-        };
-        match a.as_str() {
-            "--plugin-config" => {
-                let v = plugin_config(&val()?)?;
-                if let Some(d) = v
-                    .get("stateDir")
-                    .and_then(|d| d.as_str())
-                    .filter(|d| !d.is_empty())
-                {
-                    o.state_dir = PathBuf::from(d);
-                }
-                if let Some(g) = v.get("nflogGroup").and_then(|g| g.as_u64()) {
-                    o.nflog_group = u16::try_from(g).map_err(|_| {
-                        AgentError::Usage(format!("plugin config nflogGroup {g} is out of range"))
-                    })?;
-                }
+    if let Some(path) = p.last("plugin-config") {
+        let v = plugin_config(path).map_err(|e| CliError::usage(e.to_string()))?;
+        if let Some(d) = v
+            .get("stateDir")
+            .and_then(|d| d.as_str())
+            .filter(|d| !d.is_empty())
+        {
+            o.state_dir = PathBuf::from(d);
+        }
+        if let Some(g) = v.get("nflogGroup").and_then(|g| g.as_u64()) {
+            o.nflog_group = u16::try_from(g).map_err(|_| {
+                CliError::usage(format!(
+                    "plugin config {path}: nflogGroup {g} is out of range"
+                ))
+            })?;
+        }
+    }
+    // Explicit flags win over the plugin config.
+    for (flag, v) in p.iter() {
+        match flag {
+            "state-dir" => o.state_dir = PathBuf::from(v),
+            "nflog-group" => {
+                o.nflog_group = v
+                    .parse::<u16>()
+                    .map_err(|_| CliError::usage(format!("--nflog-group \"{v}\" is not 0-65535")))?
             }
-            "--state-dir" => state_dir = Some(PathBuf::from(val()?)),
-            "--nflog-group" => {
-                let v = val()?;
-                group = Some(v.parse::<u16>().map_err(|_| {
-                    AgentError::Usage(format!("--nflog-group \"{v}\" is not 0-65535"))
-                })?);
-            }
-            "--node-name" => node = Some(val()?),
-            "--metrics-address" => {
-                let v = val()?;
+            "node-name" => o.node = v.to_string(),
+            "metrics-address" => {
                 o.metrics_address = if v == "off" || v.is_empty() {
                     None
                 } else {
-                    Some(v)
-                };
+                    Some(v.to_string())
+                }
             }
-            "--interval" => o.interval = seconds(a, &val()?)?,
-            "--flush-interval" => o.flush_interval = seconds(a, &val()?)?,
-            "--repair" => o.repair = true,
-            "--log-file" => o.log_file = Some(PathBuf::from(val()?)),
-            "--log-level" => {
-                let v = val()?;
-                o.log_level = v.parse().map_err(|_| {
-                    AgentError::Usage(format!(
-                        "--log-level \"{v}\" is not error, warn, info, debug or trace"
-                    ))
-                })?;
-            }
-            "-h" | "--help" => return Err(AgentError::Usage("help".into())),
-            other => return Err(AgentError::Usage(format!("unknown argument \"{other}\""))),
+            "interval" => o.interval = seconds(flag, v)?,
+            "flush-interval" => o.flush_interval = seconds(flag, v)?,
+            "repair" => o.repair = true,
+            "log-file" => o.log_file = Some(PathBuf::from(v)),
+            "log-level" => o.log_level = crate::cli::log_level(flag, v)?,
+            "plugin-config" => {}
+            other => return Err(CliError::unhandled(other)),
         }
     }
-    if let Some(d) = state_dir {
-        o.state_dir = d;
+    if o.node.is_empty() {
+        o.node = default_node_name();
     }
-    if let Some(g) = group {
-        o.nflog_group = g;
-    }
-    o.node = node.unwrap_or_else(default_node_name);
     Ok(o)
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                sig,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
-        }
-    }
 }
 
 /// Writes JSON lines to stdout; counts failures.
@@ -247,7 +200,7 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
         .map(metrics::bind)
         .transpose()?;
     let mut sub = nflog::Subscription::bind(o.nflog_group)?;
-    install_signal_handlers();
+    crate::signal::catch_termination().map_err(AgentError::Signals)?;
 
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -300,7 +253,7 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
     let mut agg = flows::Aggregator::default();
     let mut next_reconcile = Instant::now();
     let mut next_flush = Instant::now() + o.flush_interval;
-    while !STOP.load(Ordering::SeqCst) {
+    while !crate::signal::termination_requested() {
         let now = Instant::now();
         if now >= next_reconcile {
             let events = rec.pass(&mut kernel, &shared, &reconcile::device_exists);
@@ -341,35 +294,29 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Entry point of the `agent` subcommand; `args` excludes the program and subcommand names.
-pub fn run(args: &[String]) -> ExitCode {
-    let o = match parse_options(args) {
-        Ok(o) => o,
-        Err(AgentError::Usage(m)) if m == "help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("egress-guard agent: {e}");
-            return ExitCode::from(2);
-        }
+/// The `agent` subcommand.
+pub fn run(p: &Parsed) -> Result<ExitCode, CliError> {
+    let o = parse_options(p)?;
+    let sink = match &o.log_file {
+        Some(f) => crate::logging::Sink::File(f.clone()),
+        None => crate::logging::Sink::Stderr,
     };
-    crate::logging::init(o.log_file.as_deref(), o.log_level);
-    match run_agent(&o) {
+    crate::logging::init(sink, o.log_level);
+    Ok(match run_agent(&o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("egress-guard agent: {e}");
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn args(v: &[&str]) -> Parsed {
+        crate::cli::AGENT.parse(v.iter().copied()).unwrap()
     }
 
     #[test]
@@ -403,14 +350,18 @@ mod tests {
         assert_eq!(o.nflog_group, 9);
         assert_eq!(o.metrics_address, None);
         let _ = std::fs::remove_file(&cfg);
-        for bad in [
-            &["--interval", "0"][..],
-            &["--nflog-group", "70000"],
-            &["--bogus"],
-            &["--state-dir"],
-        ] {
+        for bad in [&["--interval", "0"][..], &["--nflog-group", "70000"]] {
             assert!(
-                matches!(parse_options(&args(bad)), Err(AgentError::Usage(_))),
+                matches!(parse_options(&args(bad)), Err(CliError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+        for bad in [&["--bogus"][..], &["--state-dir"]] {
+            assert!(
+                matches!(
+                    crate::cli::AGENT.parse(bad.iter().copied()),
+                    Err(CliError::Usage(_))
+                ),
                 "{bad:?}"
             );
         }

@@ -164,16 +164,12 @@ impl Verdict {
 
 /// Splits `eg:deny:<16 chars of container id> ` / `eg:audit:...`; `None` for other prefixes.
 pub fn parse_prefix(prefix: &str) -> Option<(Verdict, String)> {
-    let rest = prefix.trim_end().strip_prefix("eg:")?;
-    let (word, cid) = rest.split_once(':')?;
-    let verdict = match word {
-        "deny" => Verdict::Denied,
-        "audit" => Verdict::Audited,
-        _ => return None,
+    use crate::ruleset::logprefix::{self, Logged};
+    let (logged, cid) = logprefix::parse(prefix)?;
+    let verdict = match logged {
+        Logged::Deny => Verdict::Denied,
+        Logged::Audit => Verdict::Audited,
     };
-    if cid.is_empty() {
-        return None;
-    }
     Some((verdict, cid.to_string()))
 }
 

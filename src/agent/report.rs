@@ -11,24 +11,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::{CliError, Parsed};
 use crate::install::NOT_READY_TAINT;
 use crate::kube::{Client, KubeError};
 use crate::policy::{Mode, MODE_KEY};
 
-const USAGE: &str = "usage: egress-guard report [--kubeconfig FILE] [--plugin-config FILE] [--enforce-namespace NS]...
-                           [--default-mode off|audit|enforce] [--selector KEY=VALUE] [--json]
-  --kubeconfig      API access (default $KUBECONFIG, else in-cluster credentials)
-  --plugin-config   the egress-guard conflist entry (plugin.json): enforceNamespaces, defaultMode
-  --selector        label of the egress-guard DaemonSet pods (default app.kubernetes.io/name=egress-guard);
-                    a node counts as chained when such a pod on it is ready
-exit status: 0 no such pods, 1 some exist, 2 error";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{0}\n{USAGE}")]
-    Usage(String),
-    #[error(transparent)]
-    Config(#[from] super::AgentError),
     #[error("connecting to the API server: {0}")]
     Client(#[source] Box<KubeError>),
     #[error("listing {what}: {source}")]
@@ -174,67 +163,55 @@ pub fn findings(pods: &[Value], nodes: &[Value], settings: &Settings) -> Vec<Fin
     out
 }
 
-struct Args {
+pub(crate) struct Args {
     kubeconfig: Option<PathBuf>,
     settings: Settings,
-    json: bool,
+    pub(crate) json: bool,
 }
 
-fn parse(args: &[String]) -> Result<Args, ReportError> {
+pub(crate) fn parse(p: &Parsed) -> Result<Args, CliError> {
     let mut a = Args {
         kubeconfig: None,
         settings: Settings::default(),
-        json: false,
+        json: p.has("json"),
     };
-    let mut extra_ns = Vec::new();
-    let mut default_mode = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| ReportError::Usage(format!("{flag} needs a value")))
-        };
-        match flag.as_str() {
-            "--kubeconfig" => a.kubeconfig = Some(PathBuf::from(val()?)),
-            "--plugin-config" => {
-                let v = super::plugin_config(&val()?)?;
-                if let Some(list) = v.get("enforceNamespaces").and_then(Value::as_array) {
-                    a.settings
-                        .enforce_namespaces
-                        .extend(list.iter().filter_map(Value::as_str).map(str::to_string));
-                }
-                if let Some(m) = v.get("defaultMode").and_then(Value::as_str) {
-                    a.settings.default_mode = Mode::parse(m).ok_or_else(|| {
-                        ReportError::Usage(format!(
-                            "plugin config defaultMode \"{m}\" is not off, audit or enforce"
-                        ))
-                    })?;
-                }
+    if let Some(path) = p.last("plugin-config") {
+        let v = super::plugin_config(path).map_err(|e| CliError::usage(e.to_string()))?;
+        if let Some(list) = v.get("enforceNamespaces").and_then(Value::as_array) {
+            a.settings
+                .enforce_namespaces
+                .extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+        if let Some(m) = v.get("defaultMode").and_then(Value::as_str) {
+            a.settings.default_mode = Mode::parse(m).ok_or_else(|| {
+                CliError::usage(format!(
+                    "plugin config {path}: defaultMode \"{m}\" is not off, audit or enforce"
+                ))
+            })?;
+        }
+    }
+    for (flag, v) in p.iter() {
+        match flag {
+            "kubeconfig" => a.kubeconfig = Some(PathBuf::from(v)),
+            "enforce-namespace" => {
+                a.settings.enforce_namespaces.insert(v.to_string());
             }
-            "--enforce-namespace" => extra_ns.push(val()?),
-            "--default-mode" => {
-                let m = val()?;
-                default_mode = Some(Mode::parse(&m).ok_or_else(|| {
-                    ReportError::Usage(format!(
-                        "--default-mode \"{m}\" is not off, audit or enforce"
+            "default-mode" => {
+                a.settings.default_mode = Mode::parse(v).ok_or_else(|| {
+                    CliError::usage(format!(
+                        "--default-mode \"{v}\" is not off, audit or enforce"
                     ))
-                })?);
+                })?
             }
-            "--selector" => {
-                let v = val()?;
+            "selector" => {
                 let (k, value) = v.split_once('=').ok_or_else(|| {
-                    ReportError::Usage(format!("--selector \"{v}\" is not KEY=VALUE"))
+                    CliError::usage(format!("--selector \"{v}\" is not KEY=VALUE"))
                 })?;
                 a.settings.selector = (k.to_string(), value.to_string());
             }
-            "--json" => a.json = true,
-            other => return Err(ReportError::Usage(format!("unknown argument \"{other}\""))),
+            "plugin-config" | "json" => {}
+            other => return Err(CliError::unhandled(other)),
         }
-    }
-    a.settings.enforce_namespaces.extend(extra_ns);
-    if let Some(m) = default_mode {
-        a.settings.default_mode = m;
     }
     if a.kubeconfig.is_none() {
         a.kubeconfig = std::env::var_os("KUBECONFIG")
@@ -255,8 +232,7 @@ fn items(client: &Client, path: &str, what: &'static str) -> Result<Vec<Value>, 
         .ok_or(ReportError::Shape { what })
 }
 
-fn run(args: &[String]) -> Result<(Vec<Finding>, bool), ReportError> {
-    let a = parse(args)?;
+fn run(a: &Args) -> Result<Vec<Finding>, ReportError> {
     let timeout = Duration::from_secs(30);
     let client = match &a.kubeconfig {
         Some(k) => Client::from_kubeconfig(k, timeout),
@@ -265,16 +241,18 @@ fn run(args: &[String]) -> Result<(Vec<Finding>, bool), ReportError> {
     .map_err(|e| ReportError::Client(Box::new(e)))?;
     let pods = items(&client, "/api/v1/pods", "pods")?;
     let nodes = items(&client, "/api/v1/nodes", "nodes")?;
-    Ok((findings(&pods, &nodes, &a.settings), a.json))
+    Ok(findings(&pods, &nodes, &a.settings))
 }
 
 /// Entry point of the `report` subcommand.
-pub fn report(args: &[String]) -> ExitCode {
-    let (found, json) = match run(args) {
+pub fn report(p: &Parsed) -> Result<ExitCode, CliError> {
+    let args = parse(p)?;
+    let json = args.json;
+    let found = match run(&args) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("egress-guard report: {e}");
-            return ExitCode::from(2);
+            return Ok(ExitCode::from(2));
         }
     };
     if json {
@@ -282,7 +260,7 @@ pub fn report(args: &[String]) -> ExitCode {
             Ok(t) => println!("{t}"),
             Err(e) => {
                 eprintln!("egress-guard report: {e}");
-                return ExitCode::from(2);
+                return Ok(ExitCode::from(2));
             }
         }
     } else if !found.is_empty() {
@@ -317,13 +295,13 @@ pub fn report(args: &[String]) -> ExitCode {
     }
     if found.is_empty() {
         eprintln!("egress-guard report: every pod that asks for an egress guard can have one");
-        ExitCode::SUCCESS
+        Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
             "egress-guard report: {} pod(s) ask for an egress guard but cannot have one",
             found.len()
         );
-        ExitCode::FAILURE
+        Ok(ExitCode::FAILURE)
     }
 }
 

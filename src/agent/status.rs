@@ -8,19 +8,10 @@ use std::process::ExitCode;
 use super::counters;
 use super::reconcile::{device_exists, Reconciler};
 use super::state::{self, PodState};
+use crate::cli::{CliError, Parsed};
 use crate::cni::config::DEFAULT_STATE_DIR;
 use crate::kernel::{Kernel, NetlinkKernel};
 use crate::netlink::nft::expected_snapshot;
-
-const USAGE: &str = "usage: egress-guard status [--plugin-config FILE] [--state-dir DIR] [--json]";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StatusError {
-    #[error("{0}\n{USAGE}")]
-    Usage(String),
-    #[error(transparent)]
-    Config(#[from] super::AgentError),
-}
 
 /// One row of the table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -128,45 +119,27 @@ pub fn render_table(rows: &[Row]) -> String {
     out
 }
 
-fn parse(args: &[String]) -> Result<(PathBuf, bool), StatusError> {
+pub(crate) fn parse(p: &Parsed) -> Result<(PathBuf, bool), CliError> {
     let mut dir = PathBuf::from(DEFAULT_STATE_DIR);
-    let mut explicit = None;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| StatusError::Usage(format!("{a} needs a value")))
-        };
-        match a.as_str() {
-            "--state-dir" => explicit = Some(PathBuf::from(val()?)),
-            "--plugin-config" => {
-                let v = super::plugin_config(&val()?)?;
-                if let Some(d) = v
-                    .get("stateDir")
-                    .and_then(|d| d.as_str())
-                    .filter(|d| !d.is_empty())
-                {
-                    dir = PathBuf::from(d);
-                }
-            }
-            "--json" => json = true,
-            other => return Err(StatusError::Usage(format!("unknown argument \"{other}\""))),
+    if let Some(path) = p.last("plugin-config") {
+        let v = super::plugin_config(path).map_err(|e| CliError::usage(e.to_string()))?;
+        if let Some(d) = v
+            .get("stateDir")
+            .and_then(|d| d.as_str())
+            .filter(|d| !d.is_empty())
+        {
+            dir = PathBuf::from(d);
         }
     }
-    Ok((explicit.unwrap_or(dir), json))
+    if let Some(d) = p.last("state-dir") {
+        dir = PathBuf::from(d);
+    }
+    Ok((dir, p.has("json")))
 }
 
 /// Entry point of the `status` subcommand.
-pub fn status(args: &[String]) -> ExitCode {
-    let (dir, json) = match parse(args) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("egress-guard status: {e}");
-            return ExitCode::from(2);
-        }
-    };
+pub fn status(p: &Parsed) -> Result<ExitCode, CliError> {
+    let (dir, json) = parse(p)?;
     let (rows, errors) = rows(&dir);
     for e in &errors {
         eprintln!("egress-guard status: {e}");
@@ -176,7 +149,7 @@ pub fn status(args: &[String]) -> ExitCode {
             Ok(t) => println!("{t}"),
             Err(e) => {
                 eprintln!("egress-guard status: {e}");
-                return ExitCode::FAILURE;
+                return Ok(ExitCode::FAILURE);
             }
         }
     } else if rows.is_empty() {
@@ -187,11 +160,11 @@ pub fn status(args: &[String]) -> ExitCode {
     } else {
         print!("{}", render_table(&rows));
     }
-    if errors.is_empty() {
+    Ok(if errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
 #[cfg(test)]

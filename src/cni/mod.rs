@@ -12,6 +12,8 @@ use std::fmt;
 pub use args::{parse_cni_args, PodIdentity};
 pub use config::NetConf;
 
+/// The cniVersions the plugin accepts and reports in VERSION; the installer warns about a
+/// conflist with any other.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// CNI error codes (spec) and egress-guard's own (100 and up).
@@ -37,12 +39,11 @@ pub mod code {
     pub const API_LOOKUP: u32 = 104;
 }
 
-/// A verb failure: CNI code, a message for people, optional details.
+/// A verb failure: CNI code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
     pub code: u32,
     pub msg: String,
-    pub details: String,
 }
 
 impl CniError {
@@ -50,21 +51,11 @@ impl CniError {
         CniError {
             code,
             msg: msg.into(),
-            details: String::new(),
         }
-    }
-    pub fn with_details(mut self, details: impl Into<String>) -> Self {
-        self.details = details.into();
-        self
     }
     /// The error as CNI error JSON.
     pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
-        let mut v =
-            serde_json::json!({ "cniVersion": cni_version, "code": self.code, "msg": self.msg });
-        if !self.details.is_empty() {
-            v["details"] = serde_json::Value::String(self.details.clone());
-        }
-        v
+        serde_json::json!({ "cniVersion": cni_version, "code": self.code, "msg": self.msg })
     }
 }
 
@@ -169,10 +160,10 @@ mod tests {
 
     #[test]
     fn error_json_has_code_and_msg() {
-        let e = CniError::new(7, "bad").with_details("more");
+        let e = CniError::new(7, "bad");
         let j = e.to_json("1.0.0");
         assert_eq!(j["code"], 7);
         assert_eq!(j["msg"], "bad");
-        assert_eq!(j["details"], "more");
+        assert!(j.get("details").is_none());
     }
 }

@@ -988,7 +988,7 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> Outcome {
         outcome.cni_version = conf.cni_version.clone();
         outcome.log_file = conf.log_file.clone();
         outcome.log_level = conf.log_level;
-        crate::logging::init(conf.log_file.as_deref(), conf.log_level);
+        crate::logging::init_plugin(conf.log_file.as_deref(), conf.log_level);
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,

@@ -11,8 +11,6 @@ use super::InstallError;
 pub const PLUGIN_TYPE: &str = "egress-guard";
 /// Capability that makes containerd and CRI-O pass pod annotations in `runtimeConfig`.
 pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
-/// cniVersions the plugin supports (design.md); others get a warning, not a rewrite.
-pub const SUPPORTED_CNI_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 /// Extensions libcni's `ConfFiles` considers, as containerd and CRI-O call it.
 const EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
 

@@ -4,18 +4,10 @@
 //! chained. It must not touch any other plugin's fields nor any file but the primary conflist,
 //! its own binary and its own kubeconfig.
 //!
-//! Flags (all optional; defaults match `deploy/daemonset.yaml`):
-//! `--cni-conf-dir DIR` (`/host/etc/cni/net.d`), `--cni-bin-dir DIR` (`/host/opt/cni/bin`),
-//! `--plugin-config FILE` (`/etc/egress-guard/plugin.json`), `--binary FILE` (this executable),
-//! `--host-root DIR` (`/host`: where the plugin config's host paths are mounted),
-//! `--node-name NAME` (`$NODE_NAME`), `--kubeconfig FILE` (API access of the installer itself;
-//! default in-cluster), `--api-server URL` (server written into the plugin's kubeconfig),
-//! `--log-level LEVEL`, `--uninstall-on-exit`, and the one-shot modes `--once` (install and exit),
-//! `--check` (exit 0 iff chained and installed: the readiness probe) and `--uninstall`.
+//! Flags and their defaults: `crate::cli::INSTALL` (`egress-guard install --help`).
 
 mod conflist;
 mod fsutil;
-pub mod jsonlog;
 mod kubeconfig;
 mod node;
 mod watch;
@@ -28,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::cli::{CliError, Parsed};
+
 pub use conflist::{find_primary, ANNOTATIONS_CAPABILITY, PLUGIN_TYPE};
 pub use fsutil::{atomic_write, temp_path};
 pub use kubeconfig::Source as KubeconfigSource;
@@ -36,8 +30,6 @@ pub use node::{taint_patch, NOT_READY_TAINT};
 /// Errors of the installer; each names the file, flag or API action at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("invalid arguments: {problem}")]
-    Usage { problem: String },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -164,56 +156,47 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Parses the flags (program and subcommand names excluded).
-    pub fn parse(args: &[String]) -> Result<Options, InstallError> {
+    /// The installer's options from its flags.
+    pub fn from_flags(p: &Parsed) -> Result<Options, CliError> {
         let mut o = Options::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| InstallError::Usage {
-                        problem: format!("{flag} needs a value"),
-                    })
-            };
+        for (flag, v) in p.iter() {
             match flag {
-                "--cni-conf-dir" => o.cni_conf_dir = value()?.into(),
-                "--cni-bin-dir" => o.cni_bin_dir = value()?.into(),
-                "--plugin-config" => {
-                    o.plugin_config = value()?.into();
+                "cni-conf-dir" => o.cni_conf_dir = v.into(),
+                "cni-bin-dir" => o.cni_bin_dir = v.into(),
+                "plugin-config" => {
+                    o.plugin_config = v.into();
                     o.plugin_config_required = true;
                 }
-                "--binary" => o.binary = value()?.into(),
-                "--host-root" => o.host_root = value()?.into(),
-                "--node-name" => o.node_name = Some(value()?),
-                "--kubeconfig" => o.kubeconfig = Some(value()?.into()),
-                "--api-server" => o.api_server = Some(value()?),
-                "--service-account-dir" => o.service_account_dir = value()?.into(),
-                "--log-level" => {
-                    let v = value()?;
-                    o.log_level = v.parse().map_err(|_| InstallError::Usage {
-                        problem: format!(
-                            "--log-level {v:?}: expected error, warn, info, debug or trace"
-                        ),
-                    })?;
+                "binary" => o.binary = v.into(),
+                "host-root" => o.host_root = v.into(),
+                "node-name" => o.node_name = Some(v.to_string()),
+                "kubeconfig" => o.kubeconfig = Some(v.into()),
+                "api-server" => o.api_server = Some(v.to_string()),
+                "service-account-dir" => o.service_account_dir = v.into(),
+                "log-level" => o.log_level = crate::cli::log_level(flag, v)?,
+                "uninstall-on-exit" => o.uninstall_on_exit = true,
+                "once" | "check" | "uninstall" => {
+                    if o.mode != Mode::Watch {
+                        return Err(CliError::usage(
+                            "--once, --check and --uninstall exclude each other",
+                        ));
+                    }
+                    o.mode = match flag {
+                        "once" => Mode::Once,
+                        "check" => Mode::Check,
+                        _ => Mode::Uninstall,
+                    };
                 }
-                "--uninstall-on-exit" => o.uninstall_on_exit = true,
-                "--once" => o.mode = Mode::Once,
-                "--check" => o.mode = Mode::Check,
-                "--uninstall" => o.mode = Mode::Uninstall,
-                other => {
-                    return Err(InstallError::Usage {
-                        problem: format!("unknown flag {other:?}"),
-                    })
-                }
+                other => return Err(CliError::unhandled(other)),
             }
         }
         Ok(o)
+    }
+
+    /// Parses the flags (program and subcommand names excluded), as `install` does.
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Options, CliError> {
+        let p = crate::cli::INSTALL.parse(args.iter().map(|a| a.as_ref().to_string()))?;
+        Options::from_flags(&p)
     }
 }
 
@@ -312,11 +295,11 @@ impl Installer {
             return Ok(Outcome::Unchanged(path));
         }
         if let Some(v) = conf.get("cniVersion").and_then(Value::as_str) {
-            if !conflist::SUPPORTED_CNI_VERSIONS.contains(&v) {
+            if !crate::cni::SUPPORTED_VERSIONS.contains(&v) {
                 log::warn!(
                     "{} has cniVersion {v}; egress-guard supports {:?}",
                     path.display(),
-                    conflist::SUPPORTED_CNI_VERSIONS
+                    crate::cni::SUPPORTED_VERSIONS
                 );
             }
         }
@@ -483,7 +466,7 @@ impl Installer {
     }
 
     /// Installs, then keeps the plugin chained until `stop` is set (or SIGTERM when
-    /// [`watch::catch_termination`] was called). Events are debounced; a writer that keeps
+    /// [`crate::signal::catch_termination`] was called). Events are debounced; a writer that keeps
     /// undoing the chain is answered with exponential backoff rather than a write loop.
     pub fn watch(&mut self, stop: &AtomicBool) -> Result<(), InstallError> {
         let mut dw = watch::DirWatch::new(&self.opts.cni_conf_dir)?;
@@ -493,7 +476,7 @@ impl Installer {
         let mut next_resync = Instant::now();
         let mut not_before = Instant::now();
         let mut watch_error_logged = false;
-        while !stop.load(Ordering::SeqCst) && !watch::signalled() {
+        while !stop.load(Ordering::SeqCst) && !crate::signal::termination_requested() {
             match dw.ensure() {
                 Ok(true) => {
                     // Anything may have happened while the watch was missing.
@@ -601,24 +584,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Entry point of the `install` subcommand; `args` excludes the program and subcommand names.
-pub fn run(args: &[String]) -> ExitCode {
-    let opts = match Options::parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            jsonlog::init(log::LevelFilter::Info);
-            log::error!("{}", error_chain(&e));
-            return ExitCode::from(2);
-        }
-    };
-    jsonlog::init(opts.log_level);
-    match run_mode(opts) {
+/// The `install` subcommand.
+pub fn run(p: &Parsed) -> Result<ExitCode, CliError> {
+    let opts = Options::from_flags(p)?;
+    crate::logging::init(crate::logging::Sink::Stdout, opts.log_level);
+    Ok(match run_mode(opts) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{}", error_chain(&e));
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 fn run_mode(opts: Options) -> Result<ExitCode, InstallError> {
@@ -639,7 +615,10 @@ fn run_mode(opts: Options) -> Result<ExitCode, InstallError> {
         }
         Mode::Once | Mode::Watch => {}
     }
-    watch::catch_termination()?;
+    crate::signal::catch_termination().map_err(|source| InstallError::Os {
+        what: "sigaction",
+        source,
+    })?;
     if installer.install_binary()? {
         log::info!("installed {}", installer.binary_dest().display());
     }

@@ -1,48 +1,13 @@
-//! Directory watching with inotify (through libc) and SIGTERM/SIGINT capture for the installer's
-//! loop. Owns the raw file descriptors and the only `unsafe` code of the installer.
+//! Directory watching with inotify (through libc) for the installer's loop. Owns the raw file
+//! descriptors and the only `unsafe` code of the installer.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::InstallError;
-
-/// Set by the SIGTERM/SIGINT handler.
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// Routes SIGTERM and SIGINT to a flag read by [`signalled`] (no SA_RESTART, so a blocking
-/// `poll` returns early).
-pub fn catch_termination() -> Result<(), InstallError> {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the sigaction struct is zeroed then filled; the handler only stores to an
-        // atomic, which is async-signal-safe.
-        let rc = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(InstallError::Os {
-                what: "sigaction",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Whether SIGTERM or SIGINT arrived.
-pub fn signalled() -> bool {
-    SIGNALLED.load(Ordering::SeqCst)
-}
 
 /// An inotify instance watching one directory for entries being written, renamed in or out,
 /// created or deleted, and for the directory itself going away.

@@ -187,6 +187,18 @@ impl Kernel for RecordingKernel {
         })
     }
 
+    fn host_link_is(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        device: &str,
+        index: u32,
+    ) -> Result<bool, KernelError> {
+        Ok(matches!(
+            self.host_peer(netns, ifname, &[])?,
+            HostPeer::Veth { name, index: i } if name == device && i == index
+        ))
+    }
     fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError> {
         self.calls
             .push(format!("interface {} {ifname}", netns.display()));

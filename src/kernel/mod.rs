@@ -113,19 +113,13 @@ pub trait Kernel {
         hints: &[String],
     ) -> Result<HostPeer, KernelError>;
     /// Whether the host-side interface found by `host_peer` (name and ifindex) is still there.
-    /// The default repeats the whole lookup; implementations may check more cheaply.
     fn host_link_is(
         &mut self,
         netns: &Path,
         ifname: &str,
         device: &str,
         index: u32,
-    ) -> Result<bool, KernelError> {
-        Ok(matches!(
-            self.host_peer(netns, ifname, &[])?,
-            HostPeer::Veth { name, index: i } if name == device && i == index
-        ))
-    }
+    ) -> Result<bool, KernelError>;
     /// The pod's interface `ifname` in the pod netns at `netns`: MAC and addresses.
     fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError>;
     /// The MAC of the pod's gateway: the host interface holding one of `gateways`, if it is

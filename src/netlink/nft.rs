@@ -1242,7 +1242,7 @@ pub fn run_batch(sock: &mut Socket, ops: &[Op<'_>]) -> Result<usize, NetlinkErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ruleset::{Rule, Verdict, L3};
+    use crate::ruleset::{Verdict, L3};
 
     #[test]
     fn expressions_round_trip_through_the_wire_format() {
@@ -1311,7 +1311,6 @@ mod tests {
                 .collect();
             assert_eq!(decoded, exprs);
         }
-        let _ = Rule { stmts };
     }
 
     #[test]

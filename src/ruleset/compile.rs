@@ -2,6 +2,7 @@
 //! same table, which is what CHECK compares the kernel against.
 
 use super::intervals::{disjoint_boxes, Box2};
+use super::logprefix::{self, Logged};
 use super::podnet::PodNet;
 use super::{
     Base, Chain, CmpOp, Dev, Element, Family, Field, Hook, Load, Rate, Rule, Selector, Set, Span,
@@ -196,9 +197,9 @@ impl Byte {
 
 /// "The field is one of `values`" (ascending, distinct) as the matches of a single rule: the
 /// span from the smallest to the largest value, then a "not" for every gap inside it, as in
-/// `icmp type 0-12 icmp type != 1-2 icmp type != 4-10`. One rule where a rule per run of
-/// values used to be: every rule is a message of ADD's transaction, and on a node full of
-/// guarded pods each message costs the kernel a walk over every table (docs/benchmarks.md).
+/// `icmp type 0-12 icmp type != 1-2 icmp type != 4-10`. One rule, not one per run of values:
+/// every rule is a message of ADD's transaction, and on a node full of guarded pods each
+/// message costs the kernel a walk over every table (docs/benchmarks.md).
 fn one_of(byte: Byte, values: &[u8]) -> Vec<Stmt> {
     let (Some(&lo), Some(&hi)) = (values.first(), values.last()) else {
         // Nothing to match: a match no packet passes (never reached with the constants here).
@@ -331,11 +332,10 @@ fn nd_rule() -> Rule {
 /// returned beside it, is the verdict. One rule: the counter is passed by every packet, the
 /// limit stops the rule for packets over the rate, the policy then applies to all of them.
 fn closing_rule(mode: Mode, container_id: &str, group: u16) -> (Rule, Verdict) {
-    let (word, verdict) = match mode {
-        Mode::Audit => ("audit", Verdict::Accept),
-        _ => ("deny", Verdict::Drop),
+    let (logged, verdict) = match mode {
+        Mode::Audit => (Logged::Audit, Verdict::Accept),
+        _ => (Logged::Deny, Verdict::Drop),
     };
-    let short: String = container_id.chars().take(16).collect();
     let closing = rule(vec![
         Stmt::Counter,
         Stmt::Limit {
@@ -343,7 +343,7 @@ fn closing_rule(mode: Mode, container_id: &str, group: u16) -> (Rule, Verdict) {
             burst: LOG_BURST,
         },
         Stmt::Log {
-            prefix: format!("eg:{word}:{short} "),
+            prefix: logprefix::format(logged, container_id),
             group,
         },
     ]);

@@ -3,6 +3,7 @@
 
 mod compile;
 mod intervals;
+pub mod logprefix;
 pub mod podnet;
 mod render;
 

@@ -19,24 +19,80 @@ pub fn annotation_pairs(ann: &serde_json::Value) -> Vec<(String, String)> {
 }
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Returns false (after printing why) when root tests cannot run here.
+/// Whether skipping is a failure here: `tests/run.sh` as root (and so CI) sets
+/// `EGRESS_GUARD_ROOT_REQUIRED` and `EGRESS_GUARD_CRI_REQUIRED`.
+pub fn skips_forbidden() -> bool {
+    ["EGRESS_GUARD_ROOT_REQUIRED", "EGRESS_GUARD_CRI_REQUIRED"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+}
+
+/// Where skipped tests are recorded; `tests/run.sh` prints it at the end.
+pub fn skip_log() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-skips.log")
+}
+
+fn record_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("SKIP {test}: {why}");
+    // Past the harness's output capture: a skip is visible without --nocapture.
+    let _ = writeln!(std::io::stderr(), "{line}");
+    let log = skip_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// The one way a test skips: says why (visibly, and in [`skip_log`]) and returns, or fails
+/// with the reason where skips are forbidden ([`skips_forbidden`]).
+pub fn skip(test: &str, why: &str) {
+    assert!(!skips_forbidden(), "{test}: cannot run here: {why}");
+    record_skip(test, why);
+}
+
+/// A skip for a part that depends on the machine rather than on root (a read-only mount, say):
+/// visible and recorded, never a failure.
+pub fn skip_optional(test: &str, why: &str) {
+    record_skip(test, why);
+}
+
+/// Whether root tests can run here; when not, [`skip`] says why (or fails where skips are
+/// forbidden).
 pub fn can_run_root_tests(test: &str) -> bool {
+    match missing_for_root_tests() {
+        None => true,
+        Some(why) => {
+            skip(test, &why);
+            false
+        }
+    }
+}
+
+fn missing_for_root_tests() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP {test}: needs root (network namespaces, nf_tables)");
-        return false;
+        return Some("needs root (network namespaces, nf_tables)".into());
     }
     for tool in ["ip", "nft"] {
         if Command::new(tool).arg("-V").output().is_err() {
-            eprintln!("SKIP {test}: `{tool}` is not installed (apt-get install iproute2 nftables)");
-            return false;
+            return Some(format!(
+                "`{tool}` is not installed (apt-get install iproute2 nftables)"
+            ));
         }
     }
     if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
-        eprintln!("SKIP {test}: reference CNI plugins missing (apt-get install containernetworking-plugins)");
-        return false;
+        return Some(
+            "reference CNI plugins missing (apt-get install containernetworking-plugins)".into(),
+        );
     }
-    true
+    None
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -61,7 +61,7 @@ pub fn say(msg: &str) {
 
 /// The shared node plus a lock that runs the scenarios one at a time (they restart containerd
 /// and compare host-wide state). None, after saying why, when this machine cannot run the
-/// suite; with EGRESS_GUARD_CRI_REQUIRED set, that is a failure instead.
+/// suite; a failure instead where skips are forbidden (`common::skip`).
 pub fn suite(test: &str, plugin: &Path) -> Option<(&'static Suite, MutexGuard<'static, ()>)> {
     let setup = SUITE.get_or_init(|| {
         if let Some(why) = node::missing_prerequisite(plugin) {
@@ -94,11 +94,7 @@ pub fn suite(test: &str, plugin: &Path) -> Option<(&'static Suite, MutexGuard<'s
     match setup {
         Ok(s) => Some((s, s.serial.lock().unwrap_or_else(PoisonError::into_inner))),
         Err(Setup::Skip(why)) => {
-            assert!(
-                std::env::var_os("EGRESS_GUARD_CRI_REQUIRED").is_none(),
-                "{test}: cannot run: {why}"
-            );
-            say(&format!("SKIP {test}: {why}"));
+            crate::common::skip(test, why);
             None
         }
         Err(Setup::Broken(why)) => panic!("{test}: CRI node setup failed: {why}"),

@@ -1,7 +1,7 @@
 //! A `Kernel` wrapper that injects the failures a real node produces at the worst moment:
 //! `ENOBUFS` before the transaction reaches the kernel or after it committed (the ack lost),
 //! the host-side veth vanishing between the peer lookup and the install, and a device the kernel
-//! refuses to hook.
+//! refuses to hook. Every other method is the inner kernel's.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::Path;
@@ -111,6 +111,23 @@ impl<K: Kernel> Kernel for Faulty<K> {
             hook(name);
         }
         Ok(peer)
+    }
+    /// The inner kernel's check, except for the overridden peer name, which the inner kernel
+    /// does not know: that one is compared by the ifindex of the inner kernel's peer.
+    fn host_link_is(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        device: &str,
+        index: u32,
+    ) -> Result<bool, KernelError> {
+        if self.faults.peer_override.as_deref() == Some(device) {
+            return Ok(matches!(
+                self.inner.host_peer(netns, ifname, &[])?,
+                HostPeer::Veth { index: i, .. } if i == index
+            ));
+        }
+        self.inner.host_link_is(netns, ifname, device, index)
     }
     fn has_netdev_egress(&self) -> bool {
         self.inner.has_netdev_egress()

@@ -1,0 +1,223 @@
+//! The command line as an operator meets it, through the binary: every subcommand answers
+//! `--help` with its usage on stdout and exit 0, takes `--flag value` and `--flag=value` alike,
+//! and reports a bad flag with the usage on stderr and exit 2. Needs no root.
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+
+const SUBCOMMANDS: [&str; 7] = [
+    "render", "install", "agent", "status", "report", "version", "help",
+];
+
+fn eg<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .env("NODE_NAME", "cli-test-node")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn every_subcommand_prints_its_help_on_stdout_and_exits_0() {
+    for sub in SUBCOMMANDS {
+        for help in ["--help", "-h"] {
+            let out = eg([sub, help]);
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert_eq!(out.status.code(), Some(0), "{sub} {help}: {stderr}");
+            assert!(
+                stdout.starts_with(&format!("usage: egress-guard {sub}")),
+                "{sub} {help}: {stdout}"
+            );
+            assert!(stdout.contains("--help"), "{sub} {help}: {stdout}");
+            assert!(stderr.is_empty(), "{sub} {help}: {stderr}");
+        }
+        // `help SUBCOMMAND` prints the same text.
+        assert_eq!(
+            eg(["help", sub]).stdout,
+            eg([sub, "--help"]).stdout,
+            "{sub}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_flag_gets_the_usage_on_stderr_and_exit_2_everywhere() {
+    for sub in SUBCOMMANDS {
+        for bad in ["--bogus", "--bogus=1", "-x"] {
+            let out = eg([sub, bad]);
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert_eq!(out.status.code(), Some(2), "{sub} {bad}: {stderr}");
+            assert!(stdout.is_empty(), "{sub} {bad}: {stdout}");
+            let flag = bad.split('=').next().unwrap();
+            assert!(
+                stderr.starts_with(&format!("egress-guard {sub}: unknown flag {flag}")),
+                "{sub} {bad}: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("\nusage: egress-guard {sub}")),
+                "{sub} {bad}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_or_bad_value_is_a_usage_error_in_both_spellings() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["agent", "--interval"], "--interval needs a value (SECS)"),
+        (
+            &["agent", "--interval", "0"],
+            "--interval \"0\" is not a number of seconds",
+        ),
+        (
+            &["agent", "--interval=0"],
+            "--interval \"0\" is not a number of seconds",
+        ),
+        (
+            &["agent", "--log-level=loud"],
+            "--log-level \"loud\" is not error, warn",
+        ),
+        (
+            &["install", "--log-level", "loud"],
+            "--log-level \"loud\" is not error, warn",
+        ),
+        (&["install", "--once", "--check"], "exclude each other"),
+        (
+            &["report", "--selector=nokey"],
+            "--selector \"nokey\" is not KEY=VALUE",
+        ),
+        (
+            &["render", "--placement=moon"],
+            "--placement \"moon\" is not host, pod or pod-inet",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = eg(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("\nusage: egress-guard "),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A switch given a value, and a single flag given twice.
+    for (args, want) in [
+        (&["status", "--json=yes"][..], "--json"),
+        (
+            &["status", "--state-dir", "a", "--state-dir", "b"],
+            "--state-dir given twice",
+        ),
+    ] {
+        let out = eg(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn flag_equals_value_means_the_same_as_flag_space_value() {
+    let dir = std::env::temp_dir().join(format!("eg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let entry = dir.join("entry.json");
+    std::fs::write(
+        &entry,
+        r#"{"type":"egress-guard","defaultMode":"enforce","networks":{}}"#,
+    )
+    .unwrap();
+    let entry = entry.to_str().unwrap();
+    let spaced = eg([
+        "render",
+        "--config",
+        entry,
+        "--placement",
+        "pod",
+        "--annotation",
+        "egress-guard.io/allow=10.0.5.0/24 tcp 8443",
+    ]);
+    let joined = eg([
+        "render",
+        &format!("--config={entry}"),
+        "--placement=pod",
+        "--annotation=egress-guard.io/allow=10.0.5.0/24 tcp 8443",
+    ]);
+    assert_eq!(spaced.status.code(), Some(0), "{}", text(&spaced.stderr));
+    assert!(
+        text(&spaced.stdout).contains("10.0.5.0/24"),
+        "{}",
+        text(&spaced.stdout)
+    );
+    assert_eq!(spaced.stdout, joined.stdout);
+    assert_eq!(joined.status.code(), Some(0), "{}", text(&joined.stderr));
+    // status reads the state dir given either way (an empty one here).
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let a = eg(["status", "--json", "--state-dir", state.to_str().unwrap()]);
+    let b = eg([
+        "status",
+        "--json",
+        &format!("--state-dir={}", state.display()),
+    ]);
+    assert_eq!(a.status.code(), b.status.code());
+    assert_eq!(text(&a.stdout).trim(), "[]", "{}", text(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn top_level_overview_unknown_subcommand_and_version() {
+    for args in [&[][..], &["help"], &["--help"], &["-h"]] {
+        let out = eg(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let stdout = text(&out.stdout);
+        for sub in SUBCOMMANDS {
+            assert!(
+                stdout.contains(&format!("\n  {sub:<8}  ")),
+                "{args:?}: {stdout}"
+            );
+        }
+    }
+    let out = eg(["lunch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("egress-guard: unknown subcommand \"lunch\""));
+    let out = eg(["help", "lunch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown subcommand \"lunch\""));
+    let out = eg(["version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        format!("egress-guard {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(eg(["--version"]).stdout, out.stdout);
+    assert_eq!(eg(["version", "--bogus"]).status.code(), Some(2));
+}
+
+#[test]
+fn arguments_that_are_not_utf8_are_an_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = OsStr::from_bytes(b"--state-dir=\xff\xfe");
+    let out = eg([OsStr::new("status"), bad]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not valid UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = eg([OsStr::new("help"), OsStr::from_bytes(b"\xff")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
