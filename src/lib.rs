@@ -5,7 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod cni;
-pub mod devindex;
+pub mod guard;
 pub mod install;
 pub mod kernel;
 pub mod kube;

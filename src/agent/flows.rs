@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::nflog::{parse_ip, parse_prefix, protocol_name, FlowKey, LoggedPacket, Verdict};
-use super::state::{self, PodState};
+use crate::guard::record::{self as state, PodRecord};
 
 /// Schema of the flow lines (see docs/agent.md).
 pub const FLOW_SCHEMA: &str = "egress-guard.flow/v1";
@@ -71,7 +71,7 @@ struct Pending {
 /// Pod identities from the state directory, re-read when a prefix is unknown.
 pub struct Directory {
     dir: PathBuf,
-    states: Vec<PodState>,
+    states: Vec<PodRecord>,
     loaded: Option<Instant>,
 }
 
@@ -89,7 +89,7 @@ impl Directory {
         self.loaded = Some(Instant::now());
     }
 
-    fn candidates(&self, prefix: &str) -> Vec<&PodState> {
+    fn candidates(&self, prefix: &str) -> Vec<&PodRecord> {
         self.states
             .iter()
             .filter(|s| s.container_id.starts_with(prefix))
@@ -103,7 +103,7 @@ impl Directory {
         prefix: &str,
         indev: Option<u32>,
         ifindex: &dyn Fn(&str) -> u32,
-    ) -> Option<PodState> {
+    ) -> Option<PodRecord> {
         if self.candidates(prefix).is_empty()
             && self
                 .loaded

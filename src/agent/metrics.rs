@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::counters;
-use super::state;
+use crate::guard::record as state;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

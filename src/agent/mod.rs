@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod nflog;
 pub mod reconcile;
 pub mod report;
-pub mod state;
 pub mod status;
 
 use std::io::Write;

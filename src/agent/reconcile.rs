@@ -8,10 +8,10 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use super::metrics::Shared;
-use super::state::{self, PodState};
-use crate::devindex::DeviceIndex;
+use crate::guard::devindex::DeviceIndex;
+use crate::guard::inspect::{inspect, Inspection};
+use crate::guard::record::{self as state, PodRecord};
 use crate::kernel::{Kernel, KernelError, Where};
-use crate::netlink::nft::expected_snapshot;
 use crate::ruleset::{comment_container, comment_devices, legacy_container, Family, TABLE_PREFIX};
 
 /// Schema of the event lines the agent writes next to flow records.
@@ -90,7 +90,12 @@ impl Reconciler {
         }
     }
 
-    fn event(&self, event: &'static str, s: Option<&PodState>, detail: Vec<String>) -> EventRecord {
+    fn event(
+        &self,
+        event: &'static str,
+        s: Option<&PodRecord>,
+        detail: Vec<String>,
+    ) -> EventRecord {
         EventRecord {
             schema: EVENT_SCHEMA,
             time: crate::logging::rfc3339(std::time::SystemTime::now()),
@@ -107,7 +112,7 @@ impl Reconciler {
     }
 
     /// Whether the pod behind a state file is gone (sandbox deleted without DEL).
-    pub fn pod_gone(s: &PodState, device_exists: &dyn Fn(&str) -> bool) -> bool {
+    pub fn pod_gone(s: &PodRecord, device_exists: &dyn Fn(&str) -> bool) -> bool {
         if netns_gone(&s.netns) {
             return true;
         }
@@ -159,7 +164,7 @@ impl Reconciler {
         &self,
         kernel: &mut K,
         shared: &Shared,
-        s: &PodState,
+        s: &PodRecord,
         out: &mut Vec<EventRecord>,
     ) {
         let mut detail =
@@ -185,7 +190,7 @@ impl Reconciler {
         out.push(self.event("collected", Some(s), detail));
     }
 
-    fn still_recorded(&self, s: &PodState) -> bool {
+    fn still_recorded(&self, s: &PodRecord) -> bool {
         matches!(
             state::load_file(&state::state_path(&self.state_dir, s.key())),
             Ok(Some(_))
@@ -196,7 +201,7 @@ impl Reconciler {
         &mut self,
         kernel: &mut K,
         shared: &Shared,
-        s: &PodState,
+        s: &PodRecord,
         out: &mut Vec<EventRecord>,
     ) {
         let table = match s.expected_table() {
@@ -208,22 +213,15 @@ impl Reconciler {
             }
         };
         let at = s.place();
-        let actual = match kernel.read(at, table.family, &table.name) {
-            Ok(a) => a,
+        let found = match inspect(kernel, at, &table) {
+            Ok(found) => found,
             Err(e) => {
                 shared.error("reconcile");
                 out.push(self.event("error", Some(s), vec![e.to_string()]));
                 return;
             }
         };
-        let problems = match &actual {
-            None => vec![format!(
-                "table {} {} is missing",
-                table.family.name(),
-                table.name
-            )],
-            Some(a) => expected_snapshot(&table).diff(a),
-        };
+        let problems = found.problems(&table);
         if problems.is_empty() {
             self.reported.remove(&s.container_id);
             return;
@@ -249,7 +247,11 @@ impl Reconciler {
         if !self.repair {
             return;
         }
-        let replace: Vec<String> = actual.iter().map(|a| a.name.clone()).collect();
+        let replace: Vec<String> = if found == Inspection::Missing {
+            Vec::new()
+        } else {
+            vec![table.name.clone()]
+        };
         log::debug!(
             "{}: reinstalling table {} {} in {} ({} rules)",
             s.who(),
@@ -376,11 +378,11 @@ mod tests {
     use crate::kernel::fake::RecordingKernel;
     use crate::netlink::nft::Expr;
 
-    fn setup(tag: &str) -> (PathBuf, PodState) {
+    fn setup(tag: &str) -> (PathBuf, PodRecord) {
         let dir = std::env::temp_dir().join(format!("eg-reconcile-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = crate::agent::state::tests::sample("enforce", &["10.0.5.0/24 tcp 8443"]);
+        let mut s = crate::guard::record::tests::sample("enforce", &["10.0.5.0/24 tcp 8443"]);
         // A netns path that exists, so only the device decides.
         s.netns = dir.display().to_string();
         let json = serde_json::json!({
@@ -464,7 +466,7 @@ mod tests {
             index.add(&dev, &t).unwrap();
             let path = dir.join("devices").join(&dev).join(&t);
             let f = std::fs::File::options().write(true).open(path).unwrap();
-            f.set_modified(std::time::SystemTime::now() - 2 * crate::devindex::PRUNE_GRACE)
+            f.set_modified(std::time::SystemTime::now() - 2 * crate::guard::devindex::PRUNE_GRACE)
                 .unwrap();
         }
         let shared = Shared::new(dir.clone(), "n".into());

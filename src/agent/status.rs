@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use super::counters;
 use super::reconcile::{device_exists, Reconciler};
-use super::state::{self, PodState};
 use crate::cli::{CliError, Parsed};
 use crate::cni::config::DEFAULT_STATE_DIR;
+use crate::guard::inspect::{inspect, Inspection};
+use crate::guard::record::{self as state, PodRecord};
 use crate::kernel::{Kernel, NetlinkKernel};
-use crate::netlink::nft::expected_snapshot;
 
 /// One row of the table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -30,23 +30,23 @@ pub struct Row {
     pub table: &'static str,
 }
 
-fn health<K: Kernel>(kernel: &mut K, s: &PodState) -> &'static str {
+fn health<K: Kernel>(kernel: &mut K, s: &PodRecord) -> &'static str {
     if Reconciler::pod_gone(s, &device_exists) {
         return "gone";
     }
     let Ok(table) = s.expected_table() else {
         return "error";
     };
-    match kernel.read(s.place(), table.family, &table.name) {
-        Ok(None) => "missing",
-        Ok(Some(actual)) if expected_snapshot(&table).diff(&actual).is_empty() => "ok",
-        Ok(Some(_)) => "drift",
+    match inspect(kernel, s.place(), &table) {
+        Ok(Inspection::Missing) => "missing",
+        Ok(Inspection::Matches) => "ok",
+        Ok(Inspection::Drift(_)) => "drift",
         Err(_) => "error",
     }
 }
 
 /// The rows for every state file in `dir`.
-pub fn rows(dir: &std::path::Path) -> (Vec<Row>, Vec<state::StateError>) {
+pub fn rows(dir: &std::path::Path) -> (Vec<Row>, Vec<state::RecordError>) {
     let (states, errors) = state::load_dir(dir);
     let mut kernel = NetlinkKernel::new();
     let rows = states

@@ -13,7 +13,9 @@ use super::{
     code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb,
     SUPPORTED_VERSIONS,
 };
-use crate::devindex::DeviceIndex;
+use crate::guard::devindex::DeviceIndex;
+use crate::guard::inspect::{inspect, Inspection};
+use crate::guard::record::{self, PodRecord};
 use crate::kernel::{HostPeer, Kernel, KernelError, Where};
 use crate::logging::{rfc3339, VerbRecord};
 use crate::netlink::nft::TableInfo;
@@ -302,7 +304,7 @@ fn other_owner<'a>(comment: &'a str, cid: &str) -> Option<&'a str> {
 /// same name (a repeated ADD) and any left bound to the same device name by a pod that died
 /// without DEL (netdev chains re-attach to a new device of the same name).
 ///
-/// With a complete device index (`crate::devindex`) that is one lookup per recorded candidate,
+/// With a complete device index (`crate::guard::devindex`) that is one lookup per recorded candidate,
 /// whatever the number of pods on the node; a table of this pod's name recorded under another
 /// device is not looked for here: its creation fails with EEXIST and `install_host` replaces it
 /// then (every lookup costs the kernel a walk over all the node's tables). Otherwise every
@@ -494,68 +496,10 @@ fn clear_stale_host_tables<K: Kernel>(
     Ok(())
 }
 
-#[derive(serde::Serialize)]
-struct StateFile<'a> {
-    container_id: &'a str,
-    ifname: &'a str,
-    netns: &'a str,
-    pod_namespace: Option<&'a str>,
-    pod_name: Option<&'a str>,
-    pod_uid: Option<&'a str>,
-    mode: Mode,
-    placement: &'a str,
-    table: &'a str,
-    device: Option<&'a str>,
-    /// Who the pod is on its interface (host placement), to rebuild the table from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_net: Option<&'a PodNet>,
-    policy: String,
-    entries: Vec<String>,
-    nflog_group: u16,
-    created: String,
-}
-
-/// State files are named like the table, without its prefix (`<hash>.json`; `<id>.json` or
-/// `<id>_<ifname>.json` for pods added by a release that named tables after the container ID).
-fn state_key(table: &str) -> &str {
-    table.strip_prefix(TABLE_PREFIX).unwrap_or(table)
-}
-
-fn state_path(dir: &Path, cid: &str) -> PathBuf {
-    dir.join(format!("{cid}.json"))
-}
-
-fn write_state(dir: &Path, cid: &str, state: &StateFile<'_>) {
-    let path = state_path(dir, cid);
-    let tmp = dir.join(format!(".{cid}.json.tmp"));
-    let result = std::fs::create_dir_all(dir)
-        .and_then(|_| serde_json::to_vec(state).map_err(std::io::Error::other))
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = result {
-        log::warn!("cannot write state file {}: {e}", path.display());
-    }
-}
-
-/// What an earlier ADD recorded in the state file under `key`: (container ID, host device).
-fn recorded(dir: &Path, key: &str) -> (Option<String>, Option<String>) {
-    let state: Option<Value> = std::fs::read(state_path(dir, key))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let field = |f: &str| {
-        state
-            .as_ref()
-            .and_then(|s| s.get(f)?.as_str().map(str::to_string))
-    };
-    (field("container_id"), field("device"))
-}
-
-fn remove_state(dir: &Path, cid: &str) {
-    let path = state_path(dir, cid);
-    if let Err(e) = std::fs::remove_file(&path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("cannot remove state file {}: {e}", path.display());
-        }
+/// Removes a record; a failure is logged (the table is already gone).
+fn remove_record(dir: &Path, key: &str) {
+    if let Err(e) = record::remove(dir, key) {
+        log::warn!("{e}");
     }
 }
 
@@ -712,27 +656,26 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
             }
         }
     }
-    write_state(
-        &ctx.conf.state_dir,
-        state_key(&table.name),
-        &StateFile {
-            container_id: &cid,
-            ifname: &ifname,
-            netns: &netns,
-            pod_namespace: ctx.pod.namespace.as_deref(),
-            pod_name: ctx.pod.name.as_deref(),
-            pod_uid: ctx.pod.uid.as_deref(),
-            mode: policy.mode,
-            placement: attach.placement().as_str(),
-            table: &table.name,
-            device: peer.as_ref().map(|(n, _)| n.as_str()),
-            pod_net: attach.pod_net(),
-            policy: policy.digest(),
-            entries: policy.entries.iter().map(|e| e.to_string()).collect(),
-            nflog_group: ctx.conf.nflog_group,
-            created: rfc3339(std::time::SystemTime::now()),
-        },
-    );
+    let record = PodRecord {
+        container_id: cid.clone(),
+        ifname: ifname.clone(),
+        netns: netns.clone(),
+        pod_namespace: ctx.pod.namespace.clone(),
+        pod_name: ctx.pod.name.clone(),
+        pod_uid: ctx.pod.uid.clone(),
+        mode: policy.mode.to_string(),
+        placement: attach.placement().as_str().to_string(),
+        table: table.name.clone(),
+        device: peer.as_ref().map(|(n, _)| n.clone()),
+        pod_net: attach.pod_net().cloned(),
+        policy: policy.digest(),
+        entries: policy.entries.iter().map(|e| e.to_string()).collect(),
+        nflog_group: ctx.conf.nflog_group,
+        created: rfc3339(std::time::SystemTime::now()),
+    };
+    if let Err(e) = record.write(&ctx.conf.state_dir) {
+        log::warn!("{whom}: {e}");
+    }
     log::info!(
         "{whom}: {} egress policy installed ({} entries, {} placement)",
         policy.mode,
@@ -751,7 +694,7 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
     // A pod added by a release that named tables after the container ID wrote its state file
     // under that name: remove its table too.
     let legacy = legacy_table_name(&cid, &ifname);
-    if state_path(&ctx.conf.state_dir, state_key(&legacy)).exists() {
+    if record::state_path(&ctx.conf.state_dir, record::key_of_table(&legacy)).exists() {
         names.push(legacy);
     }
     let (mut removed_host, mut removed_pod) = (false, false);
@@ -759,7 +702,10 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
         // A table, state file and index entry of this name that another container's record or
         // comment claims (a collision of hashed names, as after an ADD refused for it) are that
         // container's: removing them would unguard its pod.
-        let (owner, device) = recorded(&ctx.conf.state_dir, state_key(name));
+        let (owner, device) = match record::find(&ctx.conf.state_dir, record::key_of_table(name)) {
+            Some(r) => (Some(r.container_id), r.device),
+            None => (None, None),
+        };
         let host = ctx
             .kernel
             .table(Where::Host, Family::Netdev, name)
@@ -793,7 +739,7 @@ fn del<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<
         if let Some(device) = device {
             forget_in_index(ctx, &device, std::slice::from_ref(name));
         }
-        remove_state(&ctx.conf.state_dir, state_key(name));
+        remove_record(&ctx.conf.state_dir, record::key_of_table(name));
     }
     log::info!("{whom}: DEL removed host table: {removed_host}, pod table: {removed_pod}");
     Ok(None)
@@ -830,30 +776,18 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
         Attach::Host { .. } => Where::Host,
         Attach::PodLink { .. } | Attach::Pod => Where::Netns(Path::new(&netns)),
     };
-    let mut actual = ctx
-        .kernel
-        .read(at, table.family, &table.name)
-        .map_err(|e| kernel_error(&whom, "reading the installed table", &e))?;
+    let read_err = |e: KernelError| kernel_error(&whom, "reading the installed table", &e);
     let mut table = table;
-    if actual.is_none() {
+    let mut found = inspect(ctx.kernel, at, &table).map_err(read_err)?;
+    if found == Inspection::Missing {
         // A pod added by a release that named tables after the container ID.
-        actual = ctx
-            .kernel
-            .read(at, table.family, &legacy)
-            .map_err(|e| kernel_error(&whom, "reading the installed table", &e))?;
-        if actual.is_some() {
-            table = as_recorded(table, &legacy);
+        let recorded = as_recorded(table.clone(), &legacy);
+        let legacy_found = inspect(ctx.kernel, at, &recorded).map_err(read_err)?;
+        if legacy_found != Inspection::Missing {
+            (table, found) = (recorded, legacy_found);
         }
     }
-    let expected = crate::netlink::nft::expected_snapshot(&table);
-    let problems = match actual {
-        None => vec![format!(
-            "table {} {} is missing",
-            table.family.name(),
-            table.name
-        )],
-        Some(a) => expected.diff(&a),
-    };
+    let problems = found.problems(&table);
     if problems.is_empty() {
         return Ok(None);
     }
@@ -908,14 +842,9 @@ fn gc<K: Kernel>(ctx: &mut Ctx<'_, K>, _rec: &mut VerbRecord) -> Result<Option<V
     if let Err(e) = DeviceIndex::new(&ctx.conf.state_dir).prune(&live, listed_at) {
         log::warn!("GC: pruning the device index: {e}");
     }
-    if let Ok(dir) = std::fs::read_dir(&ctx.conf.state_dir) {
-        for entry in dir.flatten() {
-            let file = entry.file_name().to_string_lossy().to_string();
-            if let Some(key) = file.strip_suffix(".json") {
-                if !keep.contains(&format!("{TABLE_PREFIX}{key}")) && !file.starts_with('.') {
-                    remove_state(&ctx.conf.state_dir, key);
-                }
-            }
+    for key in record::keys(&ctx.conf.state_dir) {
+        if !keep.contains(&format!("{TABLE_PREFIX}{key}")) {
+            remove_record(&ctx.conf.state_dir, &key);
         }
     }
     log::info!(

@@ -1,6 +1,7 @@
-//! The per-pod state files the plugin writes at ADD (`<stateDir>/<containerID>.json`, removed
-//! at DEL): loading them and rebuilding the table each pod's recorded policy compiles to. Reads
-//! and removes files only; never touches the kernel.
+//! The per-attachment record the plugin writes at ADD (`<stateDir>/<key>.json`, the key being
+//! the table name without its prefix) and removes at DEL and GC: the one type for writing it,
+//! reading it back and rebuilding the table its recorded policy compiles to. Files only; never
+//! touches the kernel.
 
 use std::path::{Path, PathBuf};
 
@@ -8,9 +9,9 @@ use crate::kernel::Where;
 use crate::policy::{parse_network_entry, GrammarError, Mode, ModeSource, Policy};
 use crate::ruleset::{as_recorded, compile, legacy_table_name, Attach, Family, Table, Target};
 
-/// One state file as the plugin writes it (see `write_state` in `cni/plugin.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct PodState {
+/// One guarded attachment as ADD recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodRecord {
     pub container_id: String,
     #[serde(default)]
     pub ifname: String,
@@ -22,8 +23,9 @@ pub struct PodState {
     pub placement: String,
     pub table: String,
     pub device: Option<String>,
-    /// Who the pod is on its interface (host placement).
-    #[serde(default)]
+    /// Who the pod is on its interface (host placement, and pod placement on a netdev table),
+    /// to rebuild the table from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_net: Option<crate::ruleset::PodNet>,
     pub policy: String,
     #[serde(default)]
@@ -34,7 +36,7 @@ pub struct PodState {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub enum RecordError {
     #[error("state of container {container_id} has host placement but no podNet (written by a release before identity pinning): its table cannot be rebuilt here; a new sandbox of the pod gets one")]
     NoPodNet { container_id: String },
     #[error("cannot list state directory {path}: {source}")]
@@ -76,6 +78,12 @@ pub enum StateError {
         recorded: String,
         computed: String,
     },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot remove state file {path}: {source}")]
     Remove {
         path: PathBuf,
@@ -84,14 +92,12 @@ pub enum StateError {
     },
 }
 
-impl PodState {
+impl PodRecord {
     /// Name of the state file without `.json`: the table name without its prefix (16 hex
     /// digits; `<id>` or `<id>_<ifname>` for a release that named tables after the container
     /// ID), as the plugin writes it.
     pub fn key(&self) -> &str {
-        self.table
-            .strip_prefix(crate::ruleset::TABLE_PREFIX)
-            .unwrap_or(&self.container_id)
+        key_of_table(&self.table)
     }
 
     /// `namespace/name`, or the container id when the runtime gave no pod identity.
@@ -126,11 +132,11 @@ impl PodState {
     }
 
     /// The policy recorded at ADD, rebuilt and checked against the recorded digest.
-    pub fn policy(&self) -> Result<Policy, StateError> {
+    pub fn policy(&self) -> Result<Policy, RecordError> {
         let mode = match Mode::parse(&self.mode) {
             Some(m @ (Mode::Audit | Mode::Enforce)) => m,
             _ => {
-                return Err(StateError::Mode {
+                return Err(RecordError::Mode {
                     container_id: self.container_id.clone(),
                     value: self.mode.clone(),
                 })
@@ -138,7 +144,7 @@ impl PodState {
         };
         let mut entries = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
-            entries.push(parse_network_entry(e).map_err(|source| StateError::Entry {
+            entries.push(parse_network_entry(e).map_err(|source| RecordError::Entry {
                 container_id: self.container_id.clone(),
                 entry: e.clone(),
                 source,
@@ -153,7 +159,7 @@ impl PodState {
         };
         let computed = policy.digest();
         if computed != self.policy {
-            return Err(StateError::Digest {
+            return Err(RecordError::Digest {
                 container_id: self.container_id.clone(),
                 recorded: self.policy.clone(),
                 computed,
@@ -163,14 +169,14 @@ impl PodState {
     }
 
     /// The table this pod's policy compiles to: what the kernel must hold.
-    pub fn expected_table(&self) -> Result<Table, StateError> {
+    pub fn expected_table(&self) -> Result<Table, RecordError> {
         let policy = self.policy()?;
         let attach = match self.placement.as_str() {
             "host" => Attach::Host {
-                device: self.device.clone().ok_or_else(|| StateError::NoDevice {
+                device: self.device.clone().ok_or_else(|| RecordError::NoDevice {
                     container_id: self.container_id.clone(),
                 })?,
-                pod: self.pod_net.clone().ok_or_else(|| StateError::NoPodNet {
+                pod: self.pod_net.clone().ok_or_else(|| RecordError::NoPodNet {
                     container_id: self.container_id.clone(),
                 })?,
             },
@@ -182,7 +188,7 @@ impl PodState {
                 None => Attach::Pod,
             },
             other => {
-                return Err(StateError::Placement {
+                return Err(RecordError::Placement {
                     container_id: self.container_id.clone(),
                     value: other.to_string(),
                 })
@@ -195,7 +201,7 @@ impl PodState {
             log_group: self.nflog_group,
         };
         // Mode was checked to be audit or enforce, for which compile always yields a table.
-        let table = compile(&policy, &target).ok_or_else(|| StateError::Mode {
+        let table = compile(&policy, &target).ok_or_else(|| RecordError::Mode {
             container_id: self.container_id.clone(),
             value: self.mode.clone(),
         })?;
@@ -207,18 +213,64 @@ impl PodState {
     }
 }
 
-/// Path of a state file by its key (see `PodState::key`).
+/// The key of table `table`'s record: its name without the prefix (`<hash>`; `<id>` or
+/// `<id>_<ifname>` for a release that named tables after the container ID).
+pub fn key_of_table(table: &str) -> &str {
+    table
+        .strip_prefix(crate::ruleset::TABLE_PREFIX)
+        .unwrap_or(table)
+}
+
+/// Path of a state file by its key (see `PodRecord::key`).
 pub fn state_path(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.json"))
 }
 
+impl PodRecord {
+    /// Writes the record atomically (a temporary file renamed over the old one), creating the
+    /// directory.
+    pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
+        let path = state_path(dir, self.key());
+        let tmp = dir.join(format!(".{}.json.tmp", self.key()));
+        std::fs::create_dir_all(dir)
+            .and_then(|_| serde_json::to_vec(self).map_err(std::io::Error::other))
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|source| RecordError::Write { path, source })
+    }
+}
+
+/// The record under `key`, if there is one that can be read (a missing or unreadable one is
+/// `None`: callers use it to learn who claims a name, and a broken record claims nothing).
+pub fn find(dir: &Path, key: &str) -> Option<PodRecord> {
+    load_file(&state_path(dir, key)).ok().flatten()
+}
+
+/// The keys of every record file in `dir` (none for a missing directory); temporary files
+/// (dot files) are not records.
+pub fn keys(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let key = name.strip_suffix(".json")?;
+            (!name.starts_with('.') && !key.is_empty()).then(|| key.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Reads one state file; `Ok(None)` if it vanished (a concurrent DEL).
-pub fn load_file(path: &Path) -> Result<Option<PodState>, StateError> {
+pub fn load_file(path: &Path) -> Result<Option<PodRecord>, RecordError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(StateError::Read {
+            return Err(RecordError::Read {
                 path: path.to_path_buf(),
                 source,
             })
@@ -226,7 +278,7 @@ pub fn load_file(path: &Path) -> Result<Option<PodState>, StateError> {
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| StateError::Parse {
+        .map_err(|source| RecordError::Parse {
             path: path.to_path_buf(),
             source,
         })
@@ -234,14 +286,14 @@ pub fn load_file(path: &Path) -> Result<Option<PodState>, StateError> {
 
 /// Every state file in `dir` (a missing directory holds none), sorted by pod, plus the files
 /// that could not be read.
-pub fn load_dir(dir: &Path) -> (Vec<PodState>, Vec<StateError>) {
+pub fn load_dir(dir: &Path) -> (Vec<PodRecord>, Vec<RecordError>) {
     let mut states = Vec::new();
     let mut errors = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (states, errors),
         Err(source) => {
-            errors.push(StateError::ReadDir {
+            errors.push(RecordError::ReadDir {
                 path: dir.to_path_buf(),
                 source,
             });
@@ -264,12 +316,12 @@ pub fn load_dir(dir: &Path) -> (Vec<PodState>, Vec<StateError>) {
 }
 
 /// Removes a pod's state file by its key; a missing file is fine.
-pub fn remove(dir: &Path, key: &str) -> Result<(), StateError> {
+pub fn remove(dir: &Path, key: &str) -> Result<(), RecordError> {
     let path = state_path(dir, key);
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StateError::Remove { path, source }),
+        Err(source) => Err(RecordError::Remove { path, source }),
     }
 }
 
@@ -277,8 +329,8 @@ pub fn remove(dir: &Path, key: &str) -> Result<(), StateError> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn sample(mode: &str, entries: &[&str]) -> PodState {
-        let mut s = PodState {
+    pub(crate) fn sample(mode: &str, entries: &[&str]) -> PodRecord {
+        let mut s = PodRecord {
             container_id: "abcdef0123456789ffff".into(),
             ifname: "eth0".into(),
             netns: "/var/run/netns/x".into(),
@@ -348,10 +400,13 @@ pub(crate) mod tests {
     fn a_changed_entry_breaks_the_digest() {
         let mut s = sample("audit", &["10.0.5.0/24 tcp 8443"]);
         s.entries = vec!["10.0.5.0/24 tcp 8444".into()];
-        assert!(matches!(s.policy(), Err(StateError::Digest { .. })));
+        assert!(matches!(s.policy(), Err(RecordError::Digest { .. })));
         let mut off = sample("audit", &[]);
         off.mode = "off".into();
-        assert!(matches!(off.expected_table(), Err(StateError::Mode { .. })));
+        assert!(matches!(
+            off.expected_table(),
+            Err(RecordError::Mode { .. })
+        ));
     }
 
     #[test]
@@ -359,7 +414,7 @@ pub(crate) mod tests {
         let text = r#"{"container_id":"c1","ifname":"eth0","netns":"/proc/1/ns/net","pod_namespace":"ml",
             "pod_name":"p","pod_uid":"u","mode":"enforce","placement":"pod","table":"egress_guard_c1",
             "device":null,"policy":"0000000000000000","entries":[],"nflog_group":100,"created":"x"}"#;
-        let s: PodState = serde_json::from_str(text).unwrap();
+        let s: PodRecord = serde_json::from_str(text).unwrap();
         assert_eq!(s.family(), Family::Inet);
         assert_eq!(s.who(), "ml/p");
         assert!(matches!(s.place(), Where::Netns(_)));
