@@ -29,8 +29,6 @@ pub use status::status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot read plugin config {path}: {problem}")]
-    PluginConfig { path: PathBuf, problem: String },
     #[error(transparent)]
     Nflog(#[from] nflog::NflogError),
     #[error(transparent)]
@@ -61,12 +59,11 @@ pub struct Options {
     pub log_level: log::LevelFilter,
 }
 
-/// `stateDir` and `nflogGroup` of a plugin config (the conflist entry), when given.
-pub(crate) fn plugin_config(path: &str) -> Result<serde_json::Value, AgentError> {
-    let err = |problem: String| AgentError::PluginConfig {
-        path: PathBuf::from(path),
-        problem,
-    };
+/// The JSON object of a `--plugin-config` file (the conflist entry), read for `agent`,
+/// `status` and `report`; a file that cannot be read is a usage error naming it.
+pub(crate) fn plugin_config(path: &str) -> Result<serde_json::Value, CliError> {
+    let err =
+        |problem: String| CliError::usage(format!("cannot read plugin config {path}: {problem}"));
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
     if !v.is_object() {
@@ -111,7 +108,7 @@ pub fn parse_options(p: &Parsed) -> Result<Options, CliError> {
         log_level: log::LevelFilter::Info,
     };
     if let Some(path) = p.last("plugin-config") {
-        let v = plugin_config(path).map_err(|e| CliError::usage(e.to_string()))?;
+        let v = plugin_config(path)?;
         if let Some(d) = v
             .get("stateDir")
             .and_then(|d| d.as_str())

@@ -176,7 +176,7 @@ pub(crate) fn parse(p: &Parsed) -> Result<Args, CliError> {
         json: p.has("json"),
     };
     if let Some(path) = p.last("plugin-config") {
-        let v = super::plugin_config(path).map_err(|e| CliError::usage(e.to_string()))?;
+        let v = super::plugin_config(path)?;
         if let Some(list) = v.get("enforceNamespaces").and_then(Value::as_array) {
             a.settings
                 .enforce_namespaces
