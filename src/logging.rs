@@ -126,13 +126,22 @@ pub fn init(sink: Sink, level: log::LevelFilter) {
     }
 }
 
+impl Sink {
+    /// The file when one is given, else stderr.
+    pub fn file_or_stderr(path: Option<&Path>) -> Sink {
+        path.map_or(Sink::Stderr, |p| Sink::File(p.to_path_buf()))
+    }
+}
+
 /// The plugin's logger: the conflist's `logFile` at its `logLevel`; without a file, warnings and
 /// errors only, to stderr (which the runtime shows when a verb fails).
 pub fn init_plugin(path: Option<&Path>, level: log::LevelFilter) {
-    match path {
-        Some(p) => init(Sink::File(p.to_path_buf()), level),
-        None => init(Sink::Stderr, level.min(log::LevelFilter::Warn)),
-    }
+    let level = if path.is_some() {
+        level
+    } else {
+        level.min(log::LevelFilter::Warn)
+    };
+    init(Sink::file_or_stderr(path), level);
 }
 
 /// One record per CNI verb.

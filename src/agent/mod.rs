@@ -293,11 +293,10 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
 /// The `agent` subcommand.
 pub fn run(p: &Parsed) -> Result<ExitCode, CliError> {
     let o = parse_options(p)?;
-    let sink = match &o.log_file {
-        Some(f) => crate::logging::Sink::File(f.clone()),
-        None => crate::logging::Sink::Stderr,
-    };
-    crate::logging::init(sink, o.log_level);
+    crate::logging::init(
+        crate::logging::Sink::file_or_stderr(o.log_file.as_deref()),
+        o.log_level,
+    );
     Ok(match run_agent(&o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -332,14 +332,19 @@ pub fn dispatch(
 
 /// Parses a log level flag's value.
 pub fn log_level(flag: &str, v: &str) -> Result<log::LevelFilter, CliError> {
-    match v {
-        "error" | "warn" | "info" | "debug" | "trace" => v
-            .parse()
-            .map_err(|_| CliError::usage(format!("--{flag} \"{v}\": not a log level"))),
-        _ => Err(CliError::usage(format!(
-            "--{flag} \"{v}\" is not error, warn, info, debug or trace"
-        ))),
-    }
+    use log::LevelFilter as L;
+    Ok(match v {
+        "error" => L::Error,
+        "warn" => L::Warn,
+        "info" => L::Info,
+        "debug" => L::Debug,
+        "trace" => L::Trace,
+        _ => {
+            return Err(CliError::usage(format!(
+                "--{flag} \"{v}\" is not error, warn, info, debug or trace"
+            )))
+        }
+    })
 }
 
 #[cfg(test)]
