@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use egress_guard::cni::plugin::{run, Invocation, Outcome};
+use egress_guard::cni::plugin::{run, Invocation, VerbOutcome};
 use egress_guard::cni::Env;
 use egress_guard::kernel::fake::RecordingKernel;
 use egress_guard::kernel::{HostPeer, Kernel, Where};
@@ -78,7 +78,7 @@ fn no_api(_: &Path, _: &str, _: &str) -> Result<Vec<(String, String)>, String> {
     panic!("the API server must not be consulted")
 }
 
-fn invoke(k: &mut RecordingKernel, cmd: &str, ns: &str, c: &Value) -> Outcome {
+fn invoke(k: &mut RecordingKernel, cmd: &str, ns: &str, c: &Value) -> VerbOutcome {
     let stdin = c.to_string().into_bytes();
     let e = env(cmd, ns);
     run(Invocation {

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egress_guard::install::{InstallError, Installer, Options, Outcome, ANNOTATIONS_CAPABILITY};
+use egress_guard::install::{
+    ChainChange, InstallError, Installer, Options, ANNOTATIONS_CAPABILITY,
+};
 use serde_json::{json, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/conflists");
@@ -122,13 +124,13 @@ fn every_fixture_is_chained_last_and_idempotently() {
 
         let outcome = inst.reconcile().unwrap();
         let path = match &outcome {
-            Outcome::Chained(p) => p.clone(),
-            Outcome::Converted { from, to } => {
+            ChainChange::Chained(p) => p.clone(),
+            ChainChange::Converted { from, to } => {
                 assert!(name.ends_with(".conf"), "{name}");
                 assert!(!from.exists(), "{name}: the .conf must be gone");
                 to.clone()
             }
-            Outcome::Unchanged(_) => panic!("{name}: nothing was written"),
+            ChainChange::Unchanged(_) => panic!("{name}: nothing was written"),
         };
         let original = read_json(&src);
         let chained = read_json(&path);
@@ -165,14 +167,14 @@ fn every_fixture_is_chained_last_and_idempotently() {
         );
         assert_eq!(
             inst.reconcile().unwrap(),
-            Outcome::Unchanged(path.clone()),
+            ChainChange::Unchanged(path.clone()),
             "{name}"
         );
         assert!(!inst.install_binary().unwrap());
         let fresh = installer(&t);
         assert_eq!(
             fresh.reconcile().unwrap(),
-            Outcome::Unchanged(path.clone()),
+            ChainChange::Unchanged(path.clone()),
             "{name}"
         );
         let after = (
@@ -207,7 +209,10 @@ fn changed_config_updates_the_entry_in_place_and_moves_it_last() {
     std::fs::write(&path, serde_json::to_vec(&conf).unwrap()).unwrap();
     let inst = installer(&t);
     assert!(!inst.check().unwrap());
-    assert_eq!(inst.reconcile().unwrap(), Outcome::Chained(path.clone()));
+    assert_eq!(
+        inst.reconcile().unwrap(),
+        ChainChange::Chained(path.clone())
+    );
     let v = read_json(&path);
     let types: Vec<&str> = v["plugins"]
         .as_array()

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::nflog::{parse_ip, parse_prefix, protocol_name, FlowKey, LoggedPacket, Verdict};
+use super::nflog::{parse_ip, parse_prefix, protocol_name, FlowKey, LoggedPacket};
 use crate::guard::record::{self as state, PodRecord};
+use crate::ruleset::logprefix::Logged;
 
 /// Schema of the flow lines (see docs/agent.md).
 pub const FLOW_SCHEMA: &str = "egress-guard.flow/v1";
@@ -126,7 +127,7 @@ impl Directory {
 /// Flows of the current interval.
 #[derive(Default)]
 pub struct Aggregator {
-    pending: BTreeMap<(String, Verdict, FlowKey), Pending>,
+    pending: BTreeMap<(String, Logged, FlowKey), Pending>,
 }
 
 impl Aggregator {
@@ -141,7 +142,7 @@ impl Aggregator {
         p: &LoggedPacket,
         now: SystemTime,
         ifindex: &dyn Fn(&str) -> u32,
-    ) -> Result<Verdict, FlowError> {
+    ) -> Result<Logged, FlowError> {
         let (verdict, prefix) =
             parse_prefix(&p.prefix).ok_or_else(|| FlowError::Prefix(p.prefix.clone()))?;
         let ip = parse_ip(&p.payload).ok_or_else(|| FlowError::NotIp {
@@ -191,7 +192,7 @@ impl Aggregator {
                 pod: p.who.pod,
                 pod_uid: p.who.pod_uid,
                 container_id: p.who.container_id,
-                verdict: verdict.as_str(),
+                verdict: verdict.verdict(),
                 family: if k.src.is_ipv4() { "ipv4" } else { "ipv6" },
                 protocol: protocol_name(k.protocol),
                 src: k.src.to_string(),

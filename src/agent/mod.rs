@@ -269,7 +269,7 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
             Ok(Ok(batch)) => {
                 for p in &batch {
                     match agg.add(&mut dir, p, SystemTime::now(), &reconcile::ifindex) {
-                        Ok(v) => shared.with(|e| *e.logged.entry(v.as_str()).or_default() += 1),
+                        Ok(v) => shared.with(|e| *e.logged.entry(v.verdict()).or_default() += 1),
                         Err(e) => {
                             shared.error("nflog");
                             log::debug!("{e}");

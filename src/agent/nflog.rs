@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::netlink::attr::{AttrBuf, Attrs};
 use crate::netlink::socket::{Socket, NETLINK_NETFILTER};
 use crate::netlink::NetlinkError;
+use crate::ruleset::logprefix::{self, Logged};
 
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
@@ -146,31 +147,10 @@ pub fn parse_packet(payload: &[u8]) -> Option<LoggedPacket> {
     })
 }
 
-/// What the closing log rule recorded: the verdict word and the container id prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Verdict {
-    Denied,
-    Audited,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Denied => "denied",
-            Verdict::Audited => "audited",
-        }
-    }
-}
-
 /// Splits `eg:deny:<16 chars of container id> ` / `eg:audit:...`; `None` for other prefixes.
-pub fn parse_prefix(prefix: &str) -> Option<(Verdict, String)> {
-    use crate::ruleset::logprefix::{self, Logged};
+pub fn parse_prefix(prefix: &str) -> Option<(Logged, String)> {
     let (logged, cid) = logprefix::parse(prefix)?;
-    let verdict = match logged {
-        Logged::Deny => Verdict::Denied,
-        Logged::Audit => Verdict::Audited,
-    };
-    Some((verdict, cid.to_string()))
+    Some((logged, cid.to_string()))
 }
 
 /// The addressing of one packet.
@@ -332,7 +312,7 @@ mod tests {
         assert_eq!(p.outdev, None);
         assert_eq!(
             parse_prefix(&p.prefix),
-            Some((Verdict::Denied, "0123456789abcdef".into()))
+            Some((Logged::Deny, "0123456789abcdef".into()))
         );
         let ip = parse_ip(&p.payload).unwrap();
         assert_eq!(ip.key.src, "10.22.0.2".parse::<IpAddr>().unwrap());
@@ -349,7 +329,7 @@ mod tests {
     fn prefixes() {
         assert_eq!(
             parse_prefix("eg:audit:abc "),
-            Some((Verdict::Audited, "abc".into()))
+            Some((Logged::Audit, "abc".into()))
         );
         assert_eq!(parse_prefix("eg:deny: "), None);
         assert_eq!(parse_prefix("other:deny:abc"), None);

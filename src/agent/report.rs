@@ -32,15 +32,15 @@ pub enum ReportError {
 
 /// What makes a pod ask for a guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub struct GuardCriteria {
     pub enforce_namespaces: BTreeSet<String>,
     pub default_mode: Mode,
     pub selector: (String, String),
 }
 
-impl Default for Settings {
+impl Default for GuardCriteria {
     fn default() -> Self {
-        Settings {
+        GuardCriteria {
             enforce_namespaces: BTreeSet::new(),
             default_mode: Mode::Off,
             selector: ("app.kubernetes.io/name".into(), "egress-guard".into()),
@@ -77,7 +77,7 @@ fn is_ready(pod: &Value) -> bool {
 }
 
 /// The mode a pod asks for, `None` when it asks for no guard.
-fn requested_mode(pod: &Value, settings: &Settings) -> Option<Mode> {
+fn requested_mode(pod: &Value, settings: &GuardCriteria) -> Option<Mode> {
     let ns = s(pod, "/metadata/namespace").unwrap_or("");
     if settings.enforce_namespaces.contains(ns) {
         return Some(Mode::Enforce);
@@ -95,7 +95,11 @@ fn requested_mode(pod: &Value, settings: &Settings) -> Option<Mode> {
 
 /// Nodes where the plugin is chained: a ready DaemonSet pod runs there and the node has no
 /// not-ready taint.
-pub fn chained_nodes(pods: &[Value], nodes: &[Value], settings: &Settings) -> BTreeSet<String> {
+pub fn chained_nodes(
+    pods: &[Value],
+    nodes: &[Value],
+    settings: &GuardCriteria,
+) -> BTreeSet<String> {
     let (key, value) = &settings.selector;
     let with_ready_agent: BTreeSet<&str> = pods
         .iter()
@@ -123,7 +127,7 @@ pub fn chained_nodes(pods: &[Value], nodes: &[Value], settings: &Settings) -> BT
 }
 
 /// Classifies every pod.
-pub fn findings(pods: &[Value], nodes: &[Value], settings: &Settings) -> Vec<Finding> {
+pub fn findings(pods: &[Value], nodes: &[Value], settings: &GuardCriteria) -> Vec<Finding> {
     let chained = chained_nodes(pods, nodes, settings);
     let mut out = Vec::new();
     for p in pods {
@@ -165,14 +169,14 @@ pub fn findings(pods: &[Value], nodes: &[Value], settings: &Settings) -> Vec<Fin
 
 pub(crate) struct Args {
     kubeconfig: Option<PathBuf>,
-    settings: Settings,
+    settings: GuardCriteria,
     pub(crate) json: bool,
 }
 
 pub(crate) fn parse(p: &Parsed) -> Result<Args, CliError> {
     let mut a = Args {
         kubeconfig: None,
-        settings: Settings::default(),
+        settings: GuardCriteria::default(),
         json: p.has("json"),
     };
     if let Some(path) = p.last("plugin-config") {
@@ -328,7 +332,7 @@ mod tests {
             json!({"metadata": {"name": "n2"}}),
             json!({"metadata": {"name": "n3"}, "spec": {"taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]}}),
         ];
-        let mut settings = Settings::default();
+        let mut settings = GuardCriteria::default();
         settings.enforce_namespaces.insert("model-serving".into());
         let pods = vec![
             agent_pod("n1", true),

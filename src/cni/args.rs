@@ -1,23 +1,6 @@
 //! `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`. Only the pod identity keys are used.
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PodIdentity {
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub uid: Option<String>,
-}
-
-impl PodIdentity {
-    /// "namespace/name" or a placeholder when the runtime did not say.
-    pub fn display(&self) -> String {
-        match (&self.namespace, &self.name) {
-            (Some(ns), Some(n)) => format!("{ns}/{n}"),
-            (Some(ns), None) => format!("{ns}/?"),
-            (None, Some(n)) => format!("?/{n}"),
-            (None, None) => "(unknown pod)".to_string(),
-        }
-    }
-}
+pub use crate::guard::PodIdentity;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgsError {

@@ -34,20 +34,7 @@ fn field_err(field: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Requested placement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlacementPref {
-    Auto,
-    Host,
-    Pod,
-}
-
-/// An attachment the runtime still considers live (GC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub container_id: String,
-    pub ifname: String,
-}
+pub use crate::guard::{Attachment, PlacementPref};
 
 #[derive(Debug, Clone)]
 pub struct NetConf {

@@ -1,22 +1,14 @@
-//! The pod's identity on its interface for host placement: prevResult's container interface
-//! (MAC, addresses, gateways) checked against what the kernel has on that interface. A pod is
-//! pinned to what both agree on; any disagreement fails ADD.
+//! What prevResult says of the pod's container interface (MAC, addresses, gateways). The guard
+//! checks it against what the kernel has on that interface (`crate::guard::place::pod_net`).
 
 use std::net::IpAddr;
 
 use serde_json::Value;
 
 use super::{code, CniError};
-use crate::kernel::PodInterface;
-use crate::ruleset::{IfAddr, Mac, PodNet};
+use crate::ruleset::IfAddr;
 
-/// What prevResult says of the container interface `ifname`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrevInterface {
-    pub mac: Option<Mac>,
-    pub addrs: Vec<IfAddr>,
-    pub gateways: Vec<IpAddr>,
-}
+pub use crate::guard::place::PrevInterface;
 
 fn bad(field: String, value: &Value, why: &str) -> CniError {
     CniError::new(
@@ -78,62 +70,10 @@ pub fn prev_interface(prev: &Value, ifname: &str) -> Result<PrevInterface, CniEr
     Ok(out)
 }
 
-/// The identity the pod is pinned to: the kernel's MAC (which prevResult, when it names one,
-/// must agree with) and prevResult's addresses (each of which the kernel must have on the
-/// interface with the same prefix).
-pub fn pod_net(
-    whom: &str,
-    ifname: &str,
-    prev: &PrevInterface,
-    kernel: &PodInterface,
-    gateway_mac: Option<Mac>,
-) -> Result<PodNet, CniError> {
-    if let Some(m) = prev.mac {
-        if m != kernel.mac {
-            return Err(CniError::new(
-                code::INTERFACE,
-                format!(
-                    "{whom}: prevResult gives {ifname} the MAC {m}, but the kernel has {}",
-                    kernel.mac
-                ),
-            ));
-        }
-    }
-    if !kernel.mac.is_unicast() {
-        return Err(CniError::new(
-            code::INTERFACE,
-            format!(
-                "{whom}: {ifname} has the MAC {}, which is not a unicast address",
-                kernel.mac
-            ),
-        ));
-    }
-    for a in &prev.addrs {
-        if !kernel.addrs.contains(a) {
-            let have: Vec<String> = kernel.addrs.iter().map(|a| a.to_string()).collect();
-            return Err(CniError::new(
-                code::INTERFACE,
-                format!(
-                    "{whom}: prevResult gives {ifname} the address {a}, which the kernel does not have on it (it has [{}])",
-                    have.join(", ")
-                ),
-            ));
-        }
-    }
-    if prev.addrs.is_empty() {
-        log::warn!("{whom}: prevResult names no address for {ifname}: all IP traffic from the pod is dropped");
-    }
-    Ok(PodNet {
-        mac: kernel.mac,
-        addrs: prev.addrs.clone(),
-        link_local: kernel.link_local.clone(),
-        gateway_mac,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::PodInterface;
     use serde_json::json;
 
     fn kernel() -> PodInterface {
@@ -165,23 +105,8 @@ mod tests {
             "the bridge's address is not the pod's: {p:?}"
         );
         assert_eq!(p.gateways.len(), 2);
-        let net = pod_net("pod x", "eth0", &p, &kernel(), None).expect("net");
-        assert_eq!(net.addrs, p.addrs);
-        assert_eq!(net.link_local, kernel().link_local);
-    }
-
-    #[test]
-    fn disagreement_with_the_kernel_fails() {
-        let p = prev_interface(&prev(), "eth0").expect("prev");
-        let mut k = kernel();
-        k.addrs.remove(0);
-        let e = pod_net("pod x", "eth0", &p, &k, None).expect_err("missing address");
-        assert_eq!(e.code, code::INTERFACE);
-        assert!(e.msg.contains("10.22.0.5/24"), "{}", e.msg);
-        let mut k = kernel();
-        k.mac = "0a:58:0a:16:00:06".parse().expect("mac");
-        let e = pod_net("pod x", "eth0", &p, &k, None).expect_err("other mac");
-        assert!(e.msg.contains("0a:58:0a:16:00:06"), "{}", e.msg);
+        assert_eq!(p.addrs, kernel().addrs);
+        assert_eq!(p.mac, Some(kernel().mac));
     }
 
     #[test]

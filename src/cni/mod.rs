@@ -1,11 +1,12 @@
 //! The CNI protocol: environment, verbs, supported versions, error codes and the error JSON.
-//! `plugin` holds what each verb does.
+//! `plugin` holds what each verb does, `policy` how a pod's policy is found.
 
 pub mod args;
 pub mod config;
 pub mod identity;
 pub mod json;
 pub mod plugin;
+pub mod policy;
 
 use std::fmt;
 
@@ -56,6 +57,27 @@ impl CniError {
     /// The error as CNI error JSON.
     pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
         serde_json::json!({ "cniVersion": cni_version, "code": self.code, "msg": self.msg })
+    }
+}
+
+impl From<crate::guard::GuardError> for CniError {
+    /// A node that could not be changed: the code says whether to retry, fix the pod's
+    /// interface, or fix the node.
+    fn from(e: crate::guard::GuardError) -> Self {
+        use crate::guard::GuardError as G;
+        use crate::kernel::KernelError;
+        let code = match &e {
+            G::Kernel { source, .. } if source.netns_missing() => code::CONTAINER_UNKNOWN,
+            G::Kernel { source, .. } if source.is_transient() => code::TRY_AGAIN_LATER,
+            G::Kernel {
+                source: KernelError::Peer(_),
+                ..
+            } => code::INTERFACE,
+            G::Kernel { .. } | G::Unsupported { .. } => code::KERNEL_REJECTED,
+            G::Interface { .. } => code::INTERFACE,
+            G::State { .. } => code::IO_FAILURE,
+        };
+        CniError::new(code, e.to_string())
     }
 }
 

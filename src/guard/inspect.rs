@@ -1,9 +1,12 @@
 //! Drift: whether the table in the kernel is the one a pod's policy compiles to. The one
 //! comparison behind CHECK, the agent's reconciliation and `status`. Reads only.
 
+use std::path::Path;
+
+use super::{Attachment, Guard, GuardError, Plan};
 use crate::kernel::{Kernel, KernelError, Where};
 use crate::netlink::nft::expected_snapshot;
-use crate::ruleset::Table;
+use crate::ruleset::{as_recorded, legacy_table_name, table_name, Attach, Family, Table};
 
 /// What the kernel holds compared with the expected table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,53 @@ pub fn inspect<K: Kernel>(
             }
         }
     })
+}
+
+impl<K: Kernel> Guard<'_, K> {
+    /// How the attachment's installed table differs from `plan` (CHECK): empty when it
+    /// matches. A table named after the container ID is compared under that name.
+    pub fn drift(
+        &mut self,
+        att: &Attachment,
+        netns: &str,
+        plan: &Plan,
+    ) -> Result<Vec<String>, GuardError> {
+        let at = match &plan.placed.attach {
+            Attach::Host { .. } => Where::Host,
+            Attach::PodLink { .. } | Attach::Pod => Where::Netns(Path::new(netns)),
+        };
+        let mut table = plan.table.clone();
+        let mut found = inspect(self.kernel, at, &table)
+            .map_err(|e| self.kernel_err("reading the installed table", e))?;
+        if found == Inspection::Missing {
+            let legacy = legacy_table_name(&att.container_id, &att.ifname);
+            let recorded = as_recorded(table.clone(), &legacy);
+            let legacy_found = inspect(self.kernel, at, &recorded)
+                .map_err(|e| self.kernel_err("reading the installed table", e))?;
+            if legacy_found != Inspection::Missing {
+                (table, found) = (recorded, legacy_found);
+            }
+        }
+        Ok(found.problems(&table))
+    }
+
+    /// The host table of the attachment that is installed although its pod gets none, if any.
+    pub fn installed_unasked(&mut self, att: &Attachment) -> Result<Option<String>, GuardError> {
+        let names = [
+            table_name(&att.container_id, &att.ifname),
+            legacy_table_name(&att.container_id, &att.ifname),
+        ];
+        for name in names {
+            let present = self
+                .kernel
+                .read(Where::Host, Family::Netdev, &name)
+                .map_err(|e| self.kernel_err("reading the host table", e))?;
+            if present.is_some() {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ pub struct Options {
     pub service_account_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub uninstall_on_exit: bool,
-    pub mode: Mode,
+    pub mode: Action,
     /// Quiet time after the last event before re-chaining.
     pub debounce: Duration,
     /// Longest a burst of events can delay re-chaining.
@@ -125,7 +125,7 @@ pub struct Options {
 
 /// What `install` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub enum Action {
     Watch,
     Once,
     Check,
@@ -147,7 +147,7 @@ impl Default for Options {
             service_account_dir: PathBuf::from(crate::kube::SERVICE_ACCOUNT_DIR),
             log_level: log::LevelFilter::Info,
             uninstall_on_exit: false,
-            mode: Mode::Watch,
+            mode: Action::Watch,
             debounce: Duration::from_millis(200),
             max_delay: Duration::from_millis(800),
             resync: Duration::from_secs(10),
@@ -176,15 +176,15 @@ impl Options {
                 "log-level" => o.log_level = crate::cli::log_level(flag, v)?,
                 "uninstall-on-exit" => o.uninstall_on_exit = true,
                 "once" | "check" | "uninstall" => {
-                    if o.mode != Mode::Watch {
+                    if o.mode != Action::Watch {
                         return Err(CliError::usage(
                             "--once, --check and --uninstall exclude each other",
                         ));
                     }
                     o.mode = match flag {
-                        "once" => Mode::Once,
-                        "check" => Mode::Check,
-                        _ => Mode::Uninstall,
+                        "once" => Action::Once,
+                        "check" => Action::Check,
+                        _ => Action::Uninstall,
                     };
                 }
                 other => return Err(CliError::unhandled(other)),
@@ -202,7 +202,7 @@ impl Options {
 
 /// Result of one reconciliation of the conf dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ChainChange {
     /// Already chained; nothing written.
     Unchanged(PathBuf),
     /// The entry was added or updated in place.
@@ -211,10 +211,10 @@ pub enum Outcome {
     Converted { from: PathBuf, to: PathBuf },
 }
 
-impl Outcome {
+impl ChainChange {
     /// Whether the reconciliation wrote anything.
     pub fn wrote(&self) -> bool {
-        !matches!(self, Outcome::Unchanged(_))
+        !matches!(self, ChainChange::Unchanged(_))
     }
 }
 
@@ -281,7 +281,7 @@ impl Installer {
     }
 
     /// Chains the entry into the primary conflist if it is not already there.
-    pub fn reconcile(&self) -> Result<Outcome, InstallError> {
+    pub fn reconcile(&self) -> Result<ChainChange, InstallError> {
         let dir = &self.opts.cni_conf_dir;
         let path =
             find_primary(dir)?.ok_or_else(|| InstallError::NoConflist { dir: dir.clone() })?;
@@ -292,7 +292,7 @@ impl Installer {
         let conf = conflist::parse(&path, &bytes)?;
         let kind = conflist::kind_of(&path);
         if kind == conflist::Kind::List && conflist::is_chained(&conf, &self.entry) {
-            return Ok(Outcome::Unchanged(path));
+            return Ok(ChainChange::Unchanged(path));
         }
         if let Some(v) = conf.get("cniVersion").and_then(Value::as_str) {
             if !crate::cni::SUPPORTED_VERSIONS.contains(&v) {
@@ -308,11 +308,11 @@ impl Installer {
         let mode = fsutil::mode_of(&path, 0o644);
         fsutil::atomic_write(&dest, &conflist::to_bytes(&list), mode)?;
         if dest == path {
-            return Ok(Outcome::Chained(path));
+            return Ok(ChainChange::Chained(path));
         }
         // The .conflist sorts right after the .conf it replaces; drop the .conf so it is first.
         fsutil::remove_if_exists(&path)?;
-        Ok(Outcome::Converted {
+        Ok(ChainChange::Converted {
             from: path,
             to: dest,
         })
@@ -435,13 +435,15 @@ impl Installer {
     }
 
     /// Logs an error once until it changes or a success clears it (no floods).
-    fn report(&mut self, result: Result<Outcome, InstallError>) -> Option<Outcome> {
+    fn report(&mut self, result: Result<ChainChange, InstallError>) -> Option<ChainChange> {
         match result {
             Ok(outcome) => {
                 match &outcome {
-                    Outcome::Unchanged(p) => log::debug!("{} already chained", p.display()),
-                    Outcome::Chained(p) => log::info!("chained egress-guard into {}", p.display()),
-                    Outcome::Converted { from, to } => {
+                    ChainChange::Unchanged(p) => log::debug!("{} already chained", p.display()),
+                    ChainChange::Chained(p) => {
+                        log::info!("chained egress-guard into {}", p.display())
+                    }
+                    ChainChange::Converted { from, to } => {
                         log::info!(
                             "chained egress-guard: {} replaced by {}",
                             from.display(),
@@ -602,18 +604,18 @@ fn run_mode(opts: Options) -> Result<ExitCode, InstallError> {
     let uninstall_on_exit = opts.uninstall_on_exit;
     let mut installer = Installer::new(opts)?;
     match mode {
-        Mode::Check => {
+        Action::Check => {
             return Ok(if installer.check()? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             });
         }
-        Mode::Uninstall => {
+        Action::Uninstall => {
             installer.uninstall()?;
             return Ok(ExitCode::SUCCESS);
         }
-        Mode::Once | Mode::Watch => {}
+        Action::Once | Action::Watch => {}
     }
     crate::signal::catch_termination().map_err(|source| InstallError::Os {
         what: "sigaction",
@@ -625,7 +627,7 @@ fn run_mode(opts: Options) -> Result<ExitCode, InstallError> {
     if installer.sync_kubeconfig()? {
         log::info!("wrote the plugin kubeconfig");
     }
-    if mode == Mode::Once {
+    if mode == Action::Once {
         let outcome = installer.reconcile()?;
         installer.report(Ok(outcome));
         installer.mark_node_ready()?;

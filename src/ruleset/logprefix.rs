@@ -3,12 +3,22 @@
 //! container ID. The one definition of that format, for both sides.
 
 /// Which closing rule logged a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Logged {
     /// Enforce mode: the packet was dropped.
     Deny,
     /// Audit mode: the packet was let through but would have been dropped.
     Audit,
+}
+
+impl Logged {
+    /// The verdict as flow records and metrics name it.
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Logged::Deny => "denied",
+            Logged::Audit => "audited",
+        }
+    }
 }
 
 const START: &str = "eg:";
