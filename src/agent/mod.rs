@@ -252,7 +252,7 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
     while !crate::signal::termination_requested() {
         let now = Instant::now();
         if now >= next_reconcile {
-            let events = rec.pass(&mut kernel, &shared, &reconcile::device_exists);
+            let events = rec.pass(&mut kernel, &shared);
             emit(&shared, &events);
             dir.reload();
             next_reconcile = Instant::now() + o.interval;
@@ -268,7 +268,7 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
         match rx.recv_timeout(wait) {
             Ok(Ok(batch)) => {
                 for p in &batch {
-                    match agg.add(&mut dir, p, SystemTime::now(), &reconcile::ifindex) {
+                    match agg.add(&mut dir, p, SystemTime::now(), &crate::kernel::host_ifindex) {
                         Ok(v) => shared.with(|e| *e.logged.entry(v.verdict()).or_default() += 1),
                         Err(e) => {
                             shared.error("nflog");

@@ -1,27 +1,21 @@
 //! Periodic reconciliation: every guarded pod's table must be present, bound to the right
 //! device and identical to what its recorded policy compiles to. Drift is reported (and the
 //! table reinstalled with `--repair`); tables and state files of pods that are gone are
-//! removed. Only tables named `egress_guard_*` are ever touched.
+//! removed. This module decides and reports; the changes go through `crate::guard::repair`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::metrics::Shared;
-use crate::guard::devindex::DeviceIndex;
 use crate::guard::inspect::{inspect, Inspection};
 use crate::guard::record::{self as state, PodRecord};
-use crate::kernel::{Kernel, KernelError, Where};
-use crate::ruleset::{comment_container, comment_devices, legacy_container, Family, TABLE_PREFIX};
+use crate::guard::repair::Reinstalled;
+use crate::guard::{Guard, GuardError};
+use crate::kernel::Kernel;
+use crate::ruleset::{comment_container, legacy_container};
 
 /// Schema of the event lines the agent writes next to flow records.
 pub const EVENT_SCHEMA: &str = "egress-guard.event/v1";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("listing host tables: {0}")]
-    List(#[source] KernelError),
-}
 
 /// One reconciliation event, written as a JSON line on stdout.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -51,32 +45,6 @@ pub struct Reconciler {
     /// Drift last reported per container id: the same drift is reported (and counted) once,
     /// not on every pass.
     reported: BTreeMap<String, Vec<String>>,
-}
-
-/// Whether an interface exists in the calling thread's network namespace.
-pub fn device_exists(name: &str) -> bool {
-    let Ok(c) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-/// Interface index in the calling thread's network namespace (0 when absent).
-pub fn ifindex(name: &str) -> u32 {
-    let Ok(c) = CString::new(name) else { return 0 };
-    // SAFETY: as above.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
-/// The pod's network namespace is known to be gone: its path is missing while the directory
-/// holding it is visible (a missing mount proves nothing), or it was a dead process's.
-fn netns_gone(netns: &str) -> bool {
-    let p = Path::new(netns);
-    if netns.is_empty() || p.exists() {
-        return false;
-    }
-    netns.starts_with("/proc/") || p.parent().map(Path::exists).unwrap_or(false)
 }
 
 impl Reconciler {
@@ -111,37 +79,22 @@ impl Reconciler {
         }
     }
 
-    /// Whether the pod behind a state file is gone (sandbox deleted without DEL).
-    pub fn pod_gone(s: &PodRecord, device_exists: &dyn Fn(&str) -> bool) -> bool {
-        if netns_gone(&s.netns) {
-            return true;
-        }
-        s.is_host()
-            && s.device
-                .as_deref()
-                .map(|d| !device_exists(d))
-                .unwrap_or(false)
-    }
-
     /// One pass. Returns the events to print; counts them in `shared`.
-    pub fn pass<K: Kernel>(
-        &mut self,
-        kernel: &mut K,
-        shared: &Shared,
-        device_exists: &dyn Fn(&str) -> bool,
-    ) -> Vec<EventRecord> {
+    pub fn pass<K: Kernel>(&mut self, kernel: &mut K, shared: &Shared) -> Vec<EventRecord> {
         let mut out = Vec::new();
-        let (states, errors) = state::load_dir(&self.state_dir);
+        let state_dir = self.state_dir.clone();
+        let (states, errors) = state::load_dir(&state_dir);
         for e in errors {
             shared.error("state");
             out.push(self.event("error", None, vec![e.to_string()]));
         }
         for s in &states {
-            if Self::pod_gone(s, device_exists) {
-                self.collect(kernel, shared, s, &mut out);
+            let mut guard = Guard::new(kernel, &state_dir, s.who());
+            if guard.pod_gone(s) {
+                self.collect(&mut guard, shared, s, &mut out);
                 continue;
             }
-            self.check(kernel, shared, s, &mut out);
+            self.check(&mut guard, shared, s, &mut out);
         }
         self.reported
             .retain(|cid, _| states.iter().any(|s| &s.container_id == cid));
@@ -150,7 +103,8 @@ impl Reconciler {
             .filter(|s| s.is_host())
             .map(|s| s.table.as_str())
             .collect();
-        match self.orphan_pass(kernel, shared, &known, device_exists) {
+        let mut guard = Guard::new(kernel, &state_dir, "agent".to_string());
+        match self.orphan_pass(&mut guard, shared, &known) {
             Ok(mut events) => out.append(&mut events),
             Err(e) => {
                 shared.error("gc");
@@ -162,44 +116,30 @@ impl Reconciler {
 
     fn collect<K: Kernel>(
         &self,
-        kernel: &mut K,
+        guard: &mut Guard<'_, K>,
         shared: &Shared,
         s: &PodRecord,
         out: &mut Vec<EventRecord>,
     ) {
-        let mut detail =
-            vec!["the pod's network namespace or interface is gone (no DEL was run)".to_string()];
-        if s.is_host() {
-            match kernel.remove(Where::Host, Family::Netdev, &s.table) {
-                Ok(true) => detail.push(format!("removed table netdev {}", s.table)),
-                Ok(false) => {}
-                Err(e) => {
-                    shared.error("gc");
-                    out.push(self.event("error", Some(s), vec![e.to_string()]));
-                    return;
-                }
+        match guard.collect_gone(s) {
+            Ok(removed) => {
+                let mut detail = vec![
+                    "the pod's network namespace or interface is gone (no DEL was run)".to_string(),
+                ];
+                detail.extend(removed);
+                shared.with(|e| e.gc_removals += 1);
+                out.push(self.event("collected", Some(s), detail));
+            }
+            Err(e) => {
+                shared.error("gc");
+                out.push(self.event("error", Some(s), vec![e.to_string()]));
             }
         }
-        if let Err(e) = state::remove(&self.state_dir, s.key()) {
-            shared.error("gc");
-            out.push(self.event("error", Some(s), vec![e.to_string()]));
-            return;
-        }
-        detail.push("removed state file".to_string());
-        shared.with(|e| e.gc_removals += 1);
-        out.push(self.event("collected", Some(s), detail));
-    }
-
-    fn still_recorded(&self, s: &PodRecord) -> bool {
-        matches!(
-            state::load_file(&state::state_path(&self.state_dir, s.key())),
-            Ok(Some(_))
-        )
     }
 
     fn check<K: Kernel>(
         &mut self,
-        kernel: &mut K,
+        guard: &mut Guard<'_, K>,
         shared: &Shared,
         s: &PodRecord,
         out: &mut Vec<EventRecord>,
@@ -212,8 +152,7 @@ impl Reconciler {
                 return;
             }
         };
-        let at = s.place();
-        let found = match inspect(kernel, at, &table) {
+        let found = match inspect(guard.kernel, s.place(), &table) {
             Ok(found) => found,
             Err(e) => {
                 shared.error("reconcile");
@@ -227,7 +166,7 @@ impl Reconciler {
             return;
         }
         // A DEL may have removed the table and be about to remove the state file.
-        if !self.still_recorded(s) {
+        if !guard.still_recorded(s) {
             return;
         }
         if !self.repair && self.reported.get(&s.container_id) == Some(&problems) {
@@ -247,47 +186,8 @@ impl Reconciler {
         if !self.repair {
             return;
         }
-        let replace: Vec<String> = if found == Inspection::Missing {
-            Vec::new()
-        } else {
-            vec![table.name.clone()]
-        };
-        log::debug!(
-            "{}: reinstalling table {} {} in {} ({} rules)",
-            s.who(),
-            table.family.name(),
-            table.name,
-            at.describe(),
-            table.rule_count()
-        );
-        if let (true, Some(dev)) = (s.is_host(), s.device.as_deref()) {
-            // As ADD does: recorded before it exists, or the index is no longer trusted.
-            match DeviceIndex::new(&self.state_dir).record(dev, &table.name) {
-                Ok(None) => {}
-                Ok(Some(e)) => log::warn!(
-                    "{}: recording {} in the device index: {e}",
-                    s.who(),
-                    table.name
-                ),
-                Err((e, e2)) => {
-                    log::warn!(
-                        "{}: recording {} in the device index: {e}",
-                        s.who(),
-                        table.name
-                    );
-                    shared.error("repair");
-                    out.push(self.event("repair-failed", Some(s), vec![e2.to_string()]));
-                    return;
-                }
-            }
-        }
-        match kernel.install(at, table.family, &replace, Some(&table)) {
-            Ok(_) => {
-                if !self.still_recorded(s) {
-                    // DEL ran meanwhile: take back what we installed.
-                    let _ = kernel.remove(at, table.family, &table.name);
-                    return;
-                }
+        match guard.reinstall(s, &table, found != Inspection::Missing) {
+            Ok(Reinstalled::Done) => {
                 shared.with(|e| e.repairs += 1);
                 out.push(self.event(
                     "repaired",
@@ -299,6 +199,7 @@ impl Reconciler {
                     )],
                 ));
             }
+            Ok(Reinstalled::Withdrawn) => {}
             Err(e) => {
                 shared.error("repair");
                 out.push(self.event("repair-failed", Some(s), vec![e.to_string()]));
@@ -306,52 +207,38 @@ impl Reconciler {
         }
     }
 
-    /// Our tables in the host netns with no state file whose device is gone.
+    /// Our tables in the host netns with no state file whose device is gone, removed when
+    /// seen in two passes in a row.
     fn orphan_pass<K: Kernel>(
         &mut self,
-        kernel: &mut K,
+        guard: &mut Guard<'_, K>,
         shared: &Shared,
         known: &BTreeSet<&str>,
-        device_exists: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<EventRecord>, ReconcileError> {
-        let listed_at = std::time::SystemTime::now();
-        let tables = kernel
-            .tables(Where::Host, Family::Netdev)
-            .map_err(ReconcileError::List)?;
-        let mut live: BTreeSet<String> = tables
-            .iter()
-            .filter(|t| t.name.starts_with(TABLE_PREFIX))
-            .map(|t| t.name.clone())
-            .collect();
+    ) -> Result<Vec<EventRecord>, GuardError> {
+        let listing = guard.list_orphans(known)?;
+        let mut live = listing.ours.clone();
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        for t in tables
-            .into_iter()
-            .filter(|t| t.name.starts_with(TABLE_PREFIX) && !known.contains(t.name.as_str()))
-        {
-            let device = comment_devices(&t.comment).next().map(str::to_string);
-            if device.as_deref().map(device_exists).unwrap_or(false) {
+        for orphan in &listing.orphans {
+            let name = &orphan.table.name;
+            if !self.orphans.contains(name) {
+                seen.insert(name.clone());
                 continue;
             }
-            if !self.orphans.contains(&t.name) {
-                seen.insert(t.name);
-                continue;
-            }
-            let cid = comment_container(&t.comment)
-                .or_else(|| legacy_container(&t.name))
+            let cid = comment_container(&orphan.table.comment)
+                .or_else(|| legacy_container(name))
                 .map(str::to_string);
             let mut ev = self.event("collected", None, Vec::new());
             ev.container_id = cid;
             ev.placement = Some("host".into());
-            ev.table = Some(t.name.clone());
-            match kernel.remove(Where::Host, Family::Netdev, &t.name) {
-                Ok(_) => {
-                    live.remove(&t.name);
+            ev.table = Some(name.clone());
+            match guard.remove_orphan(orphan) {
+                Ok(()) => {
+                    live.remove(name);
                     shared.with(|e| e.gc_removals += 1);
                     ev.detail = vec![format!(
-                        "table netdev {} had no state file and its device {} is gone",
-                        t.name,
-                        device.as_deref().unwrap_or("(unknown)")
+                        "table netdev {name} had no state file and its device {} is gone",
+                        orphan.device.as_deref().unwrap_or("(unknown)")
                     )];
                     out.push(ev);
                 }
@@ -365,9 +252,7 @@ impl Reconciler {
         }
         self.orphans = seen;
         // Collected pods' tables are not in `live` either: the listing came after `collect`.
-        if let Err(e) = DeviceIndex::new(&self.state_dir).prune(&live, listed_at) {
-            log::warn!("pruning the device index: {e}");
-        }
+        guard.prune_index(&live, listing.listed_at);
         Ok(out)
     }
 }
@@ -375,8 +260,11 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::devindex::DeviceIndex;
     use crate::kernel::fake::RecordingKernel;
+    use crate::kernel::{Kernel, Where};
     use crate::netlink::nft::Expr;
+    use crate::ruleset::Family;
 
     fn setup(tag: &str) -> (PathBuf, PodRecord) {
         let dir = std::env::temp_dir().join(format!("eg-reconcile-{tag}-{}", std::process::id()));
@@ -405,9 +293,17 @@ mod tests {
             .unwrap();
         let shared = Shared::new(dir.clone(), "n".into());
         let mut r = Reconciler::new(dir.clone(), false, "n".into());
-        let up = |_: &str| true;
+        // The pod's host device is there, and so is the device of a table no record claims
+        // (an ADD that has not written its record yet): that table is never collected.
+        k.host_links.insert(s.device.clone().unwrap());
+        let mut unrecorded = table.clone();
+        unrecorded.name = "egress_guard_unrecorded".into();
+        unrecorded.comment = "egress-guard dev=vethnew mode=enforce policy=x".into();
+        k.install(Where::Host, Family::Netdev, &[], Some(&unrecorded))
+            .unwrap();
+        k.host_links.insert("vethnew".into());
         assert!(
-            r.pass(&mut k, &shared, &up).is_empty(),
+            r.pass(&mut k, &shared).is_empty(),
             "intact table: no events"
         );
         k.tamper(Where::Host, Family::Netdev, &s.table, |snap| {
@@ -415,18 +311,18 @@ mod tests {
                 .rules
                 .retain(|r| !r.iter().any(|e| matches!(e, Expr::Log { .. })));
         });
-        let ev = r.pass(&mut k, &shared, &up);
+        let ev = r.pass(&mut k, &shared);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(
             (ev[0].event, ev[0].pod.as_deref()),
             ("drift", Some("llm-0"))
         );
         assert!(
-            r.pass(&mut k, &shared, &up).is_empty(),
+            r.pass(&mut k, &shared).is_empty(),
             "the same drift is reported once"
         );
         r.repair = true;
-        let ev = r.pass(&mut k, &shared, &up);
+        let ev = r.pass(&mut k, &shared);
         assert_eq!(
             ev.iter().map(|e| e.event).collect::<Vec<_>>(),
             ["drift", "repaired"]
@@ -438,10 +334,15 @@ mod tests {
             "a reinstalled table is recorded in the device index"
         );
         assert!(
-            r.pass(&mut k, &shared, &up).is_empty(),
+            r.pass(&mut k, &shared).is_empty(),
             "repaired table is intact"
         );
-        shared.with(|e| assert_eq!((e.drift, e.repairs), (2, 1)));
+        shared.with(|e| assert_eq!((e.drift, e.repairs, e.gc_removals), (2, 1, 0)));
+        assert!(
+            k.rendered(Where::Host, Family::Netdev, "egress_guard_unrecorded")
+                .is_some(),
+            "a table whose device is present stays"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -471,12 +372,12 @@ mod tests {
         }
         let shared = Shared::new(dir.clone(), "n".into());
         let mut r = Reconciler::new(dir.clone(), true, "n".into());
-        let gone = |_: &str| false;
-        let ev = r.pass(&mut k, &shared, &gone);
+        // Neither the pod's device nor the orphan's is there.
+        let ev = r.pass(&mut k, &shared);
         assert_eq!(ev.len(), 1, "orphan waits one pass: {ev:?}");
         assert_eq!(ev[0].event, "collected");
         assert!(!state::state_path(&dir, s.key()).exists());
-        let ev = r.pass(&mut k, &shared, &gone);
+        let ev = r.pass(&mut k, &shared);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0].table.as_deref(), Some("egress_guard_orphan"));
         assert_eq!(ev[0].container_id.as_deref(), Some("orphan"));

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::counters;
-use super::reconcile::{device_exists, Reconciler};
 use crate::cli::{CliError, Parsed};
 use crate::cni::config::DEFAULT_STATE_DIR;
 use crate::guard::inspect::{inspect, Inspection};
 use crate::guard::record::{self as state, PodRecord};
+use crate::guard::Guard;
 use crate::kernel::{Kernel, NetlinkKernel};
 
 /// One row of the table.
@@ -30,14 +30,14 @@ pub struct Row {
     pub table: &'static str,
 }
 
-fn health<K: Kernel>(kernel: &mut K, s: &PodRecord) -> &'static str {
-    if Reconciler::pod_gone(s, &device_exists) {
+fn health<K: Kernel>(guard: &mut Guard<'_, K>, s: &PodRecord) -> &'static str {
+    if guard.pod_gone(s) {
         return "gone";
     }
     let Ok(table) = s.expected_table() else {
         return "error";
     };
-    match inspect(kernel, s.place(), &table) {
+    match inspect(guard.kernel, s.place(), &table) {
         Ok(Inspection::Missing) => "missing",
         Ok(Inspection::Matches) => "ok",
         Ok(Inspection::Drift(_)) => "drift",
@@ -46,9 +46,12 @@ fn health<K: Kernel>(kernel: &mut K, s: &PodRecord) -> &'static str {
 }
 
 /// The rows for every state file in `dir`.
-pub fn rows(dir: &std::path::Path) -> (Vec<Row>, Vec<state::RecordError>) {
+pub fn rows<K: Kernel>(
+    kernel: &mut K,
+    dir: &std::path::Path,
+) -> (Vec<Row>, Vec<state::RecordError>) {
     let (states, errors) = state::load_dir(dir);
-    let mut kernel = NetlinkKernel::new();
+    let mut guard = Guard::new(kernel, dir, "status".to_string());
     let rows = states
         .iter()
         .map(|s| {
@@ -65,7 +68,7 @@ pub fn rows(dir: &std::path::Path) -> (Vec<Row>, Vec<state::RecordError>) {
                 allow_entries: s.entries.len(),
                 packets: c.map(|c| c.packets),
                 bytes: c.map(|c| c.bytes),
-                table: health(&mut kernel, s),
+                table: health(&mut guard, s),
             }
         })
         .collect();
@@ -140,7 +143,7 @@ pub(crate) fn parse(p: &Parsed) -> Result<(PathBuf, bool), CliError> {
 /// Entry point of the `status` subcommand.
 pub fn status(p: &Parsed) -> Result<ExitCode, CliError> {
     let (dir, json) = parse(p)?;
-    let (rows, errors) = rows(&dir);
+    let (rows, errors) = rows(&mut NetlinkKernel::new(), &dir);
     for e in &errors {
         eprintln!("egress-guard status: {e}");
     }

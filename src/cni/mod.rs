@@ -69,10 +69,7 @@ impl From<crate::guard::GuardError> for CniError {
         let code = match &e {
             G::Kernel { source, .. } if source.netns_missing() => code::CONTAINER_UNKNOWN,
             G::Kernel { source, .. } if source.is_transient() => code::TRY_AGAIN_LATER,
-            G::Kernel {
-                source: KernelError::Peer(_),
-                ..
-            } => code::INTERFACE,
+            G::Kernel { source, .. } if matches!(**source, KernelError::Peer(_)) => code::INTERFACE,
             G::Kernel { .. } | G::Unsupported { .. } => code::KERNEL_REJECTED,
             G::Interface { .. } => code::INTERFACE,
             G::State { .. } => code::IO_FAILURE,
@@ -187,5 +184,43 @@ mod tests {
         assert_eq!(j["code"], 7);
         assert_eq!(j["msg"], "bad");
         assert!(j.get("details").is_none());
+    }
+
+    #[test]
+    fn guard_failures_map_to_codes_and_keep_their_message() {
+        use crate::guard::GuardError;
+        use crate::kernel::{KernelError, Where};
+        use crate::netlink::NetlinkError;
+        let kernel = |errno| GuardError::Kernel {
+            subject: "pod a/b (container c1)".into(),
+            action: "installing the egress policy".into(),
+            source: Box::new(KernelError::netlink(
+                "creating table",
+                Where::Host,
+                NetlinkError::kernel("batch", errno, None),
+            )),
+        };
+        let e = CniError::from(kernel(libc::ENOBUFS));
+        assert_eq!(e.code, code::TRY_AGAIN_LATER);
+        assert!(
+            e.msg
+                .starts_with("pod a/b (container c1): installing the egress policy: "),
+            "{}",
+            e.msg
+        );
+        assert_eq!(
+            CniError::from(kernel(libc::EINVAL)).code,
+            code::KERNEL_REJECTED
+        );
+        let interface = GuardError::Interface {
+            subject: "pod a/b (container c1)".into(),
+            reason: "host interface veth1 went away during ADD".into(),
+        };
+        assert_eq!(CniError::from(interface).code, code::INTERFACE);
+        let state = GuardError::State {
+            subject: "s".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(CniError::from(state).code, code::IO_FAILURE);
     }
 }

@@ -11,7 +11,7 @@ pub enum GuardError {
         subject: String,
         action: String,
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     /// The pod's interface, or its host side, is not one the guard can pin the pod to.
     #[error("{subject}: {reason}")]

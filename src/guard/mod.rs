@@ -9,6 +9,7 @@
 //! - [`stale`]: tables left bound to a device name, owner checks on hashed table names, and the
 //!   device index kept in step with the kernel.
 //! - [`remove`]: DEL and GC.
+//! - [`repair`]: the agent's reinstall of drifted tables and collection of gone pods' tables.
 //! - [`inspect`]: drift between the kernel and the table a policy compiles to.
 //! - [`record`]: one [`record::PodRecord`] per guarded attachment, `<stateDir>/<key>.json`.
 //! - [`devindex`]: host device name -> the tables bound to it, so ADD finds a stale table
@@ -21,6 +22,7 @@ pub mod inspect;
 pub mod place;
 pub mod record;
 pub mod remove;
+pub mod repair;
 pub mod stale;
 
 use std::path::Path;
@@ -86,7 +88,7 @@ impl<'a, K: Kernel> Guard<'a, K> {
         GuardError::Kernel {
             subject: self.subject.clone(),
             action: action.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

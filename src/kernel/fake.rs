@@ -29,6 +29,8 @@ pub struct RecordingKernel {
     pub interfaces: BTreeMap<PathBuf, PodInterface>,
     /// The gateway MAC `gateway_mac` answers.
     pub gateway: Option<Mac>,
+    /// Host interfaces `host_link_exists` finds, besides the veths in `peers`.
+    pub host_links: std::collections::BTreeSet<String>,
     /// When set, the next install fails with this errno.
     pub fail_install: Option<i32>,
 }
@@ -198,6 +200,14 @@ impl Kernel for RecordingKernel {
             self.host_peer(netns, ifname, &[])?,
             HostPeer::Veth { name, index: i } if name == device && i == index
         ))
+    }
+    fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
+        self.calls.push(format!("host_link_exists {name}"));
+        let veth = self
+            .peers
+            .values()
+            .any(|p| matches!(p, HostPeer::Veth { name: n, .. } if n == name));
+        Ok(veth || self.host_links.contains(name))
     }
     fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError> {
         self.calls

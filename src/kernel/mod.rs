@@ -120,6 +120,8 @@ pub trait Kernel {
         device: &str,
         index: u32,
     ) -> Result<bool, KernelError>;
+    /// Whether an interface named `name` exists in the host namespace.
+    fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
     /// The pod's interface `ifname` in the pod netns at `netns`: MAC and addresses.
     fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError>;
     /// The MAC of the pod's gateway: the host interface holding one of `gateways`, if it is
@@ -134,6 +136,16 @@ pub trait Kernel {
 }
 
 /// Parses "6.18.44-foo" into (6, 18).
+/// The index of the interface `name` in the calling thread's network namespace (0 when
+/// absent), for matching a logged packet's input interface to a pod's host device.
+pub fn host_ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
 pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     let major = it.next()?.parse().ok()?;

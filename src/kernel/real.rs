@@ -182,6 +182,19 @@ impl Kernel for NetlinkKernel {
         Ok(link.is_some_and(|l| l.name == device))
     }
 
+    fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
+        let sock = match &mut self.host_rtnl {
+            Some(s) => s,
+            slot @ None => slot.insert(
+                Socket::open(NETLINK_ROUTE)
+                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
+            ),
+        };
+        let link = crate::netlink::rtnl::link_by_name(sock, name)
+            .map_err(|e| KernelError::netlink("looking up a host interface", Where::Host, e))?;
+        Ok(link.is_some())
+    }
+
     fn has_netdev_egress(&self) -> bool {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()

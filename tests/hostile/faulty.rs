@@ -78,6 +78,9 @@ impl<K: Kernel> Kernel for Faulty<K> {
     ) -> Result<Option<Snapshot>, KernelError> {
         self.inner.read(at, family, name)
     }
+    fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
+        self.inner.host_link_exists(name)
+    }
     fn pod_interface(
         &mut self,
         netns: &Path,
