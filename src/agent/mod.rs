@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::{CliError, Parsed};
 use crate::cni::config::{DEFAULT_NFLOG_GROUP, DEFAULT_STATE_DIR};
+use crate::cni::NetConf;
 use crate::kernel::NetlinkKernel;
 
 pub use report::report;
@@ -59,17 +60,14 @@ pub struct Options {
     pub log_level: log::LevelFilter,
 }
 
-/// The JSON object of a `--plugin-config` file (the conflist entry), read for `agent`,
-/// `status` and `report`; a file that cannot be read is a usage error naming it.
-pub(crate) fn plugin_config(path: &str) -> Result<serde_json::Value, CliError> {
+/// The conflist entry of a `--plugin-config` file, read for `agent`, `status` and `report`
+/// with the plugin's own parser; a file that cannot be read or parsed is a usage error naming
+/// it.
+pub(crate) fn plugin_config(path: &str) -> Result<NetConf, CliError> {
     let err =
         |problem: String| CliError::usage(format!("cannot read plugin config {path}: {problem}"));
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
-    if !v.is_object() {
-        return Err(err("not a JSON object".into()));
-    }
-    Ok(v)
+    NetConf::parse(&bytes).map_err(|e| err(e.to_string()))
 }
 
 /// The node's name: `$NODE_NAME`, else the kernel's host name.
@@ -108,21 +106,9 @@ pub fn parse_options(p: &Parsed) -> Result<Options, CliError> {
         log_level: log::LevelFilter::Info,
     };
     if let Some(path) = p.last("plugin-config") {
-        let v = plugin_config(path)?;
-        if let Some(d) = v
-            .get("stateDir")
-            .and_then(|d| d.as_str())
-            .filter(|d| !d.is_empty())
-        {
-            o.state_dir = PathBuf::from(d);
-        }
-        if let Some(g) = v.get("nflogGroup").and_then(|g| g.as_u64()) {
-            o.nflog_group = u16::try_from(g).map_err(|_| {
-                CliError::usage(format!(
-                    "plugin config {path}: nflogGroup {g} is out of range"
-                ))
-            })?;
-        }
+        let conf = plugin_config(path)?;
+        o.state_dir = conf.state_dir;
+        o.nflog_group = conf.nflog_group;
     }
     // Explicit flags win over the plugin config.
     for (flag, v) in p.iter() {
@@ -344,6 +330,13 @@ mod tests {
         .unwrap();
         assert_eq!(o.nflog_group, 9);
         assert_eq!(o.metrics_address, None);
+        // The plugin's own parser reads the file: a value the plugin would refuse is refused
+        // here too, naming the field.
+        std::fs::write(&cfg, r#"{"type":"egress-guard","stateDir":"run/eg"}"#).unwrap();
+        match parse_options(&args(&["--plugin-config", cfg.to_str().unwrap()])) {
+            Err(CliError::Usage(m)) => assert!(m.contains("stateDir"), "{m}"),
+            other => panic!("relative stateDir accepted: {:?}", other.map(|o| o.state_dir)),
+        }
         let _ = std::fs::remove_file(&cfg);
         for bad in [&["--interval", "0"][..], &["--nflog-group", "70000"]] {
             assert!(

@@ -180,19 +180,11 @@ pub(crate) fn parse(p: &Parsed) -> Result<Args, CliError> {
         json: p.has("json"),
     };
     if let Some(path) = p.last("plugin-config") {
-        let v = super::plugin_config(path)?;
-        if let Some(list) = v.get("enforceNamespaces").and_then(Value::as_array) {
-            a.settings
-                .enforce_namespaces
-                .extend(list.iter().filter_map(Value::as_str).map(str::to_string));
-        }
-        if let Some(m) = v.get("defaultMode").and_then(Value::as_str) {
-            a.settings.default_mode = Mode::parse(m).ok_or_else(|| {
-                CliError::usage(format!(
-                    "plugin config {path}: defaultMode \"{m}\" is not off, audit or enforce"
-                ))
-            })?;
-        }
+        let conf = super::plugin_config(path)?;
+        a.settings
+            .enforce_namespaces
+            .extend(conf.settings.enforce_namespaces);
+        a.settings.default_mode = conf.settings.default_mode;
     }
     for (flag, v) in p.iter() {
         match flag {

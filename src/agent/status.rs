@@ -125,14 +125,7 @@ pub fn render_table(rows: &[Row]) -> String {
 pub(crate) fn parse(p: &Parsed) -> Result<(PathBuf, bool), CliError> {
     let mut dir = PathBuf::from(DEFAULT_STATE_DIR);
     if let Some(path) = p.last("plugin-config") {
-        let v = super::plugin_config(path)?;
-        if let Some(d) = v
-            .get("stateDir")
-            .and_then(|d| d.as_str())
-            .filter(|d| !d.is_empty())
-        {
-            dir = PathBuf::from(d);
-        }
+        dir = super::plugin_config(path)?.state_dir;
     }
     if let Some(d) = p.last("state-dir") {
         dir = PathBuf::from(d);
