@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::table::text_table;
 use crate::cli::{CliError, Parsed};
 use crate::install::NOT_READY_TAINT;
 use crate::kube::{Client, KubeError};
@@ -260,34 +261,22 @@ pub fn report(p: &Parsed) -> Result<ExitCode, CliError> {
             }
         }
     } else if !found.is_empty() {
-        let w_ns = found
+        let cells: Vec<Vec<String>> = found
             .iter()
-            .map(|f| f.namespace.len())
-            .max()
-            .unwrap_or(0)
-            .max(9);
-        let w_pod = found.iter().map(|f| f.pod.len()).max().unwrap_or(0).max(3);
-        let w_node = found
-            .iter()
-            .map(|f| f.node.as_deref().unwrap_or("-").len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        println!(
-            "{:<w_ns$}  {:<w_pod$}  {:<w_node$}  {:<7}  REASON",
-            "NAMESPACE", "POD", "NODE", "MODE"
+            .map(|f| {
+                vec![
+                    f.namespace.clone(),
+                    f.pod.clone(),
+                    f.node.clone().unwrap_or_else(|| "-".into()),
+                    f.mode.to_string(),
+                    format!("{}: {}", f.reason, f.detail),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            text_table(&["NAMESPACE", "POD", "NODE", "MODE", "REASON"], &cells)
         );
-        for f in &found {
-            println!(
-                "{:<w_ns$}  {:<w_pod$}  {:<w_node$}  {:<7}  {}: {}",
-                f.namespace,
-                f.pod,
-                f.node.as_deref().unwrap_or("-"),
-                f.mode,
-                f.reason,
-                f.detail
-            );
-        }
     }
     if found.is_empty() {
         eprintln!("egress-guard report: every pod that asks for an egress guard can have one");

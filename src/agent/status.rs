@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::counters;
+use crate::cli::table::text_table;
 use crate::cli::{CliError, Parsed};
 use crate::cni::config::DEFAULT_STATE_DIR;
 use crate::guard::inspect::{inspect, Inspection};
@@ -77,49 +78,39 @@ pub fn rows<K: Kernel>(
 
 /// Renders rows as an aligned text table.
 pub fn render_table(rows: &[Row]) -> String {
-    let mut cells = vec![[
-        "NAMESPACE",
-        "POD",
-        "CONTAINER",
-        "MODE",
-        "PLACEMENT",
-        "DEVICE",
-        "ALLOW",
-        "PACKETS",
-        "BYTES",
-        "TABLE",
-    ]
-    .map(String::from)
-    .to_vec()];
     let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-    for r in rows {
-        cells.push(vec![
-            r.namespace.clone().unwrap_or_else(|| "-".into()),
-            r.pod.clone().unwrap_or_else(|| "-".into()),
-            r.container_id.chars().take(12).collect(),
-            r.mode.clone(),
-            r.placement.clone(),
-            r.device.clone().unwrap_or_else(|| "-".into()),
-            r.allow_entries.to_string(),
-            num(r.packets),
-            num(r.bytes),
-            r.table.to_string(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..cells[0].len())
-        .map(|i| cells.iter().map(|c| c[i].len()).max().unwrap_or(0))
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.namespace.clone().unwrap_or_else(|| "-".into()),
+                r.pod.clone().unwrap_or_else(|| "-".into()),
+                r.container_id.chars().take(12).collect(),
+                r.mode.clone(),
+                r.placement.clone(),
+                r.device.clone().unwrap_or_else(|| "-".into()),
+                r.allow_entries.to_string(),
+                num(r.packets),
+                num(r.bytes),
+                r.table.to_string(),
+            ]
+        })
         .collect();
-    let mut out = String::new();
-    for row in &cells {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    text_table(
+        &[
+            "NAMESPACE",
+            "POD",
+            "CONTAINER",
+            "MODE",
+            "PLACEMENT",
+            "DEVICE",
+            "ALLOW",
+            "PACKETS",
+            "BYTES",
+            "TABLE",
+        ],
+        &cells,
+    )
 }
 
 pub(crate) fn parse(p: &Parsed) -> Result<(PathBuf, bool), CliError> {

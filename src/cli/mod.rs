@@ -4,6 +4,7 @@
 //! own module's business. The plugin path (`CNI_COMMAND` set) does not come through here.
 
 pub mod parser;
+pub mod table;
 mod plugin;
 mod render;
 
