@@ -1,4 +1,4 @@
-//! Item 2 of issue 6, through containerd's CRI (the harness of tests/cri): RunPodSandbox with
+//! Item 2 of issue 6, through containerd's CRI (the harness of testkit/src/cri): RunPodSandbox with
 //! the chain bridge + portmap (no egress-guard), with egress-guard appended, and without it but
 //! followed by an init container that installs the same rules with `nft -f` inside the sandbox
 //! and exits (the way egress-guard replaces). The three configurations are interleaved pod by
@@ -516,7 +516,7 @@ pub fn bench(plugin: &Path, rounds: usize, per: usize, r: &mut Report) -> Result
         "2. End to end through containerd's CRI: RunPodSandbox (+ init container)",
         &format!(
             "containerd {} + runc, conflist bridge + host-local + portmap (the CRI harness of \
-             tests/cri), pods annotated `mode: enforce` with the same 7-entry allowlist. \
+             testkit/src/cri), pods annotated `mode: enforce` with the same 7-entry allowlist. \
              \"+ init\" = RunPodSandbox, then CreateContainer + StartContainer of an init \
              container (image: the host's `nft` and its libraries, {:.1} MiB layer, native \
              snapshotter, NET_ADMIN) running `nft -f` of the pod-placement ruleset, polled with \

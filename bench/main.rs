@@ -3,12 +3,10 @@
 //! CRI, 16 concurrent ADDs, the datapath cost of a guarded veth, peak RSS and size. Needs root;
 //! run it through `bench/run`, which installs what it needs and builds the release plugin.
 //! Without EGRESS_GUARD_BENCH set (plain `cargo bench`) it only says so and exits.
-//! It reuses the namespace node of tests/common and the containerd harness of tests/cri.
+//! It reuses the namespace node of testkit/src/common and the containerd harness of testkit/src/cri.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/cri/mod.rs"]
-mod cri;
+use egress_guard_testkit::common;
+use egress_guard_testkit::cri;
 
 mod crib;
 mod datapath;

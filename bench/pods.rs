@@ -1,4 +1,4 @@
-//! The namespace-built node of tests/common with a /16 pod subnet (500 pods do not fit the
+//! The namespace-built node of testkit/src/common with a /16 pod subnet (500 pods do not fit the
 //! tests' /24), pods attached by the real `bridge` + `host-local` plugins, and egress-guard
 //! (or `nft`) run the way a runtime runs it: exec'd directly in the node's netns, timed from
 //! spawn to exit. Everything lives in namespaces that are deleted when dropped.

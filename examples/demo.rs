@@ -3,8 +3,7 @@
 //! Run through `examples/demo.sh` (root).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use egress_guard_testkit::common;
 
 use common::chain::{Attachment, Chain};
 use common::node::*;

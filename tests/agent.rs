@@ -4,7 +4,7 @@
 //! against a small HTTPS fake API server.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use egress_guard_testkit::common;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

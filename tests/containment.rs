@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 //! from an unguarded pod in the same run, which get through.
 
-mod common;
+use egress_guard_testkit::common;
 
 use common::chain::{Attachment, Chain};
 use common::node::*;

@@ -1,10 +1,9 @@
 //! egress-guard under a real container runtime: containerd 1.6 (CRI) + runc running the
 //! conflist bridge + host-local + portmap + egress-guard, driven over CRI as a kubelet would.
-//! Needs root and the packages listed in tests/cri/README.md; run with
+//! Needs root and the packages listed in testkit/src/cri/README.md; run with
 //! `cargo test --test cri_e2e`. Scenarios run one at a time on one node.
 
-mod common;
-mod cri;
+use egress_guard_testkit::cri;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -3,7 +3,7 @@
 //! that reaches the same target in the same run, so a broken network cannot pass as blocked.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use egress_guard_testkit::common;
 
 use common::chain::{Attachment, Chain};
 use common::node::*;

@@ -4,7 +4,7 @@
 //! table` must print exactly the same text.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use egress_guard_testkit::common;
 
 use std::path::{Path, PathBuf};
 

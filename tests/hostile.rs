@@ -14,7 +14,7 @@
 //! `EGRESS_GUARD_FUZZ_SEED` changes the mutation seed. See docs/robustness.md.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use egress_guard_testkit::common;
 #[path = "hostile/faulty.rs"]
 mod faulty;
 #[path = "hostile/mutate.rs"]

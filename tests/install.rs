@@ -3,7 +3,7 @@
 //! rewrites or replaces its file, bad input and a read-only directory.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use egress_guard_testkit::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

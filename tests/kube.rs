@@ -434,7 +434,7 @@ fn bad_kubeconfig_names_the_file() {
     assert!(matches!(err, KubeError::Read { .. }), "{err:?}");
 }
 
-mod common;
+use egress_guard_testkit::common;
 
 /// The plugin's API-server fallback end to end: the runtime passes no annotations, the conflist
 /// names a kubeconfig, the plugin reads the pod over HTTPS (a fake API server inside the node

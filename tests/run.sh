@@ -12,8 +12,8 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "not root: root tests will print SKIP and only the unprivileged tests run" >&2
 fi
-cargo fmt --check
-cargo clippy --quiet --all-targets -- -D warnings
+cargo fmt --all --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 # Every skipped test says so on stderr and in target/test-skips.log, listed again at the end.
 rm -f target/test-skips.log
 cargo test -- --test-threads 2

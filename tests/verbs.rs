@@ -2,7 +2,7 @@
 //! left on a device name, GC, CHECK drift, DEL idempotency, error codes, and placement choice.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use egress_guard_testkit::common;
 
 use common::chain::{exec_plugin, Attachment, Chain, PluginError};
 use common::node::{Node, INET4};

@@ -335,7 +335,10 @@ mod tests {
         std::fs::write(&cfg, r#"{"type":"egress-guard","stateDir":"run/eg"}"#).unwrap();
         match parse_options(&args(&["--plugin-config", cfg.to_str().unwrap()])) {
             Err(CliError::Usage(m)) => assert!(m.contains("stateDir"), "{m}"),
-            other => panic!("relative stateDir accepted: {:?}", other.map(|o| o.state_dir)),
+            other => panic!(
+                "relative stateDir accepted: {:?}",
+                other.map(|o| o.state_dir)
+            ),
         }
         let _ = std::fs::remove_file(&cfg);
         for bad in [&["--interval", "0"][..], &["--nflog-group", "70000"]] {

@@ -4,9 +4,9 @@
 //! own module's business. The plugin path (`CNI_COMMAND` set) does not come through here.
 
 pub mod parser;
-pub mod table;
 mod plugin;
 mod render;
+pub mod table;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

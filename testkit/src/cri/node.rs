@@ -107,7 +107,7 @@ pub fn missing_prerequisite(plugin: &Path) -> Option<String> {
     }
     if let Some(t) = TOOLS.iter().find(|t| !which(t)) {
         return Some(format!(
-            "`{t}` not found (see tests/cri/README.md for the packages)"
+            "`{t}` not found (see testkit/src/cri/README.md for the packages)"
         ));
     }
     if let Some(p) = REFERENCE_PLUGINS

@@ -1,7 +1,6 @@
 //! Shared support for root integration tests: network namespaces that clean themselves up, a
 //! node built from namespaces (node, "internet", orchestrator, metadata address), a CNI chain
 //! executor that behaves like libcni, and traffic probes that run inside a namespace.
-#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod chain;
 pub mod node;
@@ -29,7 +28,8 @@ pub fn skips_forbidden() -> bool {
 
 /// Where skipped tests are recorded; `tests/run.sh` prints it at the end.
 pub fn skip_log() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-skips.log")
+    // The project's target directory (this crate lives one level below the project).
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-skips.log")
 }
 
 fn record_skip(test: &str, why: &str) {
@@ -183,14 +183,18 @@ impl Drop for TempDir {
 }
 
 /// The plugin binary under test: `EGRESS_GUARD_BIN` when set (the demo example and the bench
-/// set it), else cargo's for integration tests and benches.
+/// set it), else the one cargo built next to the running test or bench
+/// (`target/<profile>/deps/<test>` runs, `target/<profile>/egress-guard` is the binary).
 pub fn plugin_bin() -> String {
     if let Ok(p) = std::env::var("EGRESS_GUARD_BIN") {
         return p;
     }
-    option_env!("CARGO_BIN_EXE_egress-guard")
-        .unwrap_or("target/release/egress-guard")
-        .to_string()
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("egress-guard")))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "target/release/egress-guard".to_string())
 }
 
 /// `nft list table` output made comparable with `render`: dynamic set contents and counter

@@ -2,7 +2,6 @@
 //! shared by the tests and torn down at process exit (also when a test failed), pods that
 //! remove themselves when dropped, and the probe helpers that turn traffic into verdicts.
 //! It drives egress-guard only through containerd; it never calls the plugin directly.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod image;

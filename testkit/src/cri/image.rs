@@ -28,7 +28,7 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), String> {
 
 /// Builds the pause image tarball under `work` and returns its path.
 pub fn build(work: &Path) -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri/pause.c");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cri/pause.c");
     let rootfs = work.join("rootfs");
     fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
     let s = |p: &Path| p.to_string_lossy().into_owned();
