@@ -21,7 +21,7 @@ use crate::logging::{rfc3339, VerbRecord};
 use crate::netlink::nft::TableInfo;
 use crate::policy::{parse_annotations, Mode, Policy};
 use crate::ruleset::{
-    as_recorded, comment_container, comment_devices, compile, legacy_table_name, table_name,
+    comment_container, comment_devices, compile, in_legacy_form, legacy_table_name, table_name,
     Attach, Family, PodNet, Table, Target, TABLE_PREFIX,
 };
 
@@ -781,7 +781,7 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
     let mut found = inspect(ctx.kernel, at, &table).map_err(read_err)?;
     if found == Inspection::Missing {
         // A pod added by a release that named tables after the container ID.
-        let recorded = as_recorded(table.clone(), &legacy);
+        let recorded = in_legacy_form(table.clone(), &legacy);
         let legacy_found = inspect(ctx.kernel, at, &recorded).map_err(read_err)?;
         if legacy_found != Inspection::Missing {
             (table, found) = (recorded, legacy_found);
