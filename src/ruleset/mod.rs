@@ -5,6 +5,7 @@ mod builders;
 mod compile;
 mod identity;
 mod intervals;
+mod json;
 pub mod logprefix;
 mod naming;
 pub mod podnet;
@@ -14,6 +15,7 @@ mod target;
 
 pub use compile::compile;
 pub use intervals::{disjoint_boxes, Box2};
+pub use json::{render_json, render_json_text};
 pub use naming::{
     comment_container, comment_devices, in_legacy_form, legacy_container, legacy_table_name,
     table_name, TABLE_PREFIX,
