@@ -714,7 +714,7 @@ fn make_legacy(k: &mut RecordingKernel, dir: &Path) -> String {
         },
         log_group: 100,
     };
-    let table = egress_guard::ruleset::as_recorded(
+    let table = egress_guard::ruleset::in_legacy_form(
         egress_guard::ruleset::compile(&policy, &target).unwrap(),
         &legacy,
     );

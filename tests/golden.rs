@@ -8,12 +8,12 @@ use egress_guard_testkit::common;
 
 use std::path::{Path, PathBuf};
 
+use egress_guard::cli::render::render_pod;
 use egress_guard::cni::NetConf;
 use egress_guard::kernel::netns::NetnsGuard;
 use egress_guard::kernel::{Kernel, NetlinkKernel, Where};
-use egress_guard::policy::{parse_annotations, Policy};
-use egress_guard::ruleset::{compile, render, Attach, Family, Table, Target};
-use serde_json::Value;
+use egress_guard::ruleset::{Attach, Family, Table};
+use serde_json::{json, Value};
 
 struct Case {
     name: String,
@@ -26,12 +26,10 @@ fn load(dir: &Path) -> Case {
     let read = |f: &str| {
         std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()))
     };
-    let conf = NetConf::parse(&read("netconf.json")).unwrap();
+    let conf: Value = serde_json::from_slice(&read("netconf.json")).unwrap();
     let ann: Value = serde_json::from_slice(&read("annotations.json")).unwrap();
     let pairs = common::annotation_pairs(&ann);
     let target: Value = serde_json::from_slice(&read("target.json")).unwrap();
-    let pod = parse_annotations(&pairs).unwrap();
-    let policy = Policy::resolve(&conf.settings, target["namespace"].as_str(), &pod).unwrap();
     let pod = || match target.get("podNet") {
         Some(v) => serde_json::from_value(v.clone()).unwrap(),
         None => egress_guard::ruleset::PodNet::example(),
@@ -49,17 +47,16 @@ fn load(dir: &Path) -> Case {
         "pod-inet" => Attach::Pod,
         other => panic!("{}: placement {other}", dir.display()),
     };
-    let t = Target {
-        container_id: target["containerId"].as_str().unwrap().to_string(),
-        ifname: "eth0".to_string(),
+    let rendered = render_pod(
+        &conf,
+        &pairs,
+        target["namespace"].as_str(),
+        target["containerId"].as_str().unwrap(),
         attach,
-        log_group: conf.nflog_group,
-    };
-    let table = compile(&policy, &t);
-    let text = match &table {
-        Some(t) => render(t),
-        None => format!("# mode {}: nothing is installed\n", policy.mode),
-    };
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let text = rendered.text();
+    let table = rendered.table;
     Case {
         name: dir.file_name().unwrap().to_string_lossy().into_owned(),
         dir: dir.to_path_buf(),
@@ -199,6 +196,57 @@ fn kernel_listing_matches_render_for_every_case() {
         common::ip(&ns.name, &format!("link del {dev}"));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn json_render_loads_with_nft_and_lists_as_the_text_render() {
+    let test = "json_render_loads_with_nft_and_lists_as_the_text_render";
+    if !common::can_run_root_tests(test) {
+        return;
+    }
+    // Enforce mode, IPv4 and IPv6 entries with ports, ranges and ICMP, in the pod-inet table
+    // (the host and pod tables look sets up by raw header fields, which nft's JSON parser
+    // does not type).
+    let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "egress-guard"});
+    let allow = "10.0.5.0/24 tcp 8443, fd00:5::/64 tcp 443-445, 10.96.0.10 udp 53, \
+                 198.51.100.0/24 icmp, 2001:db8::/32 icmpv6, ::/0 udp 123";
+    let ann = [
+        ("egress-guard.io/mode".to_string(), "enforce".to_string()),
+        ("egress-guard.io/allow".to_string(), allow.to_string()),
+    ];
+    let rendered = render_pod(&conf, &ann, Some("ml"), "c0ffee0010", Attach::Pod).unwrap();
+    let table = rendered.table.clone().unwrap();
+    let tmp = common::TempDir::new("json");
+    let file = tmp.join("ruleset.json");
+    std::fs::write(&file, rendered.json()).unwrap();
+    let ns = common::Netns::new(&common::unique("json"));
+    common::exec_in(&ns.name, &["nft", "-j", "-f", &file]);
+    let listing =
+        common::normalise_listing(&common::exec_in(&ns.name, &["nft", "list", "ruleset"]));
+    // nft's JSON parser takes no table comment: the text render without its comment line.
+    let expected: String = rendered
+        .text()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("comment \""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(listing, expected);
+    let rules = listing
+        .lines()
+        .filter(|l| l.starts_with("\t\t") && !l.contains("type filter hook"))
+        .filter(|l| l.ends_with("accept") || l.ends_with("drop") || l.contains(" log "))
+        .count();
+    assert_eq!(rules, table.rule_count(), "{listing}");
+    for key in [
+        "ip daddr . meta l4proto . th dport @allow4_port accept",
+        "ip6 daddr . meta l4proto . th dport @allow6_port accept",
+        "ip daddr . meta l4proto @allow4_l4 accept",
+        "ct state established,related accept",
+        "icmpv6 type 133-136 icmpv6 type != nd-router-advert accept",
+        "policy drop;",
+    ] {
+        assert!(listing.contains(key), "{key} missing:\n{listing}");
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 pub mod parser;
 mod plugin;
-mod render;
+pub mod render;
 pub mod table;
 
 use std::ffi::OsString;
@@ -57,6 +57,12 @@ pub const RENDER: Command = Command {
              {\"mac\": \"0a:58:0a:16:00:05\", \"addrs\": [\"10.22.0.5/24\"],\n \
              \"link_local\": [\"fe80::1\"], \"gateway_mac\": \"0a:58:0a:16:00:01\"};\n\
              default: an example pod with those values and fd00:22::5/64",
+        ),
+        Flag::switch(
+            "json",
+            "print nftables JSON (`add` commands for `nft -j -f -`) instead of nft text;\n\
+             nft 1.0.x cannot load the host and pod placements' raw-header set lookups\n\
+             from JSON, and its JSON parser drops the table comment",
         ),
     ],
 };

@@ -1,12 +1,85 @@
 //! `egress-guard render`: prints the ruleset a conflist entry and annotations would install for a
-//! pod, through the same policy resolution and compiler as ADD. Reads files only.
+//! pod, through the same policy resolution and compiler as ADD, as nft text or nftables JSON.
+//! Reads files only. [`render_pod`] is the same pipeline without files, for tests.
 
 use std::process::ExitCode;
 
 use super::{CliError, Parsed};
+use crate::cni::config::ConfigError;
 use crate::cni::NetConf;
-use crate::policy::{parse_annotations, Policy};
-use crate::ruleset::{compile, render, Attach, PodNet, Target};
+use crate::policy::{parse_annotations, AnnotationError, Policy, PolicyError};
+use crate::ruleset::{compile, render, render_json_text, Attach, PodNet, Table, Target};
+
+/// Why a pod's ruleset could not be rendered; the message names the field or entry.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the conflist has no entry of type egress-guard")]
+    NoEntry,
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Annotations(#[from] AnnotationError),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// One pod's compiled ruleset as `render` prints it.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub policy: Policy,
+    /// `None` when the mode is off.
+    pub table: Option<Table>,
+}
+
+impl Rendered {
+    /// nft text (`nft list table` form), or a comment line when nothing is installed.
+    pub fn text(&self) -> String {
+        match &self.table {
+            Some(t) => render(t),
+            None => format!(
+                "# mode {}: nothing is installed for this pod\n",
+                self.policy.mode
+            ),
+        }
+    }
+    /// nftables JSON of `add` commands; an empty command list when nothing is installed.
+    pub fn json(&self) -> String {
+        match &self.table {
+            Some(t) => render_json_text(t),
+            None => "{\"nftables\": []}\n".to_string(),
+        }
+    }
+}
+
+/// The ruleset ADD would install for a pod: `conf` is the egress-guard conflist entry or a
+/// whole conflist holding one, `annotations` the pod's, `attach` where the table goes.
+pub fn render_pod(
+    conf: &serde_json::Value,
+    annotations: &[(String, String)],
+    namespace: Option<&str>,
+    container_id: &str,
+    attach: Attach,
+) -> Result<Rendered, RenderError> {
+    // A whole conflist: take the egress-guard entry.
+    let entry = match conf.get("plugins").and_then(|p| p.as_array()) {
+        Some(plugins) => plugins
+            .iter()
+            .find(|p| p.get("type").and_then(|t| t.as_str()) == Some("egress-guard"))
+            .ok_or(RenderError::NoEntry)?,
+        None => conf,
+    };
+    let conf = NetConf::parse(entry.to_string().as_bytes())?;
+    let ann = parse_annotations(annotations)?;
+    let policy = Policy::resolve(&conf.settings, namespace, &ann)?;
+    let target = Target {
+        container_id: container_id.to_string(),
+        ifname: "eth0".to_string(),
+        attach,
+        log_group: conf.nflog_group,
+    };
+    let table = compile(&policy, &target);
+    Ok(Rendered { policy, table })
+}
 
 fn read_json(path: &str) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
@@ -38,6 +111,7 @@ pub(super) struct Args {
     placement: Placement,
     device: Option<String>,
     pod_net: Option<String>,
+    json: bool,
 }
 
 enum Annotations {
@@ -64,7 +138,8 @@ impl Args {
                     })?;
                     annotations.push(Annotations::One(k.to_string(), val.to_string()));
                 }
-                "config" | "namespace" | "container-id" | "placement" | "device" | "pod-net" => {}
+                "config" | "namespace" | "container-id" | "placement" | "device" | "pod-net"
+                | "json" => {}
                 other => return Err(CliError::unhandled(other)),
             }
         }
@@ -92,6 +167,7 @@ impl Args {
             placement,
             device: p.last("device").map(str::to_string),
             pod_net: p.last("pod-net").map(str::to_string),
+            json: p.has("json"),
         })
     }
 
@@ -131,33 +207,19 @@ impl Args {
             },
             Placement::PodInet => Attach::Pod,
         };
-        let (config, namespace, cid) = (self.config, self.namespace, self.container_id);
-        let mut v = read_json(&config)?;
-        // A whole conflist: take the egress-guard entry.
-        if let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()) {
-            v = plugins
-                .iter()
-                .find(|p| p.get("type").and_then(|t| t.as_str()) == Some("egress-guard"))
-                .cloned()
-                .ok_or("the conflist has no entry of type egress-guard")?;
-        }
-        let bytes = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
-        let conf = NetConf::parse(&bytes).map_err(|e| e.to_string())?;
-        let ann = parse_annotations(&annotations).map_err(|e| e.to_string())?;
-        let policy = Policy::resolve(&conf.settings, namespace.as_deref(), &ann)
-            .map_err(|e| e.to_string())?;
-        let target = Target {
-            container_id: cid,
-            ifname: "eth0".to_string(),
+        let conf = read_json(&self.config)?;
+        let rendered = render_pod(
+            &conf,
+            &annotations,
+            self.namespace.as_deref(),
+            &self.container_id,
             attach,
-            log_group: conf.nflog_group,
-        };
-        match compile(&policy, &target) {
-            Some(t) => Ok(render(&t)),
-            None => Ok(format!(
-                "# mode {}: nothing is installed for this pod\n",
-                policy.mode
-            )),
-        }
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(if self.json {
+            rendered.json()
+        } else {
+            rendered.text()
+        })
     }
 }

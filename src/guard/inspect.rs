@@ -6,7 +6,7 @@ use std::path::Path;
 use super::{Attachment, Guard, GuardError, Plan};
 use crate::kernel::{Kernel, KernelError, Where};
 use crate::netlink::nft::expected_snapshot;
-use crate::ruleset::{as_recorded, legacy_table_name, table_name, Attach, Family, Table};
+use crate::ruleset::{in_legacy_form, legacy_table_name, table_name, Attach, Family, Table};
 
 /// What the kernel holds compared with the expected table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl<K: Kernel> Guard<'_, K> {
             .map_err(|e| self.kernel_err("reading the installed table", e))?;
         if found == Inspection::Missing {
             let legacy = legacy_table_name(&att.container_id, &att.ifname);
-            let recorded = as_recorded(table.clone(), &legacy);
+            let recorded = in_legacy_form(table.clone(), &legacy);
             let legacy_found = inspect(self.kernel, at, &recorded)
                 .map_err(|e| self.kernel_err("reading the installed table", e))?;
             if legacy_found != Inspection::Missing {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::kernel::Where;
 use crate::policy::{parse_network_entry, GrammarError, Mode, ModeSource, Policy};
-use crate::ruleset::{as_recorded, compile, legacy_table_name, Attach, Family, Table, Target};
+use crate::ruleset::{compile, in_legacy_form, legacy_table_name, Attach, Family, Table, Target};
 
 /// One guarded attachment as ADD recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,7 +207,7 @@ impl PodRecord {
         })?;
         // A pod added by a release that named tables after the container ID keeps that name.
         if self.table == legacy_table_name(&self.container_id, &self.ifname) {
-            return Ok(as_recorded(table, &self.table));
+            return Ok(in_legacy_form(table, &self.table));
         }
         Ok(table)
     }

@@ -86,9 +86,9 @@ struct User {
     client_key: Option<String>,
     #[serde(rename = "client-key-data")]
     client_key_data: Option<String>,
-    exec: Option<serde_yaml::Value>,
+    exec: Option<serde_norway::Value>,
     #[serde(rename = "auth-provider")]
-    auth_provider: Option<serde_yaml::Value>,
+    auth_provider: Option<serde_norway::Value>,
 }
 
 /// Reads and resolves a kubeconfig file (YAML, or JSON when it starts with `{`).
@@ -103,7 +103,7 @@ pub(super) fn load_kubeconfig(path: &Path) -> Result<Credentials, KubeError> {
             source,
         })?
     } else {
-        serde_yaml::from_str(&text).map_err(|source| KubeError::ParseYaml {
+        serde_norway::from_str(&text).map_err(|source| KubeError::ParseYaml {
             path: path.to_path_buf(),
             source,
         })?
@@ -266,7 +266,7 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Credentials, KubeError> {
         resolve(
-            serde_yaml::from_str(yaml).unwrap(),
+            serde_norway::from_str(yaml).unwrap(),
             Path::new("/etc/kube/config"),
         )
     }

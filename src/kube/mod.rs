@@ -34,7 +34,7 @@ pub enum KubeError {
     ParseYaml {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("cannot parse kubeconfig {path} as json")]
     ParseJson {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrammarError {
     #[error("empty entry")]
@@ -36,50 +38,34 @@ pub enum GrammarError {
     NetworkNotAllowed(String),
 }
 
-/// An IP network with its host bits clear.
+/// An IP network with its host bits clear. Ordered as `IpNetwork` is: IPv4 before IPv6, then
+/// by address, then by prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+pub struct Cidr(IpNetwork);
 
 impl Cidr {
     pub fn is_v4(&self) -> bool {
-        self.addr.is_ipv4()
+        self.0.is_ipv4()
     }
-    fn bits(&self) -> u8 {
-        if self.is_v4() {
-            32
-        } else {
-            128
-        }
+    /// The network address (host bits are always clear).
+    pub fn addr(&self) -> IpAddr {
+        self.0.ip()
     }
-    fn addr_u128(addr: IpAddr) -> u128 {
-        match addr {
-            IpAddr::V4(a) => u32::from(a) as u128,
-            IpAddr::V6(a) => u128::from(a),
-        }
+    pub fn prefix(&self) -> u8 {
+        self.0.prefix()
+    }
+    pub fn network(&self) -> IpNetwork {
+        self.0
     }
     /// Inclusive numeric range of addresses (IPv4 in the low 32 bits).
     pub fn range(&self) -> (u128, u128) {
-        let lo = Self::addr_u128(self.addr);
-        let host_bits = (self.bits() - self.prefix) as u32;
-        let span = if host_bits >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits) - 1
-        };
-        (lo, lo | span)
+        (addr_u128(self.0.network()), addr_u128(self.0.broadcast()))
     }
     pub fn contains(&self, addr: IpAddr) -> bool {
-        if addr.is_ipv4() != self.is_v4() {
-            return false;
-        }
-        let (lo, hi) = self.range();
-        let a = Self::addr_u128(addr);
-        lo <= a && a <= hi
+        self.0.contains(addr)
     }
 
+    /// `ADDR` (a host route) or `ADDR/LEN`. Host bits set are an error naming the network.
     pub fn parse(token: &str) -> Result<Cidr, GrammarError> {
         let (addr_s, prefix_s) = match token.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -89,47 +75,41 @@ impl Cidr {
             .parse()
             .map_err(|_| GrammarError::BadAddress(addr_s.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bad_prefix = || GrammarError::BadPrefix {
+            token: token.to_string(),
+            max,
+        };
         let prefix = match prefix_s {
             None => max,
             Some(p) => {
-                let ok = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+                let digits = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
                 match p.parse::<u8>() {
-                    Ok(n) if ok && n <= max => n,
-                    _ => {
-                        return Err(GrammarError::BadPrefix {
-                            token: token.to_string(),
-                            max,
-                        })
-                    }
+                    Ok(n) if digits && n <= max => n,
+                    _ => return Err(bad_prefix()),
                 }
             }
         };
-        let c = Cidr { addr, prefix };
-        let (lo, _) = c.range();
-        let host_bits = (max - prefix) as u32;
-        let mask = if host_bits >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits) - 1
-        };
-        if lo & mask != 0 {
-            let net = lo & !mask;
-            let net_addr = match addr {
-                IpAddr::V4(_) => IpAddr::V4((net as u32).into()),
-                IpAddr::V6(_) => IpAddr::V6(net.into()),
-            };
+        let net = IpNetwork::new(addr, prefix).map_err(|_| bad_prefix())?;
+        if net.network() != addr {
             return Err(GrammarError::HostBits {
                 token: token.to_string(),
-                network: format!("{net_addr}/{prefix}"),
+                network: format!("{}/{prefix}", net.network()),
             });
         }
-        Ok(c)
+        Ok(Cidr(net))
+    }
+}
+
+fn addr_u128(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.0.ip(), self.0.prefix())
     }
 }
 
@@ -340,7 +320,7 @@ mod tests {
             "fd00:5::/64 tcp 443-445"
         );
         assert_eq!(lit("10.0.0.1").to_string(), "10.0.0.1/32 any");
-        assert_eq!(lit("2001:db8::1").cidr.prefix, 128);
+        assert_eq!(lit("2001:db8::1").cidr.prefix(), 128);
         assert_eq!(lit("0.0.0.0/0 icmp").proto, Proto::Icmp);
         assert_eq!(lit("::/0 icmpv6").proto, Proto::Icmpv6);
         assert_eq!(lit("  10.0.0.1   sctp   9  ").ports, Some((9, 9)));
@@ -384,6 +364,27 @@ mod tests {
             assert!(err.contains(needle), "{input:?}: {err:?} lacks {needle:?}");
         }
         assert!(parse_network_entry("@dns").is_err());
+    }
+
+    #[test]
+    fn cidrs_keep_host_bits_clear_and_span_their_range() {
+        assert_eq!(
+            parse_entry("fd00::1/64").unwrap_err().to_string(),
+            "\"fd00::1/64\" has host bits set; the network is fd00::/64"
+        );
+        assert_eq!(
+            parse_entry("10.0.5.1/24").unwrap_err().to_string(),
+            "\"10.0.5.1/24\" has host bits set; the network is 10.0.5.0/24"
+        );
+        assert_eq!(lit("10.0.5.0/24").cidr.range(), (0x0a00_0500, 0x0a00_05ff));
+        assert_eq!(lit("0.0.0.0/0").cidr.range(), (0, u32::MAX as u128));
+        assert_eq!(lit("::/0").cidr.range(), (0, u128::MAX));
+        assert_eq!(lit("10.0.0.1").cidr.range(), (0x0a00_0001, 0x0a00_0001));
+        // IPv4 sorts before IPv6, then by address, then by prefix length.
+        let mut v = [lit("fd00::/8"), lit("10.0.0.0/16"), lit("10.0.0.0/8")];
+        v.sort();
+        let text: Vec<String> = v.iter().map(|e| e.cidr.to_string()).collect();
+        assert_eq!(text, ["10.0.0.0/8", "10.0.0.0/16", "fd00::/8"]);
     }
 
     #[test]

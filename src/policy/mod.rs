@@ -6,8 +6,8 @@ mod ceiling;
 mod grammar;
 
 pub use annotations::{
-    parse_annotations, PodAnnotations, ALLOW_KEY, MAX_ANNOTATION_BYTES, MAX_ENTRIES, MODE_KEY,
-    PREFIX,
+    parse_annotations, AnnotationError, PodAnnotations, ALLOW_KEY, MAX_ANNOTATION_BYTES,
+    MAX_ENTRIES, MODE_KEY, PREFIX,
 };
 pub use ceiling::{Ceiling, CeilingEntry, CeilingError};
 pub use grammar::{parse_entry, parse_network_entry, Cidr, Entry, EntryRef, GrammarError, Proto};

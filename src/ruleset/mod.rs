@@ -1,19 +1,29 @@
 //! The ruleset as plain data: tables, sets, chains and rules built from a small statement IR.
 //! `compile` turns a `Policy` into one; `render` prints it as `nft list` would. No I/O here.
 
+mod builders;
 mod compile;
+mod identity;
 mod intervals;
+mod json;
 pub mod logprefix;
+mod naming;
 pub mod podnet;
 mod render;
+mod tables;
+mod target;
 
-pub use compile::{
-    as_recorded, comment_container, comment_devices, compile, legacy_container, legacy_table_name,
-    table_name, Attach, Placement, Target, CT_ESTABLISHED, CT_RELATED, TABLE_PREFIX,
-};
+pub use compile::compile;
 pub use intervals::{disjoint_boxes, Box2};
+pub use json::{render_json, render_json_text};
+pub use naming::{
+    comment_container, comment_devices, in_legacy_form, legacy_container, legacy_table_name,
+    table_name, TABLE_PREFIX,
+};
 pub use podnet::{IfAddr, Mac, PodNet};
 pub use render::render;
+pub use tables::{CT_ESTABLISHED, CT_RELATED};
+pub use target::{Attach, Placement, Target};
 
 /// nf_tables address family of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,7 +122,10 @@ fn check_entry(e: &Entry) {
     }
     let proto = e.proto.number().unwrap_or(47);
     let port = e.ports.map(|(a, _)| a);
-    assert!(e.allows(e.cidr.addr, proto, port), "{text} refuses itself");
+    assert!(
+        e.allows(e.cidr.addr(), proto, port),
+        "{text} refuses itself"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
