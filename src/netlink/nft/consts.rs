@@ -1,0 +1,86 @@
+//! nf_tables netlink numbers: message types, attribute types and the values of expression
+//! fields, as the kernel headers define them. Shared by encoding, decoding and the dumps.
+
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+pub(crate) const NFNL_MSG_BATCH_END: u16 = 17;
+pub(crate) const MSG_NEWTABLE: u16 = 0;
+pub(crate) const MSG_GETTABLE: u16 = 1;
+pub(crate) const MSG_DELTABLE: u16 = 2;
+pub(crate) const MSG_NEWCHAIN: u16 = 3;
+pub(crate) const MSG_GETCHAIN: u16 = 4;
+pub(crate) const MSG_NEWRULE: u16 = 6;
+pub(crate) const MSG_GETRULE: u16 = 7;
+pub(crate) const MSG_NEWSET: u16 = 9;
+pub(crate) const MSG_GETSET: u16 = 10;
+pub(crate) const MSG_NEWSETELEM: u16 = 12;
+pub(crate) const MSG_GETSETELEM: u16 = 13;
+
+pub(crate) const TABLE_NAME: u16 = 1;
+pub(crate) const TABLE_USERDATA: u16 = 6;
+pub(crate) const CHAIN_TABLE: u16 = 1;
+pub(crate) const CHAIN_NAME: u16 = 3;
+pub(crate) const CHAIN_HOOK: u16 = 4;
+pub(crate) const CHAIN_POLICY: u16 = 5;
+pub(crate) const CHAIN_TYPE: u16 = 7;
+pub(crate) const HOOK_HOOKNUM: u16 = 1;
+pub(crate) const HOOK_PRIORITY: u16 = 2;
+pub(crate) const HOOK_DEV: u16 = 3;
+pub(crate) const HOOK_DEVS: u16 = 4;
+pub(crate) const RULE_TABLE: u16 = 1;
+pub(crate) const RULE_CHAIN: u16 = 2;
+pub(crate) const RULE_EXPRESSIONS: u16 = 4;
+pub(crate) const LIST_ELEM: u16 = 1;
+pub(crate) const EXPR_NAME: u16 = 1;
+pub(crate) const EXPR_DATA: u16 = 2;
+pub(crate) const SET_TABLE: u16 = 1;
+pub(crate) const SET_NAME: u16 = 2;
+pub(crate) const SET_FLAGS: u16 = 3;
+pub(crate) const SET_KEY_TYPE: u16 = 4;
+pub(crate) const SET_KEY_LEN: u16 = 5;
+pub(crate) const SET_DESC: u16 = 9;
+pub(crate) const SET_ID: u16 = 10;
+pub(crate) const SET_TIMEOUT: u16 = 11;
+pub(crate) const SET_DESC_SIZE: u16 = 1;
+pub(crate) const SET_DESC_CONCAT: u16 = 2;
+pub(crate) const SET_FIELD_LEN: u16 = 1;
+pub(crate) const ELEM_LIST_TABLE: u16 = 1;
+pub(crate) const ELEM_LIST_SET: u16 = 2;
+pub(crate) const ELEM_LIST_ELEMENTS: u16 = 3;
+pub(crate) const ELEM_LIST_SET_ID: u16 = 4;
+pub(crate) const ELEM_KEY: u16 = 1;
+pub(crate) const ELEM_KEY_END: u16 = 10;
+pub(crate) const DATA_VALUE: u16 = 1;
+pub(crate) const DATA_VERDICT: u16 = 2;
+pub(crate) const VERDICT_CODE: u16 = 1;
+
+pub(crate) const SETF_INTERVAL: u32 = 0x4;
+pub(crate) const SETF_TIMEOUT: u32 = 0x10;
+pub(crate) const SETF_EVAL: u32 = 0x20;
+pub(crate) const SETF_CONCAT: u32 = 0x80;
+/// Flags we set and compare; the kernel may report others.
+pub(crate) const SETF_MASK: u32 = SETF_INTERVAL | SETF_TIMEOUT | SETF_EVAL | SETF_CONCAT;
+
+pub(crate) const REG_VERDICT: u32 = 0;
+pub(crate) const REG32_00: u32 = 8;
+pub(crate) const META_LEN: u32 = 0;
+pub(crate) const META_PROTOCOL: u32 = 1;
+pub(crate) const META_IIFTYPE: u32 = 8;
+pub(crate) const META_OIFTYPE: u32 = 9;
+pub(crate) const ARPHRD_ETHER: u16 = 1;
+pub(crate) const META_OIFNAME: u32 = 7;
+pub(crate) const META_NFPROTO: u32 = 15;
+pub(crate) const META_L4PROTO: u32 = 16;
+pub(crate) const CT_STATE: u32 = 0;
+pub(crate) const CMP_EQ: u32 = 0;
+pub(crate) const CMP_NEQ: u32 = 1;
+pub(crate) const CMP_LTE: u32 = 3;
+pub(crate) const CMP_GTE: u32 = 5;
+pub(crate) const BASE_LINK: u32 = 0;
+pub(crate) const BASE_NETWORK: u32 = 1;
+pub(crate) const BASE_TRANSPORT: u32 = 2;
+pub(crate) const DYNSET_OP_UPDATE: u32 = 1;
+pub(crate) const RANGE_NEQ: u32 = 1;
+pub(crate) const LOOKUP_F_INV: u32 = 1;
+pub(crate) const BYTEORDER_HTON: u32 = 1;
+pub(crate) const NFTNL_UDATA_COMMENT: u8 = 0;
