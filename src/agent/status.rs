@@ -52,7 +52,7 @@ pub fn rows(dir: &std::path::Path) -> (Vec<Row>, Vec<state::RecordError>) {
     let rows = states
         .iter()
         .map(|s| {
-            let c = counters::read(s.place(), s.family(), &s.table)
+            let c = counters::read(&mut kernel, s.place(), s.family(), &s.table)
                 .ok()
                 .flatten();
             Row {

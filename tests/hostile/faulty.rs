@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use egress_guard::kernel::{HostPeer, Kernel, KernelError, Where};
-use egress_guard::netlink::nft::{Snapshot, TableInfo};
+use egress_guard::netlink::nft::{CountedRule, Snapshot, TableInfo};
 use egress_guard::netlink::NetlinkError;
 use egress_guard::ruleset::{Family, Table};
 
@@ -77,6 +77,14 @@ impl<K: Kernel> Kernel for Faulty<K> {
         name: &str,
     ) -> Result<Option<Snapshot>, KernelError> {
         self.inner.read(at, family, name)
+    }
+    fn counted_rules(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        self.inner.counted_rules(at, family, name)
     }
     fn pod_interface(
         &mut self,

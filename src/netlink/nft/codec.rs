@@ -1,7 +1,7 @@
 //! The wire format of one expression: encoding for a batch, decoding from a dump.
 
 use super::consts::*;
-use super::Expr;
+use super::{Counts, Expr};
 use crate::netlink::attr::{Attr, AttrBuf, Attrs};
 
 pub(super) fn data_value(value: &[u8]) -> AttrBuf {
@@ -93,7 +93,7 @@ pub(super) fn encode_expr(e: &Expr, set_ids: &dyn Fn(&str) -> Option<u32>) -> At
             "log"
         }
         Expr::Counter => {
-            data.put_be64(1, 0).put_be64(2, 0);
+            data.put_be64(COUNTER_BYTES, 0).put_be64(COUNTER_PACKETS, 0);
             "counter"
         }
         Expr::Immediate { verdict } => {
@@ -237,6 +237,22 @@ pub(super) fn decode_expr(elem: Attrs<'_>) -> Expr {
     }
 }
 
+/// The packets and bytes a `counter` expression holds; `None` for any other expression.
+pub(super) fn counter_values(elem: Attrs<'_>) -> Option<Counts> {
+    if elem.get(EXPR_NAME)?.string() != "counter" {
+        return None;
+    }
+    let data = elem
+        .get(EXPR_DATA)
+        .map(|a| a.nested())
+        .unwrap_or_else(|| Attrs::new(&[]));
+    let be64 = |k: u16| data.get(k).and_then(|a| a.be64()).unwrap_or(0);
+    Some(Counts {
+        packets: be64(COUNTER_PACKETS),
+        bytes: be64(COUNTER_BYTES),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +326,40 @@ mod tests {
                 .collect();
             assert_eq!(decoded, exprs);
         }
+    }
+
+    #[test]
+    fn counter_values_come_from_counter_expressions_only() {
+        let mut values = AttrBuf::new();
+        values
+            .put_be64(COUNTER_BYTES, 1500)
+            .put_be64(COUNTER_PACKETS, 3);
+        let mut counter = AttrBuf::new();
+        counter
+            .put_str(EXPR_NAME, "counter")
+            .put_nested(EXPR_DATA, values);
+        assert_eq!(
+            counter_values(Attrs::new(counter.bytes())),
+            Some(Counts {
+                packets: 3,
+                bytes: 1500
+            })
+        );
+        let sent = encode_expr(&Expr::Counter, &|_| None);
+        assert_eq!(
+            counter_values(Attrs::new(sent.bytes())),
+            Some(Counts::default())
+        );
+        let limit = encode_expr(
+            &Expr::Limit {
+                rate: 1,
+                unit: 1,
+                burst: 1,
+                kind: 0,
+            },
+            &|_| None,
+        );
+        assert_eq!(counter_values(Attrs::new(limit.bytes())), None);
     }
 
     #[test]

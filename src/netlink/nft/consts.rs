@@ -53,6 +53,8 @@ pub(crate) const ELEM_KEY_END: u16 = 10;
 pub(crate) const DATA_VALUE: u16 = 1;
 pub(crate) const DATA_VERDICT: u16 = 2;
 pub(crate) const VERDICT_CODE: u16 = 1;
+pub(crate) const COUNTER_BYTES: u16 = 1;
+pub(crate) const COUNTER_PACKETS: u16 = 2;
 
 pub(crate) const SETF_INTERVAL: u32 = 0x4;
 pub(crate) const SETF_TIMEOUT: u32 = 0x10;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::codec::{decode_expr, nested_value};
+use super::codec::{counter_values, decode_expr, nested_value};
 use super::consts::*;
 use super::snapshot::parse_comment_udata;
 use super::{msg_type, nfgen, with_header, ChainSnapshot, Expr, SetSnapshot, Snapshot};
@@ -169,13 +169,73 @@ pub fn read_table(
             continue;
         }
         let chain = a.get(RULE_CHAIN).map(|x| x.string()).unwrap_or_default();
-        let exprs: Vec<Expr> = a
-            .get(RULE_EXPRESSIONS)
-            .map(|l| l.nested().map(|e| decode_expr(e.nested())).collect())
-            .unwrap_or_default();
+        let exprs = rule_exprs(&a);
         if let Some(c) = snap.chains.iter_mut().find(|c| c.name == chain) {
             c.rules.push(exprs);
         }
     }
     Ok(Some(snap))
+}
+
+/// A rule's expressions, decoded for comparison.
+fn rule_exprs(rule: &Attrs<'_>) -> Vec<Expr> {
+    rule.get(RULE_EXPRESSIONS)
+        .map(|l| l.nested().map(|e| decode_expr(e.nested())).collect())
+        .unwrap_or_default()
+}
+
+/// Packets and bytes, as a counter expression holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One rule as dumped, with the values of its counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedRule {
+    pub chain: String,
+    /// Decoded as `read_table` decodes them (a counter's values are not part of `Expr`).
+    pub exprs: Vec<Expr>,
+    /// The values of the rule's first counter expression; `None` when it has none.
+    pub counter: Option<Counts>,
+}
+
+/// The rules of table `name`, in dump order, with their counter values (one dump of the
+/// table's rules). `None` when the kernel has no such table.
+pub fn rule_counters(
+    sock: &mut Socket,
+    family: Family,
+    name: &str,
+) -> Result<Option<Vec<CountedRule>>, NetlinkError> {
+    let mut req = AttrBuf::new();
+    req.put_str(RULE_TABLE, name);
+    let msgs = match sock.dump(
+        "list rules",
+        msg_type(MSG_GETRULE),
+        &with_header(family.nfproto(), req),
+    ) {
+        Ok(m) => m,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let rules = msgs
+        .iter()
+        .filter(|m| m.kind == msg_type(MSG_NEWRULE))
+        .filter_map(|m| {
+            let a = attrs_of(m);
+            if a.get(RULE_TABLE).map(|x| x.string()).as_deref() != Some(name) {
+                return None;
+            }
+            let counter = a
+                .get(RULE_EXPRESSIONS)
+                .and_then(|l| l.nested().find_map(|e| counter_values(e.nested())));
+            Some(CountedRule {
+                chain: a.get(RULE_CHAIN).map(|x| x.string()).unwrap_or_default(),
+                exprs: rule_exprs(&a),
+                counter,
+            })
+        })
+        .collect();
+    Ok(Some(rules))
 }

@@ -9,7 +9,7 @@ mod expr;
 mod snapshot;
 
 pub use batch::{encode_batch, run_batch, Batch, Op};
-pub use dump::{get_table, list_tables, read_table, TableInfo};
+pub use dump::{get_table, list_tables, read_table, rule_counters, CountedRule, Counts, TableInfo};
 pub use expr::{lower_rule, lower_stmt, Expr};
 pub use snapshot::{expected_snapshot, ChainSnapshot, SetSnapshot, Snapshot};
 
