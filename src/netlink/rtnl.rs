@@ -4,11 +4,11 @@
 
 use std::os::fd::RawFd;
 
-use netlink_packet_core::{Emitable, ParseableParametrized};
+use netlink_packet_core::{Emitable, Parseable};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{self, LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::AddressFamily;
 
 use super::socket::{Message, Socket};
 use super::NetlinkError;
@@ -40,19 +40,24 @@ pub struct AddrInfo {
     pub scope: u8,
 }
 
-/// A request: its message type and its payload (what follows the netlink header).
-fn encode(msg: RouteNetlinkMessage) -> (u16, Vec<u8>) {
+/// A request's payload (what follows the netlink header).
+fn encode(msg: &impl Emitable) -> Vec<u8> {
     let mut payload = vec![0; msg.buffer_len()];
     msg.emit(&mut payload);
-    (msg.message_type(), payload)
+    payload
 }
 
-/// A reply as the rtnetlink message its type says it is; `None` for one that does not parse.
-fn decode(m: &Message) -> Option<RouteNetlinkMessage> {
-    match RouteNetlinkMessage::parse_with_param(m.payload.as_slice(), m.kind) {
+/// A reply of message type `kind`, parsed; `None` for another type or one that does not parse.
+/// Each message type is parsed by its own type (not `RouteNetlinkMessage`), so only the link,
+/// address and netns id parsers are linked in.
+fn decode<M: Parseable<[u8]>>(m: &Message, kind: u16) -> Option<M> {
+    if m.kind != kind {
+        return None;
+    }
+    match M::parse(m.payload.as_slice()) {
         Ok(msg) => Some(msg),
         Err(e) => {
-            log::debug!("rtnetlink: ignoring reply of type {}: {e}", m.kind);
+            log::debug!("rtnetlink: ignoring reply of type {kind}: {e}");
             None
         }
     }
@@ -64,7 +69,7 @@ fn get_link(index: u32, attributes: Vec<LinkAttribute>) -> (u16, Vec<u8>) {
     msg.header.interface_family = AddressFamily::Unspec;
     msg.header.index = index;
     msg.attributes = attributes;
-    encode(RouteNetlinkMessage::GetLink(msg))
+    (libc::RTM_GETLINK, encode(&msg))
 }
 
 /// An address request: `index` 0 asks for every interface's addresses.
@@ -72,13 +77,11 @@ fn get_addr(index: u32) -> (u16, Vec<u8>) {
     let mut msg = AddressMessage::default();
     msg.header.family = AddressFamily::Unspec;
     msg.header.index = index;
-    encode(RouteNetlinkMessage::GetAddress(msg))
+    (libc::RTM_GETADDR, encode(&msg))
 }
 
 fn parse_link(m: &Message) -> Option<LinkInfo> {
-    let RouteNetlinkMessage::NewLink(msg) = decode(m)? else {
-        return None;
-    };
+    let msg: LinkMessage = decode(m, libc::RTM_NEWLINK)?;
     let mut info = LinkInfo {
         index: msg.header.index,
         name: String::new(),
@@ -108,9 +111,7 @@ fn parse_link(m: &Message) -> Option<LinkInfo> {
 }
 
 fn parse_addr(m: &Message) -> Option<AddrInfo> {
-    let RouteNetlinkMessage::NewAddress(msg) = decode(m)? else {
-        return None;
-    };
+    let msg: AddressMessage = decode(m, libc::RTM_NEWADDR)?;
     let (mut local, mut address) = (None, None);
     for attr in msg.attributes {
         match attr {
@@ -190,16 +191,11 @@ pub fn nsid_of(sock: &mut Socket, fd: RawFd) -> Result<Option<i32>, NetlinkError
     let mut msg = NsidMessage::default();
     msg.header.family = AddressFamily::Unspec;
     msg.attributes = vec![NsidAttribute::Fd(fd as u32)];
-    let (kind, payload) = encode(RouteNetlinkMessage::GetNsId(msg));
-    let msgs = sock.request("get netns id", kind, 0, &payload)?;
+    let msgs = sock.request("get netns id", libc::RTM_GETNSID, 0, &encode(&msg))?;
     Ok(msgs
         .iter()
-        .filter_map(decode)
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewNsId(msg) => Some(msg.attributes),
-            _ => None,
-        })
-        .flatten()
+        .filter_map(|m| decode::<NsidMessage>(m, libc::RTM_NEWNSID))
+        .flat_map(|m| m.attributes)
         .find_map(|a| match a {
             NsidAttribute::Id(id) if id >= 0 => Some(id),
             _ => None,
@@ -338,8 +334,7 @@ mod tests {
     fn nsid_requests_carry_the_fd_and_replies_the_id() {
         let mut msg = NsidMessage::default();
         msg.attributes = vec![NsidAttribute::Fd(5)];
-        let (kind, payload) = encode(RouteNetlinkMessage::GetNsId(msg));
-        assert_eq!(kind, libc::RTM_GETNSID);
+        let payload = encode(&msg);
         let fd = Attrs::new(&payload[4..]).find(|a| a.kind == NETNSA_FD);
         assert_eq!(
             fd.map(|a| a.value.to_vec()),
@@ -348,10 +343,11 @@ mod tests {
 
         let mut a = AttrBuf::new();
         a.put_i32(NETNSA_NSID, 3);
-        let parsed = decode(&reply(libc::RTM_NEWNSID, &[0; 4], &a));
-        assert!(
-            matches!(&parsed, Some(RouteNetlinkMessage::NewNsId(m)) if m.attributes == vec![NsidAttribute::Id(3)]),
-            "{parsed:?}"
+        let parsed: Option<NsidMessage> =
+            decode(&reply(libc::RTM_NEWNSID, &[0; 4], &a), libc::RTM_NEWNSID);
+        assert_eq!(
+            parsed.map(|m| m.attributes),
+            Some(vec![NsidAttribute::Id(3)])
         );
     }
 }
