@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::counters;
 use crate::guard::record as state;
+use crate::kernel::{Kernel, NetlinkKernel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -79,8 +80,8 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The whole exposition: reads state files and kernel counters now.
-pub fn render(shared: &Shared) -> String {
+/// The whole exposition: reads state files and, through `kernel`, kernel counters now.
+pub fn render<K: Kernel>(shared: &Shared, kernel: &mut K) -> String {
     let (states, state_errors) = state::load_dir(&shared.state_dir);
     let mut out = String::new();
     let mut guarded: BTreeMap<(&str, &str), u64> = BTreeMap::new();
@@ -106,7 +107,7 @@ pub fn render(shared: &Shared) -> String {
         } else {
             "denied"
         };
-        match counters::read(s.place(), s.family(), &s.table) {
+        match counters::read(kernel, s.place(), s.family(), &s.table) {
             Ok(Some(c)) => per_pod.push((labels, verdict, c)),
             Ok(None) => {}
             Err(e) => {
@@ -238,10 +239,11 @@ pub fn bind(address: &str) -> Result<TcpListener, MetricsError> {
 
 /// Serves connections one at a time, forever.
 pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut kernel = NetlinkKernel::new();
     for conn in listener.incoming() {
         match conn {
             Ok(c) => {
-                if let Err(e) = handle(c, &shared) {
+                if let Err(e) = handle(c, &shared, &mut kernel) {
                     log::debug!("metrics connection: {e}");
                 }
             }
@@ -250,7 +252,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn handle(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
+fn handle<K: Kernel>(mut conn: TcpStream, shared: &Shared, kernel: &mut K) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut head = Vec::new();
@@ -270,7 +272,7 @@ fn handle(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            render(shared),
+            render(shared, kernel),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
@@ -300,7 +302,7 @@ mod tests {
             e.logged.insert("denied", 5);
         });
         shared.error("nflog");
-        let text = render(&shared);
+        let text = render(&shared, &mut crate::kernel::fake::RecordingKernel::new());
         assert!(
             text.contains("egress_guard_drift_events_total 2\n"),
             "{text}"

@@ -56,7 +56,7 @@ pub fn rows<K: Kernel>(
     let rows = states
         .iter()
         .map(|s| {
-            let c = counters::read(s.place(), s.family(), &s.table)
+            let c = counters::read(guard.kernel, s.place(), s.family(), &s.table)
                 .ok()
                 .flatten();
             Row {

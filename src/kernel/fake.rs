@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{HostPeer, Kernel, KernelError, PodInterface, Where};
-use crate::netlink::nft::{expected_snapshot, Snapshot, TableInfo};
+use crate::netlink::nft::{expected_snapshot, CountedRule, Counts, Expr, Snapshot, TableInfo};
 use crate::netlink::NetlinkError;
 use crate::ruleset::{render, Family, Mac, Table};
 
@@ -33,6 +33,8 @@ pub struct RecordingKernel {
     pub host_links: std::collections::BTreeSet<String>,
     /// When set, the next install fails with this errno.
     pub fail_install: Option<i32>,
+    /// Counter values by table and chain: every counter of that chain reads them.
+    counters: BTreeMap<(Key, String), Counts>,
 }
 
 fn key(at: Where<'_>, family: Family, name: &str) -> Key {
@@ -61,6 +63,18 @@ impl RecordingKernel {
             .keys()
             .map(|k| format!("{} {} {}", k.at, k.family, k.name))
             .collect()
+    }
+    /// Sets what the counters in chain `chain` of a table read (zero until set).
+    pub fn set_counters(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        table: &str,
+        chain: &str,
+        counts: Counts,
+    ) {
+        self.counters
+            .insert((key(at, family, table), chain.to_string()), counts);
     }
     /// Mutates an installed table's snapshot (to simulate drift).
     pub fn tamper(
@@ -171,6 +185,39 @@ impl Kernel for RecordingKernel {
             .tables
             .get(&key(at, family, name))
             .map(|(s, _)| s.clone()))
+    }
+
+    fn counted_rules(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        self.calls.push(format!(
+            "counters {} {} {name}",
+            at.describe(),
+            family.name()
+        ));
+        let k = key(at, family, name);
+        let Some((snap, _)) = self.tables.get(&k) else {
+            return Ok(None);
+        };
+        let mut rules = Vec::new();
+        for chain in &snap.chains {
+            let counts = self
+                .counters
+                .get(&(k.clone(), chain.name.clone()))
+                .copied()
+                .unwrap_or_default();
+            for exprs in &chain.rules {
+                rules.push(CountedRule {
+                    chain: chain.name.clone(),
+                    counter: exprs.contains(&Expr::Counter).then_some(counts),
+                    exprs: exprs.clone(),
+                });
+            }
+        }
+        Ok(Some(rules))
     }
 
     fn host_peer(

@@ -1,5 +1,6 @@
-//! Everything the plugin asks of the kernel, behind the `Kernel` trait: install, remove, list and
-//! read back nf_tables tables (in the host netns or a pod's), and find a pod's host-side veth.
+//! Everything the plugin and the agent ask of the kernel, behind the `Kernel` trait: install,
+//! remove, list and read back nf_tables tables and their rule counters (in the host netns or a
+//! pod's), and find a pod's host-side veth.
 //! `NetlinkKernel` is the real one; `fake::RecordingKernel` records calls for unit tests.
 
 pub mod fake;
@@ -14,7 +15,7 @@ pub use real::NetlinkKernel;
 
 use std::path::Path;
 
-use crate::netlink::nft::{Snapshot, TableInfo};
+use crate::netlink::nft::{CountedRule, Snapshot, TableInfo};
 use crate::netlink::NetlinkError;
 use crate::ruleset::{Family, Table};
 
@@ -104,6 +105,14 @@ pub trait Kernel {
         family: Family,
         name: &str,
     ) -> Result<Option<Snapshot>, KernelError>;
+    /// The rules of table `name` with the values of their counters. `None` if the table does
+    /// not exist.
+    fn counted_rules(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Vec<CountedRule>>, KernelError>;
     /// The host-side peer of `ifname` in the pod netns at `netns`. `hints` are host interface
     /// names from prevResult, tried (and verified) when the peer index does not lead to it.
     fn host_peer(

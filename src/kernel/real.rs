@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::identity::{find_gateway_mac, read_pod_interface};
 use super::peer::find_host_peer;
 use super::{HostPeer, Kernel, KernelError, PodInterface, Where};
-use crate::netlink::nft::{self, Op, Snapshot, TableInfo};
+use crate::netlink::nft::{self, CountedRule, Op, Snapshot, TableInfo};
 use crate::netlink::socket::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
 use crate::netlink::NetlinkError;
 use crate::ruleset::{Family, Mac, Table};
@@ -131,6 +131,16 @@ impl Kernel for NetlinkKernel {
     ) -> Result<Option<Snapshot>, KernelError> {
         let what = format!("reading table {} {name}", family.name());
         self.with_nft(at, &what, |s| nft::read_table(s, family, name))
+    }
+
+    fn counted_rules(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        let what = format!("reading the counters of table {name}");
+        self.with_nft(at, &what, |s| nft::rule_counters(s, family, name))
     }
 
     fn host_peer(

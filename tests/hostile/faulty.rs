@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use egress_guard::kernel::{HostPeer, Kernel, KernelError, Where};
-use egress_guard::netlink::nft::{Snapshot, TableInfo};
+use egress_guard::netlink::nft::{CountedRule, Snapshot, TableInfo};
 use egress_guard::netlink::NetlinkError;
 use egress_guard::ruleset::{Family, Table};
 
@@ -80,6 +80,14 @@ impl<K: Kernel> Kernel for Faulty<K> {
     }
     fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
         self.inner.host_link_exists(name)
+    }
+    fn counted_rules(
+        &mut self,
+        at: Where<'_>,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        self.inner.counted_rules(at, family, name)
     }
     fn pod_interface(
         &mut self,

@@ -1,0 +1,217 @@
+//! `Snapshot`: a comparable view of one table, built from a `Table` (what should be in the
+//! kernel) or from dumps (what is), and the differences between two of them.
+
+use std::collections::BTreeSet;
+
+use super::consts::*;
+use super::{lower_rule, Expr};
+use crate::ruleset::{Set, Table};
+
+/// Comparable view of a set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSnapshot {
+    pub name: String,
+    pub flags: u32,
+    pub key_type: u32,
+    pub key_len: u32,
+    pub timeout_ms: Option<u64>,
+    /// (key, key_end); not compared for dynamic sets.
+    pub elements: BTreeSet<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Comparable view of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSnapshot {
+    pub name: String,
+    pub hook: Option<u32>,
+    pub priority: Option<i32>,
+    pub devices: Vec<String>,
+    pub policy: Option<u32>,
+    pub rules: Vec<Vec<Expr>>,
+}
+
+/// Comparable view of one table: what the kernel holds, or what a `Table` should be there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    pub comment: String,
+    pub sets: Vec<SetSnapshot>,
+    pub chains: Vec<ChainSnapshot>,
+}
+
+impl Snapshot {
+    /// Human-readable differences between what should be (`self`) and what is (`actual`).
+    pub fn diff(&self, actual: &Snapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.comment != actual.comment {
+            out.push(format!(
+                "table comment is \"{}\", expected \"{}\"",
+                actual.comment, self.comment
+            ));
+        }
+        for s in &self.sets {
+            match actual.sets.iter().find(|a| a.name == s.name) {
+                None => out.push(format!("set {} is missing", s.name)),
+                Some(a) => {
+                    if (a.flags & SETF_MASK, a.key_type, a.key_len, a.timeout_ms)
+                        != (s.flags, s.key_type, s.key_len, s.timeout_ms)
+                    {
+                        out.push(format!("set {} has a different definition", s.name));
+                    }
+                    if s.flags & SETF_EVAL == 0 && a.elements != s.elements {
+                        let missing = s.elements.difference(&a.elements).count();
+                        let extra = a.elements.difference(&s.elements).count();
+                        out.push(format!(
+                            "set {}: {missing} element(s) missing, {extra} unexpected",
+                            s.name
+                        ));
+                    }
+                }
+            }
+        }
+        for a in &actual.sets {
+            if !self.sets.iter().any(|s| s.name == a.name) {
+                out.push(format!("unexpected set {}", a.name));
+            }
+        }
+        for c in &self.chains {
+            match actual.chains.iter().find(|a| a.name == c.name) {
+                None => out.push(format!("chain {} is missing", c.name)),
+                Some(a) => {
+                    if (a.hook, a.priority, a.policy) != (c.hook, c.priority, c.policy) {
+                        out.push(format!(
+                            "chain {} has a different hook, priority or policy",
+                            c.name
+                        ));
+                    }
+                    if a.devices != c.devices {
+                        out.push(format!(
+                            "chain {} is bound to [{}], expected [{}]",
+                            c.name,
+                            a.devices.join(","),
+                            c.devices.join(",")
+                        ));
+                    }
+                    if a.rules.len() != c.rules.len() {
+                        out.push(format!(
+                            "chain {} has {} rule(s), expected {}",
+                            c.name,
+                            a.rules.len(),
+                            c.rules.len()
+                        ));
+                    } else if let Some(i) = c.rules.iter().zip(&a.rules).position(|(x, y)| x != y) {
+                        out.push(format!("chain {} rule {} differs", c.name, i + 1));
+                    }
+                }
+            }
+        }
+        for a in &actual.chains {
+            if !self.chains.iter().any(|c| c.name == a.name) {
+                out.push(format!("unexpected chain {}", a.name));
+            }
+        }
+        out
+    }
+}
+
+pub(super) fn set_flags(set: &Set) -> u32 {
+    let mut f = 0;
+    if set.interval {
+        f |= SETF_INTERVAL;
+        if set.fields.len() > 1 {
+            f |= SETF_CONCAT;
+        }
+    }
+    if set.dynamic {
+        f |= SETF_EVAL;
+    }
+    if set.timeout_secs.is_some() {
+        f |= SETF_TIMEOUT;
+    }
+    f
+}
+
+pub(super) fn element_keys(set: &Set, e: &crate::ruleset::Element) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = Vec::new();
+    let mut hi = Vec::new();
+    for (f, s) in set.fields.iter().zip(&e.spans) {
+        lo.extend(f.encode(s.lo));
+        hi.extend(f.encode(s.hi));
+    }
+    (lo, hi)
+}
+
+/// nftnl user data TLV holding a comment (so `nft list` shows it).
+pub(super) fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = comment.bytes().take(254).collect();
+    bytes.push(0);
+    let mut out = vec![NFTNL_UDATA_COMMENT, bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+pub(super) fn parse_comment_udata(data: &[u8]) -> String {
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0], rest[1] as usize);
+        let Some(value) = rest.get(2..2 + len) else {
+            break;
+        };
+        if kind == NFTNL_UDATA_COMMENT {
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return String::from_utf8_lossy(&value[..end]).into_owned();
+        }
+        rest = &rest[2 + len..];
+    }
+    String::new()
+}
+
+/// What a table should look like in the kernel.
+pub fn expected_snapshot(table: &Table) -> Snapshot {
+    Snapshot {
+        name: table.name.clone(),
+        comment: table.comment.clone(),
+        sets: table
+            .sets
+            .iter()
+            .map(|s| SetSnapshot {
+                name: s.name.clone(),
+                flags: set_flags(s),
+                key_type: s.key_type(),
+                key_len: s.key_len() as u32,
+                timeout_ms: s.timeout_secs.map(|t| t as u64 * 1000),
+                elements: s.elements.iter().map(|e| element_keys(s, e)).collect(),
+            })
+            .collect(),
+        chains: table
+            .chains
+            .iter()
+            .map(|c| ChainSnapshot {
+                name: c.name.clone(),
+                hook: Some(c.hook.number()),
+                priority: Some(c.priority),
+                devices: c.device.iter().cloned().collect(),
+                policy: Some(c.policy.code()),
+                rules: c
+                    .rules
+                    .iter()
+                    .map(|r| lower_rule(table.family, &r.stmts))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_udata_round_trips() {
+        assert_eq!(
+            parse_comment_udata(&comment_udata("egress-guard dev=x")),
+            "egress-guard dev=x"
+        );
+        assert_eq!(parse_comment_udata(&[0, 200, 1]), "");
+    }
+}
