@@ -1,12 +1,17 @@
 //! rtnetlink queries: links by name or index (with their peer ifindex, peer netns id, kind, MAC
 //! and master), addresses, and the netns id a namespace has as seen from the current one.
 //! Read-only. Messages are encoded and decoded by `netlink-packet-route`; `Socket` carries them.
+//! Link replies are read attribute by attribute (the crate's header, attribute iterator and
+//! link-kind parser, for the six attributes used): parsing whole `LinkMessage`s would link in
+//! the crate's parsers and emitters for every kind of link's details, a sixth of the binary.
 
 use std::os::fd::RawFd;
 
-use netlink_packet_core::{Emitable, Parseable};
+use netlink_packet_core::{
+    parse_i32, parse_string, parse_u32, DefaultNla, Emitable, NlaBuffer, NlasIterator, Parseable,
+};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{self, LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkHeader};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::AddressFamily;
 
@@ -63,13 +68,23 @@ fn decode<M: Parseable<[u8]>>(m: &Message, kind: u16) -> Option<M> {
     }
 }
 
-/// A link request: `index` 0 and no attributes ask for every link.
-fn get_link(index: u32, attributes: Vec<LinkAttribute>) -> (u16, Vec<u8>) {
-    let mut msg = LinkMessage::default();
-    msg.header.interface_family = AddressFamily::Unspec;
-    msg.header.index = index;
-    msg.attributes = attributes;
-    (libc::RTM_GETLINK, encode(&msg))
+/// Size of `struct ifinfomsg`, the link header.
+const LINK_HEADER_LEN: usize = 16;
+
+/// A link request: `index` 0 and no name ask for every link.
+fn get_link(index: u32, name: Option<&str>) -> (u16, Vec<u8>) {
+    let header = LinkHeader {
+        interface_family: AddressFamily::Unspec,
+        index,
+        ..Default::default()
+    };
+    let mut payload = encode(&header);
+    if let Some(name) = name {
+        let mut value = name.as_bytes().to_vec();
+        value.push(0);
+        payload.extend(encode(&DefaultNla::new(libc::IFLA_IFNAME, value)));
+    }
+    (libc::RTM_GETLINK, payload)
 }
 
 /// An address request: `index` 0 asks for every interface's addresses.
@@ -81,9 +96,19 @@ fn get_addr(index: u32) -> (u16, Vec<u8>) {
 }
 
 fn parse_link(m: &Message) -> Option<LinkInfo> {
-    let msg: LinkMessage = decode(m, libc::RTM_NEWLINK)?;
+    if m.kind != libc::RTM_NEWLINK {
+        return None;
+    }
+    let payload = m.payload.as_slice();
+    let header = match LinkHeader::parse(payload) {
+        Ok(h) => h,
+        Err(e) => {
+            log::debug!("rtnetlink: ignoring a link reply: {e}");
+            return None;
+        }
+    };
     let mut info = LinkInfo {
-        index: msg.header.index,
+        index: header.index,
         name: String::new(),
         kind: None,
         link: None,
@@ -91,23 +116,35 @@ fn parse_link(m: &Message) -> Option<LinkInfo> {
         mac: None,
         master: None,
     };
-    for attr in msg.attributes {
-        match attr {
-            LinkAttribute::IfName(name) => info.name = name,
-            LinkAttribute::LinkInfo(infos) => {
-                info.kind = infos.into_iter().find_map(|i| match i {
-                    link::LinkInfo::Kind(kind) => Some(kind.to_string()),
-                    _ => None,
-                })
+    for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..)?) {
+        let nla = match nla {
+            Ok(nla) => nla,
+            Err(e) => {
+                log::debug!("rtnetlink: ignoring a link reply: {e}");
+                return None;
             }
-            LinkAttribute::Link(index) => info.link = Some(index),
-            LinkAttribute::LinkNetNsId(id) => info.link_netnsid = Some(id),
-            LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
-            LinkAttribute::Controller(index) => info.master = Some(index),
+        };
+        let value = nla.value();
+        match nla.kind() {
+            libc::IFLA_IFNAME => info.name = parse_string(value).ok()?,
+            libc::IFLA_LINK => info.link = parse_u32(value).ok(),
+            libc::IFLA_LINK_NETNSID => info.link_netnsid = parse_i32(value).ok(),
+            libc::IFLA_ADDRESS => info.mac = <[u8; 6]>::try_from(value).ok(),
+            libc::IFLA_MASTER => info.master = parse_u32(value).ok(),
+            libc::IFLA_LINKINFO => info.kind = link_kind(value),
             _ => {}
         }
     }
     Some(info)
+}
+
+/// IFLA_INFO_KIND inside IFLA_LINKINFO.
+fn link_kind(linkinfo: &[u8]) -> Option<String> {
+    NlasIterator::new(linkinfo)
+        .filter_map(Result::ok)
+        .find(|nla: &NlaBuffer<&[u8]>| nla.kind() == libc::IFLA_INFO_KIND)
+        .and_then(|nla| InfoKind::parse(&nla).ok())
+        .map(|kind| kind.to_string())
 }
 
 fn parse_addr(m: &Message) -> Option<AddrInfo> {
@@ -169,18 +206,15 @@ fn one_link(
 }
 
 pub fn link_by_name(sock: &mut Socket, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
-    one_link(
-        sock,
-        get_link(0, vec![LinkAttribute::IfName(name.to_string())]),
-    )
+    one_link(sock, get_link(0, Some(name)))
 }
 
 pub fn link_by_index(sock: &mut Socket, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
-    one_link(sock, get_link(index, Vec::new()))
+    one_link(sock, get_link(index, None))
 }
 
 pub fn list_links(sock: &mut Socket) -> Result<Vec<LinkInfo>, NetlinkError> {
-    let (kind, payload) = get_link(0, Vec::new());
+    let (kind, payload) = get_link(0, None);
     let msgs = sock.dump("list links", kind, &payload)?;
     Ok(msgs.iter().filter_map(parse_link).collect())
 }
@@ -241,7 +275,7 @@ mod tests {
 
     #[test]
     fn link_requests_are_an_ifinfomsg_and_attributes() {
-        let (kind, payload) = get_link(7, vec![LinkAttribute::IfName("eth0".into())]);
+        let (kind, payload) = get_link(7, Some("eth0"));
         assert_eq!(kind, libc::RTM_GETLINK);
         assert_eq!(payload.len(), 16 + 12);
         assert_eq!(payload[0], libc::AF_UNSPEC as u8);
