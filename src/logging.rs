@@ -150,9 +150,8 @@ pub struct VerbRecord {
     pub time: String,
     pub verb: String,
     pub container_id: String,
-    pub pod_namespace: Option<String>,
-    pub pod_name: Option<String>,
-    pub pod_uid: Option<String>,
+    #[serde(flatten)]
+    pub pod: crate::guard::PodIdentity,
     pub mode: Option<String>,
     pub placement: Option<String>,
     pub table: Option<String>,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::nflog::{parse_ip, parse_prefix, protocol_name, FlowKey, LoggedPacket};
 use crate::guard::record::{self as state, PodRecord};
+use crate::guard::{pod_as_record_keys, PodIdentity};
 use crate::ruleset::logprefix::Logged;
 
 /// Schema of the flow lines (see docs/agent.md).
@@ -32,9 +33,8 @@ pub struct FlowRecord {
     /// Last packet of the flow in this interval.
     pub last_time: String,
     pub node: String,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub pod_uid: Option<String>,
+    #[serde(flatten, serialize_with = "pod_as_record_keys")]
+    pub pod: PodIdentity,
     /// Full container id when the pod is known, else the 16-character prefix from the log.
     pub container_id: String,
     pub verdict: &'static str,
@@ -54,9 +54,7 @@ pub struct FlowRecord {
 
 #[derive(Debug, Clone)]
 struct Identity {
-    namespace: Option<String>,
-    pod: Option<String>,
-    pod_uid: Option<String>,
+    pod: PodIdentity,
     container_id: String,
 }
 
@@ -151,15 +149,11 @@ impl Aggregator {
         })?;
         let who = match dir.resolve(&prefix, p.indev, ifindex) {
             Some(s) => Identity {
-                namespace: s.pod_namespace.clone(),
-                pod: s.pod_name.clone(),
-                pod_uid: s.pod_uid.clone(),
+                pod: s.pod.clone(),
                 container_id: s.container_id.clone(),
             },
             None => Identity {
-                namespace: None,
-                pod: None,
-                pod_uid: None,
+                pod: PodIdentity::default(),
                 container_id: prefix.clone(),
             },
         };
@@ -188,9 +182,7 @@ impl Aggregator {
                 time: crate::logging::rfc3339(p.first),
                 last_time: crate::logging::rfc3339(p.last),
                 node: node.to_string(),
-                namespace: p.who.namespace,
                 pod: p.who.pod,
-                pod_uid: p.who.pod_uid,
                 container_id: p.who.container_id,
                 verdict: verdict.verdict(),
                 family: if k.src.is_ipv4() { "ipv4" } else { "ipv6" },
@@ -274,15 +266,21 @@ mod tests {
         let recs = agg.drain("n1");
         assert!(agg.is_empty());
         assert_eq!(recs.len(), 3, "{recs:?}");
-        let b = recs.iter().find(|r| r.pod.as_deref() == Some("b")).unwrap();
+        let b = recs
+            .iter()
+            .find(|r| r.pod.name.as_deref() == Some("b"))
+            .unwrap();
         assert_eq!(
             (b.count, b.bytes, b.dport, b.verdict),
             (3, 120, Some(80), "denied")
         );
         assert_eq!(b.container_id, "0123456789abcdefBBBB");
-        let a = recs.iter().find(|r| r.pod.as_deref() == Some("a")).unwrap();
+        let a = recs
+            .iter()
+            .find(|r| r.pod.name.as_deref() == Some("a"))
+            .unwrap();
         assert_eq!((a.count, a.dport), (1, Some(81)));
-        let unknown = recs.iter().find(|r| r.pod.is_none()).unwrap();
+        let unknown = recs.iter().find(|r| r.pod.name.is_none()).unwrap();
         assert_eq!(
             (unknown.container_id.as_str(), unknown.verdict),
             ("ffffffffffffffff", "audited")

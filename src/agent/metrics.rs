@@ -98,8 +98,8 @@ pub fn render<K: Kernel>(shared: &Shared, kernel: &mut K) -> String {
         }
         let labels = format!(
             "namespace=\"{}\",pod=\"{}\",container_id=\"{}\"",
-            label(s.pod_namespace.as_deref().unwrap_or("")),
-            label(s.pod_name.as_deref().unwrap_or("")),
+            label(s.pod.namespace.as_deref().unwrap_or("")),
+            label(s.pod.name.as_deref().unwrap_or("")),
             label(&s.container_id)
         );
         let verdict = if s.mode == "audit" {

@@ -10,7 +10,7 @@ use super::metrics::Shared;
 use crate::guard::inspect::{inspect, Inspection};
 use crate::guard::record::{self as state, PodRecord};
 use crate::guard::repair::Reinstalled;
-use crate::guard::{Guard, GuardError};
+use crate::guard::{pod_as_record_keys, Guard, GuardError, PodIdentity};
 use crate::kernel::Kernel;
 use crate::ruleset::{comment_container, legacy_container};
 
@@ -25,9 +25,8 @@ pub struct EventRecord {
     pub node: String,
     /// `drift`, `repaired`, `repair-failed`, `collected` or `error`.
     pub event: &'static str,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub pod_uid: Option<String>,
+    #[serde(flatten, serialize_with = "pod_as_record_keys")]
+    pub pod: PodIdentity,
     pub container_id: Option<String>,
     pub placement: Option<String>,
     pub table: Option<String>,
@@ -58,6 +57,19 @@ impl Reconciler {
         }
     }
 
+    /// Counts an error of `stage` in the metrics and makes the event record saying it.
+    fn failure(
+        &self,
+        shared: &Shared,
+        stage: &'static str,
+        event: &'static str,
+        s: Option<&PodRecord>,
+        e: &dyn std::fmt::Display,
+    ) -> EventRecord {
+        shared.error(stage);
+        self.event(event, s, vec![e.to_string()])
+    }
+
     fn event(
         &self,
         event: &'static str,
@@ -69,9 +81,7 @@ impl Reconciler {
             time: crate::logging::rfc3339(std::time::SystemTime::now()),
             node: self.node.clone(),
             event,
-            namespace: s.and_then(|s| s.pod_namespace.clone()),
-            pod: s.and_then(|s| s.pod_name.clone()),
-            pod_uid: s.and_then(|s| s.pod_uid.clone()),
+            pod: s.map(|s| s.pod.clone()).unwrap_or_default(),
             container_id: s.map(|s| s.container_id.clone()),
             placement: s.map(|s| s.placement.clone()),
             table: s.map(|s| s.table.clone()),
@@ -85,8 +95,7 @@ impl Reconciler {
         let state_dir = self.state_dir.clone();
         let (states, errors) = state::load_dir(&state_dir);
         for e in errors {
-            shared.error("state");
-            out.push(self.event("error", None, vec![e.to_string()]));
+            out.push(self.failure(shared, "state", "error", None, &e));
         }
         for s in &states {
             let mut guard = Guard::new(kernel, &state_dir, s.who());
@@ -107,8 +116,7 @@ impl Reconciler {
         match self.orphan_pass(&mut guard, shared, &known) {
             Ok(mut events) => out.append(&mut events),
             Err(e) => {
-                shared.error("gc");
-                out.push(self.event("error", None, vec![e.to_string()]));
+                out.push(self.failure(shared, "gc", "error", None, &e));
             }
         }
         out
@@ -131,8 +139,7 @@ impl Reconciler {
                 out.push(self.event("collected", Some(s), detail));
             }
             Err(e) => {
-                shared.error("gc");
-                out.push(self.event("error", Some(s), vec![e.to_string()]));
+                out.push(self.failure(shared, "gc", "error", Some(s), &e));
             }
         }
     }
@@ -147,16 +154,14 @@ impl Reconciler {
         let table = match s.expected_table() {
             Ok(t) => t,
             Err(e) => {
-                shared.error("state");
-                out.push(self.event("error", Some(s), vec![e.to_string()]));
+                out.push(self.failure(shared, "state", "error", Some(s), &e));
                 return;
             }
         };
         let found = match inspect(guard.kernel, s.place(), &table) {
             Ok(found) => found,
             Err(e) => {
-                shared.error("reconcile");
-                out.push(self.event("error", Some(s), vec![e.to_string()]));
+                out.push(self.failure(shared, "reconcile", "error", Some(s), &e));
                 return;
             }
         };
@@ -201,8 +206,7 @@ impl Reconciler {
             }
             Ok(Reinstalled::Withdrawn) => {}
             Err(e) => {
-                shared.error("repair");
-                out.push(self.event("repair-failed", Some(s), vec![e.to_string()]));
+                out.push(self.failure(shared, "repair", "repair-failed", Some(s), &e));
             }
         }
     }
@@ -275,7 +279,7 @@ mod tests {
         s.netns = dir.display().to_string();
         let json = serde_json::json!({
             "container_id": s.container_id, "ifname": s.ifname, "netns": s.netns,
-            "pod_namespace": s.pod_namespace, "pod_name": s.pod_name, "pod_uid": s.pod_uid,
+            "pod_namespace": s.pod.namespace, "pod_name": s.pod.name, "pod_uid": s.pod.uid,
             "mode": s.mode, "placement": s.placement, "table": s.table, "device": s.device,
             "policy": s.policy, "entries": s.entries, "nflog_group": s.nflog_group, "created": "x",
             "pod_net": s.pod_net
@@ -314,7 +318,7 @@ mod tests {
         let ev = r.pass(&mut k, &shared);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(
-            (ev[0].event, ev[0].pod.as_deref()),
+            (ev[0].event, ev[0].pod.name.as_deref()),
             ("drift", Some("llm-0"))
         );
         assert!(

@@ -60,8 +60,8 @@ pub fn rows<K: Kernel>(
                 .ok()
                 .flatten();
             Row {
-                namespace: s.pod_namespace.clone(),
-                pod: s.pod_name.clone(),
+                namespace: s.pod.namespace.clone(),
+                pod: s.pod.name.clone(),
                 container_id: s.container_id.clone(),
                 mode: s.mode.clone(),
                 placement: s.placement.clone(),

@@ -343,22 +343,15 @@ mod tests {
             "{u}"
         );
         let width = "--annotation KEY=VALUE ...".len();
-        assert!(
-            u.contains(&format!("  {:<width$}  the config\n", "--config FILE")),
-            "{u}"
-        );
-        assert!(
-            u.contains(&format!("  {:<width$}  second line\n", "")),
-            "{u}"
-        );
-        assert!(
-            u.contains(&format!("  {:<width$}  print JSON\n", "--json")),
-            "{u}"
-        );
-        assert!(
-            u.contains(&format!("  {:<width$}  print this help\n", "--help")),
-            "{u}"
-        );
+        for (flag, text) in [
+            ("--config FILE", "the config"),
+            ("", "second line"),
+            ("--json", "print JSON"),
+            ("--help", "print this help"),
+        ] {
+            let line = format!("  {flag:<width$}  {text}\n");
+            assert!(u.contains(&line), "{line:?} not in {u}");
+        }
         assert!(u.ends_with("\nexit status: 0 always\n"), "{u}");
     }
 }

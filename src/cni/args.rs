@@ -61,21 +61,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_item() {
-        assert!(parse_cni_args("K8S_POD_NAME")
-            .unwrap_err()
-            .to_string()
-            .contains("K8S_POD_NAME"));
-        assert!(parse_cni_args("K8S_POD_NAME=a;K8S_POD_NAME=b")
-            .unwrap_err()
-            .to_string()
-            .contains("more than once"));
-        assert!(parse_cni_args("K8S_POD_NAMESPACE=a b")
-            .unwrap_err()
-            .to_string()
-            .contains("\"a b\""));
-        assert!(parse_cni_args("K8S_POD_NAME=")
-            .unwrap_err()
-            .to_string()
-            .contains("K8S_POD_NAME"));
+        for (args, said) in [
+            ("K8S_POD_NAME", "K8S_POD_NAME"),
+            ("K8S_POD_NAME=a;K8S_POD_NAME=b", "more than once"),
+            ("K8S_POD_NAMESPACE=a b", "\"a b\""),
+            ("K8S_POD_NAME=", "K8S_POD_NAME"),
+        ] {
+            let e = parse_cni_args(args).unwrap_err().to_string();
+            assert!(e.contains(said), "{args}: {e}");
+        }
     }
 }

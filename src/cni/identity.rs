@@ -1,12 +1,9 @@
 //! What prevResult says of the pod's container interface (MAC, addresses, gateways). The guard
 //! checks it against what the kernel has on that interface (`crate::guard::place::pod_net`).
 
-use std::net::IpAddr;
-
 use serde_json::Value;
 
 use super::{code, CniError};
-use crate::ruleset::IfAddr;
 
 pub use crate::guard::place::PrevInterface;
 
@@ -34,11 +31,11 @@ pub fn prev_interface(prev: &Value, ifname: &str) -> Result<PrevInterface, CniEr
     });
     if let Some(i) = index {
         if let Some(m) = interfaces[i].get("mac") {
-            let text = m.as_str().unwrap_or_default();
-            out.mac = Some(
-                text.parse()
-                    .map_err(|_| bad(format!("interfaces[{i}].mac"), m, "not a MAC address"))?,
-            );
+            out.mac = Some(parsed(
+                m,
+                format!("interfaces[{i}].mac"),
+                "not a MAC address",
+            )?);
         }
     }
     let ips = prev
@@ -51,23 +48,26 @@ pub fn prev_interface(prev: &Value, ifname: &str) -> Result<PrevInterface, CniEr
             Some(i) if Some(i as usize) != index => continue,
             _ => {}
         }
-        let a = ip.get("address").unwrap_or(&Value::Null);
-        let addr: IfAddr = a
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| bad(format!("ips[{n}].address"), a, "not ADDRESS/PREFIX"))?;
-        out.addrs.push(addr);
+        let address = ip.get("address").unwrap_or(&Value::Null);
+        out.addrs.push(parsed(
+            address,
+            format!("ips[{n}].address"),
+            "not ADDRESS/PREFIX",
+        )?);
         if let Some(g) = ip.get("gateway") {
-            let gw: IpAddr = g
-                .as_str()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| bad(format!("ips[{n}].gateway"), g, "not an IP address"))?;
-            out.gateways.push(gw);
+            out.gateways
+                .push(parsed(g, format!("ips[{n}].gateway"), "not an IP address")?);
         }
     }
     Ok(out)
+}
+
+/// A prevResult string field parsed as `T`; anything else is an error naming `field`.
+fn parsed<T: std::str::FromStr>(v: &Value, field: String, want: &str) -> Result<T, CniError> {
+    v.as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| bad(field, v, want))
 }
 
 #[cfg(test)]

@@ -349,9 +349,7 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
         }
         let pod = parse_cni_args(inv.env.args.as_deref().unwrap_or(""))
             .map_err(|e| CniError::new(code::INVALID_ENV, e.to_string()))?;
-        rec.pod_namespace = pod.namespace.clone();
-        rec.pod_name = pod.name.clone();
-        rec.pod_uid = pod.uid.clone();
+        rec.pod = pod.clone();
         let mut ctx = Ctx {
             kernel: inv.kernel,
             env: inv.env,

@@ -32,12 +32,28 @@ pub use place::{HostLink, Placed, PlacementPref, Plan};
 
 use crate::kernel::{Kernel, KernelError};
 
-/// The pod a CNI invocation is for, as the runtime names it (`CNI_ARGS`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// The pod a CNI invocation is for, as the runtime names it (`CNI_ARGS`). In the state file
+/// and the verb log its fields are `pod_namespace`, `pod_name` and `pod_uid`; flow and event
+/// records spell them `namespace`, `pod` and `pod_uid` ([`pod_as_record_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodIdentity {
+    #[serde(rename = "pod_namespace")]
     pub namespace: Option<String>,
+    #[serde(rename = "pod_name")]
     pub name: Option<String>,
+    #[serde(rename = "pod_uid")]
     pub uid: Option<String>,
+}
+
+/// Serializes a pod identity as flow and event records name it (`namespace`, `pod`,
+/// `pod_uid`); for `#[serde(flatten, serialize_with = ...)]`.
+pub fn pod_as_record_keys<S: serde::Serializer>(p: &PodIdentity, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("PodIdentity", 3)?;
+    st.serialize_field("namespace", &p.namespace)?;
+    st.serialize_field("pod", &p.name)?;
+    st.serialize_field("pod_uid", &p.uid)?;
+    st.end()
 }
 
 impl PodIdentity {

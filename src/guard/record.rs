@@ -16,9 +16,8 @@ pub struct PodRecord {
     #[serde(default)]
     pub ifname: String,
     pub netns: String,
-    pub pod_namespace: Option<String>,
-    pub pod_name: Option<String>,
-    pub pod_uid: Option<String>,
+    #[serde(flatten)]
+    pub pod: super::PodIdentity,
     pub mode: String,
     pub placement: String,
     pub table: String,
@@ -102,7 +101,7 @@ impl PodRecord {
 
     /// `namespace/name`, or the container id when the runtime gave no pod identity.
     pub fn who(&self) -> String {
-        match (&self.pod_namespace, &self.pod_name) {
+        match (&self.pod.namespace, &self.pod.name) {
             (Some(ns), Some(name)) => format!("{ns}/{name}"),
             _ => self.container_id.clone(),
         }
@@ -334,9 +333,11 @@ pub(crate) mod tests {
             container_id: "abcdef0123456789ffff".into(),
             ifname: "eth0".into(),
             netns: "/var/run/netns/x".into(),
-            pod_namespace: Some("ml".into()),
-            pod_name: Some("llm-0".into()),
-            pod_uid: Some("uid-1".into()),
+            pod: crate::guard::PodIdentity {
+                namespace: Some("ml".into()),
+                name: Some("llm-0".into()),
+                uid: Some("uid-1".into()),
+            },
             mode: mode.into(),
             placement: "host".into(),
             table: crate::ruleset::table_name("abcdef0123456789ffff", "eth0"),

@@ -5,10 +5,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 use super::netns::NetnsGuard;
-use super::peer::PeerError;
+use super::peer::{nl, pod_link, PeerError};
 use crate::netlink::rtnl;
-use crate::netlink::socket::{Socket, NETLINK_ROUTE};
-use crate::netlink::NetlinkError;
+use crate::netlink::socket::Socket;
 use crate::ruleset::{IfAddr, Mac};
 
 const SCOPE_LINK: u8 = 253;
@@ -23,23 +22,10 @@ pub struct PodInterface {
     pub link_local: Vec<Ipv6Addr>,
 }
 
-fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
-    move |source| PeerError::Netlink {
-        ifname: ifname.to_string(),
-        source,
-    }
-}
-
 /// Reads `ifname` in the pod namespace at `netns` (called from the host namespace).
 pub fn read_pod_interface(netns: &Path, ifname: &str) -> Result<PodInterface, PeerError> {
     let _inside = NetnsGuard::enter(netns)?;
-    let mut sock = Socket::open(NETLINK_ROUTE).map_err(nl(ifname))?;
-    let link = rtnl::link_by_name(&mut sock, ifname)
-        .map_err(nl(ifname))?
-        .ok_or_else(|| PeerError::NoInterface {
-            ifname: ifname.to_string(),
-            netns: netns.to_path_buf(),
-        })?;
+    let (mut sock, link) = pod_link(netns, ifname)?;
     let mac = link.mac.map(Mac).ok_or_else(|| PeerError::NoMac {
         ifname: ifname.to_string(),
     })?;

@@ -43,11 +43,24 @@ pub enum PeerError {
     },
 }
 
-fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
+/// Maps a netlink error to a `PeerError` naming `ifname`.
+pub(super) fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
     move |source| PeerError::Netlink {
         ifname: ifname.to_string(),
         source,
     }
+}
+
+/// Opens a route socket in the current namespace (the pod's, at `netns`) and finds `ifname`.
+pub(super) fn pod_link(netns: &Path, ifname: &str) -> Result<(Socket, LinkInfo), PeerError> {
+    let mut sock = Socket::open(NETLINK_ROUTE).map_err(nl(ifname))?;
+    let link = rtnl::link_by_name(&mut sock, ifname)
+        .map_err(nl(ifname))?
+        .ok_or_else(|| PeerError::NoInterface {
+            ifname: ifname.to_string(),
+            netns: netns.to_path_buf(),
+        })?;
+    Ok((sock, link))
 }
 
 fn is_peer(h: &LinkInfo, pod_link: &LinkInfo, pod_nsid: Option<i32>) -> bool {
@@ -71,13 +84,7 @@ pub fn find_host_peer(
 
     let (pod_link, host_id_in_pod) = {
         let _inside = NetnsGuard::enter_file(&pod_ns, netns_path)?;
-        let mut sock = Socket::open(NETLINK_ROUTE).map_err(nl(ifname))?;
-        let link = rtnl::link_by_name(&mut sock, ifname)
-            .map_err(nl(ifname))?
-            .ok_or_else(|| PeerError::NoInterface {
-                ifname: ifname.to_string(),
-                netns: netns_path.to_path_buf(),
-            })?;
+        let (mut sock, link) = pod_link(netns_path, ifname)?;
         let host_id = rtnl::nsid_of(&mut sock, host_ns.as_raw_fd()).map_err(nl(ifname))?;
         (link, host_id)
     };

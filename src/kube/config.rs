@@ -140,12 +140,15 @@ fn resolve(kc: Kubeconfig, path: &Path) -> Result<Credentials, KubeError> {
         insecure_skip_tls_verify: cluster.insecure_skip_tls_verify,
         ..Credentials::default()
     };
-    creds.ca_pem = data_or_file(
-        path,
-        base,
+    // Inline base64 data, or a file relative to the kubeconfig's folder.
+    let pem = |field, data: &Option<String>, file: &Option<String>| {
+        data_or_file(path, base, field, data.as_deref(), file.as_deref())
+    };
+    let ca = &cluster.certificate_authority;
+    creds.ca_pem = pem(
         "certificate-authority-data",
-        cluster.certificate_authority_data.as_deref(),
-        cluster.certificate_authority.as_deref(),
+        &cluster.certificate_authority_data,
+        ca,
     )?;
 
     let user_name = context.user.as_deref().unwrap_or_default();
@@ -167,20 +170,12 @@ fn resolve(kc: Kubeconfig, path: &Path) -> Result<Credentials, KubeError> {
         .as_deref()
         .filter(|t| !t.is_empty())
         .map(|f| base.join(f));
-    let cert = data_or_file(
-        path,
-        base,
+    let cert = pem(
         "client-certificate-data",
-        user.client_certificate_data.as_deref(),
-        user.client_certificate.as_deref(),
+        &user.client_certificate_data,
+        &user.client_certificate,
     )?;
-    let key = data_or_file(
-        path,
-        base,
-        "client-key-data",
-        user.client_key_data.as_deref(),
-        user.client_key.as_deref(),
-    )?;
+    let key = pem("client-key-data", &user.client_key_data, &user.client_key)?;
     creds.client_cert = match (cert, key) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,

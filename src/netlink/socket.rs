@@ -246,32 +246,8 @@ impl Socket {
         flags: u16,
         payload: &[u8],
     ) -> Result<Vec<Message>, NetlinkError> {
-        let seq = self.next_seq();
-        self.send(&encode_message(
-            kind,
-            flags | NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            payload,
-        ))?;
-        let mut replies = Vec::new();
-        loop {
-            let Some(msgs) = self.recv(false)? else {
-                continue;
-            };
-            for m in msgs {
-                if m.seq != seq {
-                    continue;
-                }
-                if m.kind == NLMSG_ERROR {
-                    let (errno, _, text) = decode_error(&m);
-                    if errno != 0 {
-                        return Err(NetlinkError::kernel(op, errno, text));
-                    }
-                    return Ok(replies);
-                }
-                replies.push(m);
-            }
-        }
+        let (replies, _) = self.exchange(op, kind, flags | NLM_F_REQUEST | NLM_F_ACK, payload)?;
+        Ok(replies)
     }
 
     /// Sends a dump request and collects every message until NLMSG_DONE. A dump the kernel
@@ -305,7 +281,8 @@ impl Socket {
     ) -> Result<Vec<Message>, NetlinkError> {
         const TRIES: usize = 8;
         for _ in 0..TRIES {
-            let (messages, interrupted) = self.dump_once(op, kind, payload)?;
+            let (messages, interrupted) =
+                self.exchange(op, kind, NLM_F_REQUEST | NLM_F_DUMP, payload)?;
             if !interrupted {
                 return Ok(messages);
             }
@@ -319,39 +296,32 @@ impl Socket {
         ))
     }
 
-    fn dump_once(
+    /// Sends one message and collects the replies to it until the kernel's ack (an
+    /// NLMSG_ERROR with errno 0) or NLMSG_DONE; says whether any reply was marked
+    /// NLM_F_DUMP_INTR. A kernel error ends it as an error.
+    fn exchange(
         &mut self,
         op: &'static str,
         kind: u16,
+        flags: u16,
         payload: &[u8],
     ) -> Result<(Vec<Message>, bool), NetlinkError> {
         let seq = self.next_seq();
-        self.send(&encode_message(
-            kind,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            payload,
-        ))?;
+        self.send(&encode_message(kind, flags, seq, payload))?;
         let mut out = Vec::new();
         let mut interrupted = false;
         loop {
             let Some(msgs) = self.recv(false)? else {
                 continue;
             };
-            for m in msgs {
-                if m.seq != seq {
-                    continue;
-                }
+            for m in msgs.into_iter().filter(|m| m.seq == seq) {
                 interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
                 match m.kind {
                     NLMSG_DONE => return Ok((out, interrupted)),
-                    NLMSG_ERROR => {
-                        let (errno, _, text) = decode_error(&m);
-                        if errno == 0 {
-                            return Ok((out, interrupted));
-                        }
-                        return Err(NetlinkError::kernel(op, errno, text));
-                    }
+                    NLMSG_ERROR => match decode_error(&m) {
+                        (0, _, _) => return Ok((out, interrupted)),
+                        (errno, _, text) => return Err(NetlinkError::kernel(op, errno, text)),
+                    },
                     _ => out.push(m),
                 }
             }

@@ -195,28 +195,42 @@ mod tests {
         c.permits(&e(s), &networks())
     }
 
+    fn within(c: &Ceiling, entries: &[&str]) {
+        for entry in entries {
+            assert!(permits(c, entry), "{entry} should be within");
+        }
+    }
+
+    fn beyond(c: &Ceiling, entries: &[&str]) {
+        for entry in entries {
+            assert!(!permits(c, entry), "{entry} should be beyond");
+        }
+    }
+
     #[test]
     fn cidr_containment() {
         let c = list(&["10.0.0.0/8"]);
-        for inside in [
-            "10.0.0.0/8",
-            "10.1.2.0/24",
-            "10.255.255.255",
-            "10.0.0.1 udp 53",
-        ] {
-            assert!(permits(&c, inside), "{inside}");
-        }
-        for outside in [
-            "0.0.0.0/0",
-            "10.0.0.0/7",
-            "11.0.0.1",
-            "9.255.255.255",
-            "169.254.169.254",
-            "::/0",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(!permits(&c, outside), "{outside}");
-        }
+        within(
+            &c,
+            &[
+                "10.0.0.0/8",
+                "10.1.2.0/24",
+                "10.255.255.255",
+                "10.0.0.1 udp 53",
+            ],
+        );
+        beyond(
+            &c,
+            &[
+                "0.0.0.0/0",
+                "10.0.0.0/7",
+                "11.0.0.1",
+                "9.255.255.255",
+                "169.254.169.254",
+                "::/0",
+                "::ffff:10.0.0.1",
+            ],
+        );
         assert!(permits(&list(&["0.0.0.0/0"]), "0.0.0.0/0"));
         assert!(!permits(&list(&["0.0.0.0/0"]), "::/0"));
     }
@@ -224,49 +238,53 @@ mod tests {
     #[test]
     fn proto_any_contains_every_protocol_but_tcp_contains_only_tcp() {
         let any = list(&["10.0.5.0/24 any"]);
-        for inside in [
-            "10.0.5.1",
-            "10.0.5.1 tcp 443",
-            "10.0.5.1 udp",
-            "10.0.5.1 icmp",
-            "10.0.5.0/24 sctp 1-65535",
-        ] {
-            assert!(permits(&any, inside), "{inside}");
-        }
+        within(
+            &any,
+            &[
+                "10.0.5.1",
+                "10.0.5.1 tcp 443",
+                "10.0.5.1 udp",
+                "10.0.5.1 icmp",
+                "10.0.5.0/24 sctp 1-65535",
+            ],
+        );
         let tcp = list(&["10.0.5.0/24 tcp"]);
         assert!(permits(&tcp, "10.0.5.1 tcp"));
         assert!(permits(&tcp, "10.0.5.1 tcp 1-65535"));
-        for outside in [
-            "10.0.5.1",
-            "10.0.5.1 any",
-            "10.0.5.1 udp 443",
-            "10.0.5.1 icmp",
-        ] {
-            assert!(!permits(&tcp, outside), "{outside}");
-        }
+        beyond(
+            &tcp,
+            &[
+                "10.0.5.1",
+                "10.0.5.1 any",
+                "10.0.5.1 udp 443",
+                "10.0.5.1 icmp",
+            ],
+        );
     }
 
     #[test]
     fn port_ranges() {
         let c = list(&["10.0.5.0/24 tcp 8000-8999"]);
-        for inside in [
-            "10.0.5.1 tcp 8000",
-            "10.0.5.1 tcp 8999",
-            "10.0.5.0/25 tcp 8443-8444",
-        ] {
-            assert!(permits(&c, inside), "{inside}");
-        }
-        for outside in [
-            "10.0.5.1 tcp 7999",
-            "10.0.5.1 tcp 9000",
-            "10.0.5.1 tcp 7999-8000",
-            "10.0.5.1 tcp 8999-9000",
-            // No port means every port, port 0 included.
-            "10.0.5.1 tcp",
-            "10.0.5.1 udp 8443",
-        ] {
-            assert!(!permits(&c, outside), "{outside}");
-        }
+        within(
+            &c,
+            &[
+                "10.0.5.1 tcp 8000",
+                "10.0.5.1 tcp 8999",
+                "10.0.5.0/25 tcp 8443-8444",
+            ],
+        );
+        beyond(
+            &c,
+            &[
+                "10.0.5.1 tcp 7999",
+                "10.0.5.1 tcp 9000",
+                "10.0.5.1 tcp 7999-8000",
+                "10.0.5.1 tcp 8999-9000",
+                // No port means every port, port 0 included.
+                "10.0.5.1 tcp",
+                "10.0.5.1 udp 8443",
+            ],
+        );
         // 1-65535 is not "every port": a ceiling of all ports needs no port.
         assert!(!permits(
             &list(&["10.0.5.0/24 tcp 1-65535"]),
@@ -277,24 +295,26 @@ mod tests {
     #[test]
     fn ipv6() {
         let c = list(&["fd00:5::/64 tcp 443-445", "2001:db8::/32"]);
-        for inside in [
-            "fd00:5::1 tcp 443",
-            "fd00:5::/80 tcp 444-445",
-            "2001:db8:1::/48 icmpv6",
-            "2001:db8::/32",
-        ] {
-            assert!(permits(&c, inside), "{inside}");
-        }
-        for outside in [
-            "fd00:5::1 tcp 446",
-            "fd00:5::/63 tcp 443",
-            "fd00:5::1",
-            "2001:db8::/31",
-            "::/0",
-            "10.0.5.1 tcp 443",
-        ] {
-            assert!(!permits(&c, outside), "{outside}");
-        }
+        within(
+            &c,
+            &[
+                "fd00:5::1 tcp 443",
+                "fd00:5::/80 tcp 444-445",
+                "2001:db8:1::/48 icmpv6",
+                "2001:db8::/32",
+            ],
+        );
+        beyond(
+            &c,
+            &[
+                "fd00:5::1 tcp 446",
+                "fd00:5::/63 tcp 443",
+                "fd00:5::1",
+                "2001:db8::/31",
+                "::/0",
+                "10.0.5.1 tcp 443",
+            ],
+        );
     }
 
     #[test]

@@ -301,10 +301,8 @@ fn nd_rules(
         long,
     ));
     let header = || cmp(net(6, 2), CmpOp::Eq, ND_HEADER);
-    rules.push(rule(vec![
-        Stmt::L3(L3::Ipv6),
-        side.len(CmpOp::Eq, 40 + 24),
-        header(),
+    // Type and code, source, destination and target address, in `nd6_short`.
+    let nd6_short = || {
         lookup(
             "nd6_short",
             vec![
@@ -313,7 +311,13 @@ fn nd_rules(
                 Selector::Ip6Daddr,
                 raw(Base::Transport, 8, Field::Ipv6Addr),
             ],
-        ),
+        )
+    };
+    rules.push(rule(vec![
+        Stmt::L3(L3::Ipv6),
+        side.len(CmpOp::Eq, 40 + 24),
+        header(),
+        nd6_short(),
         Stmt::Verdict(Verdict::Accept),
     ]));
     rules.push(rule(vec![
@@ -340,15 +344,7 @@ fn nd_rules(
         header(),
         cmp(th(0, 2), CmpOp::Eq, [ICMP6_NS, 0]),
         cmp(th(24, 2), CmpOp::Eq, [OPT_NONCE, 1]),
-        lookup(
-            "nd6_short",
-            vec![
-                raw(Base::Transport, 0, Field::InetService),
-                Selector::Ip6Saddr,
-                Selector::Ip6Daddr,
-                raw(Base::Transport, 8, Field::Ipv6Addr),
-            ],
-        ),
+        nd6_short(),
         Stmt::Verdict(Verdict::Accept),
     ]));
     let mut rs_option = OPT_SOURCE_LL.to_be_bytes().to_vec();
