@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use egress_guard::cni::plugin::{run, Invocation, VerbOutcome};
 use egress_guard::cni::Env;
 use egress_guard::kernel::fake::RecordingKernel;
-use egress_guard::kernel::{HostPeer, Kernel, Where};
+use egress_guard::kernel::{HostPeer, Kernel, TableRef, Where};
 use egress_guard::ruleset::Family;
 use serde_json::{json, Value};
 
@@ -163,7 +163,7 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
     let c = conf(Some(enforce()), json!({}));
     add_as(&mut other, "cid-dead", &c);
     let stale = other
-        .read(Where::Host, Family::Netdev, &tn("cid-dead"))
+        .read(TableRef::new(Where::Host, Family::Netdev, &tn("cid-dead")))
         .unwrap()
         .unwrap();
     assert!(stale.comment.contains("dev=vethA"));
@@ -654,7 +654,7 @@ fn add_never_replaces_a_table_of_another_container_under_the_same_name() {
     std::fs::write(dir.join("devices.complete"), b"").unwrap();
     let intact = |k: &mut RecordingKernel| {
         let t = k
-            .read(Where::Host, Family::Netdev, &tn("cid-a"))
+            .read(TableRef::new(Where::Host, Family::Netdev, &tn("cid-a")))
             .unwrap()
             .expect("the other container's table is gone");
         assert!(t.comment.contains("id=cid-z"), "{}", t.comment);

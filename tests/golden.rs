@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use egress_guard::cli::render::render_pod;
 use egress_guard::cni::NetConf;
 use egress_guard::kernel::netns::NetnsGuard;
-use egress_guard::kernel::{Kernel, NetlinkKernel, Where};
+use egress_guard::kernel::{Kernel, NetlinkKernel, TableRef, Where};
 use egress_guard::ruleset::{Attach, Family, Table};
 use serde_json::{json, Value};
 
@@ -155,7 +155,8 @@ fn kernel_listing_matches_render_for_every_case() {
                     c.name, c.text
                 ));
             }
-            k.remove(at, Family::Inet, &table.name).unwrap();
+            k.remove(TableRef::new(at, Family::Inet, &table.name))
+                .unwrap();
             continue;
         }
         let dev = table.chains[0].device.clone().unwrap();
@@ -182,7 +183,7 @@ fn kernel_listing_matches_render_for_every_case() {
             let _inside = NetnsGuard::enter(Path::new(&ns.path())).unwrap();
             let mut fresh = NetlinkKernel::new();
             let snap = fresh
-                .read(Where::Host, Family::Netdev, &table.name)
+                .read(TableRef::new(Where::Host, Family::Netdev, &table.name))
                 .unwrap()
                 .unwrap();
             let diff = egress_guard::netlink::nft::expected_snapshot(table).diff(&snap);
@@ -190,7 +191,7 @@ fn kernel_listing_matches_render_for_every_case() {
                 failures.push(format!("{}: read back differs: {diff:?}", c.name));
             }
             assert!(fresh
-                .remove(Where::Host, Family::Netdev, &table.name)
+                .remove(TableRef::new(Where::Host, Family::Netdev, &table.name))
                 .unwrap());
         }
         common::ip(&ns.name, &format!("link del {dev}"));

@@ -2,7 +2,7 @@
 //! the last rule of each chain, before the chain's policy) through the `Kernel`. Read-only:
 //! never changes a table.
 
-use crate::kernel::{Kernel, KernelError, Where};
+use crate::kernel::{Kernel, KernelError, TableRef, Where};
 use crate::netlink::nft::{CountedRule, Expr};
 use crate::ruleset::Family;
 
@@ -16,7 +16,7 @@ pub fn read<K: Kernel + ?Sized>(
     family: Family,
     table: &str,
 ) -> Result<Option<Counts>, KernelError> {
-    let Some(rules) = kernel.counted_rules(at, family, table)? else {
+    let Some(rules) = kernel.counted_rules(TableRef::new(at, family, table))? else {
         return Ok(None);
     };
     if rules.is_empty() {

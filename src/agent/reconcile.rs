@@ -115,9 +115,7 @@ impl Reconciler {
         let mut guard = Guard::new(kernel, &state_dir, "agent".to_string());
         match self.orphan_pass(&mut guard, shared, &known) {
             Ok(mut events) => out.append(&mut events),
-            Err(e) => {
-                out.push(self.failure(shared, "gc", "error", None, &e));
-            }
+            Err(e) => out.push(self.failure(shared, "gc", "error", None, &e)),
         }
         out
     }
@@ -138,9 +136,7 @@ impl Reconciler {
                 shared.with(|e| e.gc_removals += 1);
                 out.push(self.event("collected", Some(s), detail));
             }
-            Err(e) => {
-                out.push(self.failure(shared, "gc", "error", Some(s), &e));
-            }
+            Err(e) => out.push(self.failure(shared, "gc", "error", Some(s), &e)),
         }
     }
 
@@ -205,9 +201,7 @@ impl Reconciler {
                 ));
             }
             Ok(Reinstalled::Withdrawn) => {}
-            Err(e) => {
-                out.push(self.failure(shared, "repair", "repair-failed", Some(s), &e));
-            }
+            Err(e) => out.push(self.failure(shared, "repair", "repair-failed", Some(s), &e)),
         }
     }
 
@@ -288,13 +282,19 @@ mod tests {
         (dir, s)
     }
 
-    #[test]
-    fn drift_is_reported_and_repaired() {
-        let (dir, s) = setup("drift");
+    /// A pod's record and, on the recording kernel, the table it compiles to.
+    fn installed(tag: &str) -> (PathBuf, PodRecord, RecordingKernel, crate::ruleset::Table) {
+        let (dir, s) = setup(tag);
         let mut k = RecordingKernel::new();
         let table = s.expected_table().unwrap();
         k.install(Where::Host, Family::Netdev, &[], Some(&table))
             .unwrap();
+        (dir, s, k, table)
+    }
+
+    #[test]
+    fn drift_is_reported_and_repaired() {
+        let (dir, s, mut k, table) = installed("drift");
         let shared = Shared::new(dir.clone(), "n".into());
         let mut r = Reconciler::new(dir.clone(), false, "n".into());
         // The pod's host device is there, and so is the device of a table no record claims
@@ -352,11 +352,7 @@ mod tests {
 
     #[test]
     fn gone_pods_and_orphans_are_collected() {
-        let (dir, s) = setup("gc");
-        let mut k = RecordingKernel::new();
-        let table = s.expected_table().unwrap();
-        k.install(Where::Host, Family::Netdev, &[], Some(&table))
-            .unwrap();
+        let (dir, s, mut k, table) = installed("gc");
         let mut orphan = table.clone();
         orphan.name = "egress_guard_orphan".into();
         orphan.comment = "egress-guard dev=vethgone mode=enforce policy=x".into();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::record::PodRecord;
 use super::{Attachment, Guard, GuardError, Plan, PodIdentity};
-use crate::kernel::{Kernel, Where};
+use crate::kernel::{Kernel, TableRef, Where};
 use crate::logging::rfc3339;
 use crate::policy::Policy;
 use crate::ruleset::{legacy_table_name, table_name, Attach, Family};
@@ -83,7 +83,10 @@ impl<K: Kernel> Guard<'_, K> {
         {
             Ok(true) => Ok(()),
             other => {
-                if let Err(e) = self.kernel.remove(Where::Host, Family::Netdev, name) {
+                if let Err(e) = self
+                    .kernel
+                    .remove(TableRef::new(Where::Host, Family::Netdev, name))
+                {
                     log::error!(
                         "{}: removing table {name} after its device went away: {e}",
                         self.subject
@@ -123,7 +126,7 @@ impl<K: Kernel> Guard<'_, K> {
             for f in [Family::Netdev, Family::Inet] {
                 let found = self
                     .kernel
-                    .table(at, f, &n)
+                    .table(TableRef::new(at, f, &n))
                     .map_err(|e| self.kernel_err("looking up the pod's table", e))?;
                 if let Some(t) = found {
                     if f == family {
@@ -148,7 +151,7 @@ impl<K: Kernel> Guard<'_, K> {
         }
         for (f, n) in other {
             self.kernel
-                .remove(at, f, &n)
+                .remove(TableRef::new(at, f, &n))
                 .map_err(|e| self.kernel_err("removing the pod's earlier table", e))?;
         }
         Ok(())

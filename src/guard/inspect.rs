@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{Attachment, Guard, GuardError, Plan};
-use crate::kernel::{Kernel, KernelError, Where};
+use crate::kernel::{Kernel, KernelError, TableRef, Where};
 use crate::netlink::nft::expected_snapshot;
 use crate::ruleset::{in_legacy_form, legacy_table_name, table_name, Attach, Family, Table};
 
@@ -38,17 +38,19 @@ pub fn inspect<K: Kernel>(
     at: Where<'_>,
     table: &Table,
 ) -> Result<Inspection, KernelError> {
-    Ok(match kernel.read(at, table.family, &table.name)? {
-        None => Inspection::Missing,
-        Some(actual) => {
-            let problems = expected_snapshot(table).diff(&actual);
-            if problems.is_empty() {
-                Inspection::Matches
-            } else {
-                Inspection::Drift(problems)
+    Ok(
+        match kernel.read(TableRef::new(at, table.family, &table.name))? {
+            None => Inspection::Missing,
+            Some(actual) => {
+                let problems = expected_snapshot(table).diff(&actual);
+                if problems.is_empty() {
+                    Inspection::Matches
+                } else {
+                    Inspection::Drift(problems)
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 impl<K: Kernel> Guard<'_, K> {
@@ -88,7 +90,7 @@ impl<K: Kernel> Guard<'_, K> {
         for name in names {
             let present = self
                 .kernel
-                .read(Where::Host, Family::Netdev, &name)
+                .read(TableRef::new(Where::Host, Family::Netdev, &name))
                 .map_err(|e| self.kernel_err("reading the host table", e))?;
             if present.is_some() {
                 return Ok(Some(name));

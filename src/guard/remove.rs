@@ -8,7 +8,7 @@ use super::devindex::DeviceIndex;
 use super::record;
 use super::stale::other_owner;
 use super::{Attachment, Guard, GuardError};
-use crate::kernel::{Kernel, Where};
+use crate::kernel::{Kernel, TableRef, Where};
 use crate::ruleset::{legacy_table_name, table_name, Family, TABLE_PREFIX};
 
 /// What DEL removed.
@@ -39,7 +39,7 @@ impl<K: Kernel> Guard<'_, K> {
             };
             let host = self
                 .kernel
-                .table(Where::Host, Family::Netdev, name)
+                .table(TableRef::new(Where::Host, Family::Netdev, name))
                 .map_err(|e| self.kernel_err("looking up the host table", e))?;
             let claimed = owner.filter(|o| o != cid).or_else(|| {
                 host.as_ref()
@@ -52,15 +52,16 @@ impl<K: Kernel> Guard<'_, K> {
             if host.is_some() {
                 removed.host_table |= self
                     .kernel
-                    .remove(Where::Host, Family::Netdev, name)
+                    .remove(TableRef::new(Where::Host, Family::Netdev, name))
                     .map_err(|e| self.kernel_err("removing the host table", e))?;
             }
             if let Some(netns) = netns.filter(|n| !n.is_empty()) {
                 for family in [Family::Netdev, Family::Inet] {
-                    match self
-                        .kernel
-                        .remove(Where::Netns(Path::new(netns)), family, name)
-                    {
+                    match self.kernel.remove(TableRef::new(
+                        Where::Netns(Path::new(netns)),
+                        family,
+                        name,
+                    )) {
                         Ok(r) => removed.pod_table |= r,
                         Err(e) if e.netns_missing() => break,
                         Err(e) => return Err(self.kernel_err("removing the pod table", e)),
@@ -103,7 +104,7 @@ impl<K: Kernel> Guard<'_, K> {
                 continue;
             }
             self.kernel
-                .remove(Where::Host, Family::Netdev, &t.name)
+                .remove(TableRef::new(Where::Host, Family::Netdev, &t.name))
                 .map_err(|e| self.kernel_err(format!("removing table {}", t.name), e))?;
             removed.push(t.name);
         }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use super::devindex::DeviceIndex;
 use super::record::{self, PodRecord};
 use super::{Guard, GuardError};
-use crate::kernel::{Kernel, Where};
+use crate::kernel::{Kernel, TableRef, Where};
 use crate::netlink::nft::TableInfo;
 use crate::ruleset::{comment_devices, Family, Table, TABLE_PREFIX};
 
@@ -76,7 +76,7 @@ impl<K: Kernel> Guard<'_, K> {
         if rec.is_host() {
             let gone = self
                 .kernel
-                .remove(Where::Host, Family::Netdev, &rec.table)
+                .remove(TableRef::new(Where::Host, Family::Netdev, &rec.table))
                 .map_err(|e| self.kernel_err(format!("removing table {}", rec.table), e))?;
             if gone {
                 removed.push(format!("removed table netdev {}", rec.table));
@@ -122,7 +122,10 @@ impl<K: Kernel> Guard<'_, K> {
         if self.still_recorded(rec) {
             return Ok(Reinstalled::Done);
         }
-        if let Err(e) = self.kernel.remove(at, table.family, &table.name) {
+        if let Err(e) = self
+            .kernel
+            .remove(TableRef::new(at, table.family, &table.name))
+        {
             log::warn!(
                 "{}: taking back table {} after DEL: {e}",
                 self.subject,
@@ -170,7 +173,7 @@ impl<K: Kernel> Guard<'_, K> {
     pub fn remove_orphan(&mut self, orphan: &Orphan) -> Result<(), GuardError> {
         let name = &orphan.table.name;
         self.kernel
-            .remove(Where::Host, Family::Netdev, name)
+            .remove(TableRef::new(Where::Host, Family::Netdev, name))
             .map_err(|e| self.kernel_err(format!("removing table {name}"), e))?;
         Ok(())
     }

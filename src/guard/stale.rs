@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::devindex::DeviceIndex;
 use super::{Attachment, Guard, GuardError};
-use crate::kernel::{HostPeer, Kernel, KernelError, Where};
+use crate::kernel::{HostPeer, Kernel, KernelError, TableRef, Where};
 use crate::netlink::nft::TableInfo;
 use crate::ruleset::{comment_container, comment_devices, table_name, Family, Table, TABLE_PREFIX};
 
@@ -55,7 +55,7 @@ impl<K: Kernel> Guard<'_, K> {
                     {
                         let info = self
                             .kernel
-                            .table(Where::Host, Family::Netdev, &t)
+                            .table(TableRef::new(Where::Host, Family::Netdev, &t))
                             .map_err(|e| self.kernel_err(format!("looking up table {t}"), e))?;
                         match info {
                             Some(info)
@@ -108,9 +108,9 @@ impl<K: Kernel> Guard<'_, K> {
             .install(Where::Host, Family::Netdev, stale, Some(table));
         match first {
             Err(e) if e.already_exists() && !stale.contains(&table.name) => {
-                let Some(existing) = self
-                    .kernel
-                    .table(Where::Host, Family::Netdev, &table.name)?
+                let Some(existing) =
+                    self.kernel
+                        .table(TableRef::new(Where::Host, Family::Netdev, &table.name))?
                 else {
                     return Err(e);
                 };
@@ -178,7 +178,7 @@ impl<K: Kernel> Guard<'_, K> {
         if !stale.iter().any(|t| t == name) {
             let own = self
                 .kernel
-                .table(Where::Host, Family::Netdev, name)
+                .table(TableRef::new(Where::Host, Family::Netdev, name))
                 .map_err(|e| self.kernel_err(format!("looking up table {name}"), e))?;
             if let Some(own) = own {
                 match other_owner(&own.comment, cid) {
@@ -239,7 +239,7 @@ impl<K: Kernel> Guard<'_, K> {
         if !e.is_transient() {
             return;
         }
-        if let Err(re) = self.kernel.remove(at, family, name) {
+        if let Err(re) = self.kernel.remove(TableRef::new(at, family, name)) {
             log::error!(
                 "{}: removing table {name} after a failed install: {re}",
                 self.subject

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{HostPeer, Kernel, KernelError, PodInterface, Where};
+use super::{HostPeer, Kernel, KernelError, PodInterface, TableRef, Where};
 use crate::netlink::nft::{expected_snapshot, CountedRule, Counts, Expr, Snapshot, TableInfo};
 use crate::netlink::NetlinkError;
 use crate::ruleset::{render, Family, Mac, Table};
@@ -137,7 +137,8 @@ impl Kernel for RecordingKernel {
         Ok(replace.len() + table.map(|_| 1).unwrap_or(0))
     }
 
-    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
+    fn remove(&mut self, t: TableRef<'_>) -> Result<bool, KernelError> {
+        let TableRef { at, family, name } = t;
         self.calls
             .push(format!("remove {} {} {name}", at.describe(), family.name()));
         Ok(self.tables.remove(&key(at, family, name)).is_some())
@@ -158,12 +159,8 @@ impl Kernel for RecordingKernel {
             .collect())
     }
 
-    fn table(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<TableInfo>, KernelError> {
+    fn table(&mut self, t: TableRef<'_>) -> Result<Option<TableInfo>, KernelError> {
+        let TableRef { at, family, name } = t;
         self.calls
             .push(format!("get {} {} {name}", at.describe(), family.name()));
         Ok(self
@@ -175,24 +172,16 @@ impl Kernel for RecordingKernel {
             }))
     }
 
-    fn read(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Snapshot>, KernelError> {
+    fn read(&mut self, t: TableRef<'_>) -> Result<Option<Snapshot>, KernelError> {
+        let TableRef { at, family, name } = t;
         Ok(self
             .tables
             .get(&key(at, family, name))
             .map(|(s, _)| s.clone()))
     }
 
-    fn counted_rules(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
+    fn counted_rules(&mut self, t: TableRef<'_>) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        let TableRef { at, family, name } = t;
         self.calls.push(format!(
             "counters {} {} {name}",
             at.describe(),

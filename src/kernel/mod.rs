@@ -28,6 +28,20 @@ pub enum Where<'a> {
     Netns(&'a Path),
 }
 
+/// A table's address: the namespace it is in, its family and its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRef<'a> {
+    pub at: Where<'a>,
+    pub family: Family,
+    pub name: &'a str,
+}
+
+impl<'a> TableRef<'a> {
+    pub fn new(at: Where<'a>, family: Family, name: &'a str) -> Self {
+        TableRef { at, family, name }
+    }
+}
+
 impl Where<'_> {
     pub fn describe(&self) -> String {
         match self {
@@ -90,29 +104,14 @@ pub trait Kernel {
         table: Option<&Table>,
     ) -> Result<usize, KernelError>;
     /// Deletes a table; `Ok(false)` if it did not exist.
-    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError>;
+    fn remove(&mut self, t: TableRef<'_>) -> Result<bool, KernelError>;
     fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError>;
     /// One table's name and comment, by a lookup (not a listing). `None` if it does not exist.
-    fn table(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<TableInfo>, KernelError>;
-    fn read(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Snapshot>, KernelError>;
+    fn table(&mut self, t: TableRef<'_>) -> Result<Option<TableInfo>, KernelError>;
+    fn read(&mut self, t: TableRef<'_>) -> Result<Option<Snapshot>, KernelError>;
     /// The rules of table `name` with the values of their counters. `None` if the table does
     /// not exist.
-    fn counted_rules(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Vec<CountedRule>>, KernelError>;
+    fn counted_rules(&mut self, t: TableRef<'_>) -> Result<Option<Vec<CountedRule>>, KernelError>;
     /// The host-side peer of `ifname` in the pod netns at `netns`. `hints` are host interface
     /// names from prevResult, tried (and verified) when the peer index does not lead to it.
     fn host_peer(

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use super::identity::{find_gateway_mac, read_pod_interface};
 use super::peer::find_host_peer;
-use super::{HostPeer, Kernel, KernelError, PodInterface, Where};
+use super::{HostPeer, Kernel, KernelError, PodInterface, TableRef, Where};
 use crate::netlink::nft::{self, CountedRule, Op, Snapshot, TableInfo};
 use crate::netlink::socket::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
 use crate::netlink::NetlinkError;
@@ -89,7 +89,8 @@ impl Kernel for NetlinkKernel {
         self.with_nft(at, &what, |s| nft::run_batch(s, &ops))
     }
 
-    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
+    fn remove(&mut self, t: TableRef<'_>) -> Result<bool, KernelError> {
+        let TableRef { at, family, name } = t;
         let what = format!("removing table {} {name}", family.name());
         let result = self.with_nft(at, &what, |s| {
             nft::run_batch(
@@ -113,32 +114,20 @@ impl Kernel for NetlinkKernel {
         self.with_nft(at, "listing tables", |s| nft::list_tables(s, family))
     }
 
-    fn table(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<TableInfo>, KernelError> {
+    fn table(&mut self, t: TableRef<'_>) -> Result<Option<TableInfo>, KernelError> {
+        let TableRef { at, family, name } = t;
         let what = format!("looking up table {} {name}", family.name());
         self.with_nft(at, &what, |s| nft::get_table(s, family, name))
     }
 
-    fn read(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Snapshot>, KernelError> {
+    fn read(&mut self, t: TableRef<'_>) -> Result<Option<Snapshot>, KernelError> {
+        let TableRef { at, family, name } = t;
         let what = format!("reading table {} {name}", family.name());
         self.with_nft(at, &what, |s| nft::read_table(s, family, name))
     }
 
-    fn counted_rules(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
+    fn counted_rules(&mut self, t: TableRef<'_>) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        let TableRef { at, family, name } = t;
         let what = format!("reading the counters of table {name}");
         self.with_nft(at, &what, |s| nft::rule_counters(s, family, name))
     }
@@ -149,13 +138,7 @@ impl Kernel for NetlinkKernel {
         ifname: &str,
         hints: &[String],
     ) -> Result<HostPeer, KernelError> {
-        let sock = match &mut self.host_rtnl {
-            Some(s) => s,
-            slot @ None => slot.insert(
-                Socket::open(NETLINK_ROUTE)
-                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
-            ),
-        };
+        let sock = self.host_rtnl()?;
         Ok(find_host_peer(sock, netns, ifname, hints)?)
     }
 
@@ -180,26 +163,14 @@ impl Kernel for NetlinkKernel {
         index: u32,
     ) -> Result<bool, KernelError> {
         // One request in the host netns: the ifindex still names the same link.
-        let sock = match &mut self.host_rtnl {
-            Some(s) => s,
-            slot @ None => slot.insert(
-                Socket::open(NETLINK_ROUTE)
-                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
-            ),
-        };
+        let sock = self.host_rtnl()?;
         let link = crate::netlink::rtnl::link_by_index(sock, index)
             .map_err(|e| KernelError::netlink("looking up the host interface", Where::Host, e))?;
         Ok(link.is_some_and(|l| l.name == device))
     }
 
     fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
-        let sock = match &mut self.host_rtnl {
-            Some(s) => s,
-            slot @ None => slot.insert(
-                Socket::open(NETLINK_ROUTE)
-                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
-            ),
-        };
+        let sock = self.host_rtnl()?;
         let link = crate::netlink::rtnl::link_by_name(sock, name)
             .map_err(|e| KernelError::netlink("looking up a host interface", Where::Host, e))?;
         Ok(link.is_some())

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use egress_guard::kernel::{HostPeer, Kernel, KernelError, Where};
+use egress_guard::kernel::{HostPeer, Kernel, KernelError, TableRef, Where};
 use egress_guard::netlink::nft::{CountedRule, Snapshot, TableInfo};
 use egress_guard::netlink::NetlinkError;
 use egress_guard::ruleset::{Family, Table};
@@ -56,38 +56,23 @@ impl<K: Kernel> Kernel for Faulty<K> {
         }
         Ok(n)
     }
-    fn remove(&mut self, at: Where<'_>, family: Family, name: &str) -> Result<bool, KernelError> {
-        self.inner.remove(at, family, name)
+    fn remove(&mut self, t: TableRef<'_>) -> Result<bool, KernelError> {
+        self.inner.remove(t)
     }
     fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError> {
         self.inner.tables(at, family)
     }
-    fn table(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<TableInfo>, KernelError> {
-        self.inner.table(at, family, name)
+    fn table(&mut self, t: TableRef<'_>) -> Result<Option<TableInfo>, KernelError> {
+        self.inner.table(t)
     }
-    fn read(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Snapshot>, KernelError> {
-        self.inner.read(at, family, name)
+    fn read(&mut self, t: TableRef<'_>) -> Result<Option<Snapshot>, KernelError> {
+        self.inner.read(t)
     }
     fn host_link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
         self.inner.host_link_exists(name)
     }
-    fn counted_rules(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<Vec<CountedRule>>, KernelError> {
-        self.inner.counted_rules(at, family, name)
+    fn counted_rules(&mut self, t: TableRef<'_>) -> Result<Option<Vec<CountedRule>>, KernelError> {
+        self.inner.counted_rules(t)
     }
     fn pod_interface(
         &mut self,
