@@ -14,3 +14,4 @@ pub mod netlink;
 pub mod policy;
 pub mod ruleset;
 pub mod signal;
+pub mod spelling;

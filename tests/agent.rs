@@ -432,6 +432,42 @@ fn log_rule_handle(n: &Node, table: &str) -> Option<String> {
 }
 
 #[test]
+fn a_second_agent_says_another_holds_the_nflog_group() {
+    if !can_run_root_tests("a_second_agent_says_another_holds_the_nflog_group") {
+        return;
+    }
+    let n = Node::new("ag2");
+    let _first = Agent::start(&n, &[]);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.node.name,
+            plugin_bin().as_str(),
+            "agent",
+        ])
+        .args([
+            "--state-dir",
+            state_dir(&n).as_str(),
+            "--node-name",
+            "test-node",
+        ])
+        .args(["--metrics-address", "127.0.0.1:9618", "--interval", "1"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("NFLOG group 100 is held by another process") && all.contains("EPERM"),
+        "{all}"
+    );
+}
+
+#[test]
 fn hand_deleted_rule_is_drift_and_repair_restores_it() {
     if !can_run_root_tests("hand_deleted_rule_is_drift_and_repair_restores_it") {
         return;
@@ -484,6 +520,27 @@ fn hand_deleted_rule_is_drift_and_repair_restores_it() {
     );
     assert_eq!(metric(&m, "egress_guard_repairs_total", &[]), 0.0);
     drop(watcher);
+
+    // `status` fails on drift and names the missing rule in nft text.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.node.name,
+            plugin_bin().as_str(),
+            "status",
+        ])
+        .args(["--state-dir", state_dir(&n).as_str()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let missing = stdout
+        .lines()
+        .find(|l| l.contains("chain from_pod: missing rule:"))
+        .unwrap_or_else(|| panic!("no missing rule named:\n{stdout}"));
+    assert!(missing.contains("log prefix \"eg:deny:"), "{stdout}");
+    assert!(stdout.contains("drift-pod"), "{stdout}");
 
     let repairer = Agent::start(&n, &["--repair"]);
     let fixed = repairer

@@ -175,6 +175,17 @@ fn flag_equals_value_means_the_same_as_flag_space_value() {
     assert_eq!(a.status.code(), b.status.code());
     assert_eq!(text(&a.stdout).trim(), "[]", "{}", text(&a.stderr));
     assert_eq!(a.stdout, b.stdout);
+    assert_eq!(a.status.code(), Some(0), "an empty state dir is no error");
+    // A state dir that does not exist is not "no guarded pods".
+    let gone = dir.join("no-such-state");
+    let out = eg(["status", "--state-dir", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("does not exist") && text(&out.stderr).contains("no-such-state"),
+        "{}",
+        text(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -199,10 +210,29 @@ fn top_level_overview_unknown_subcommand_and_version() {
     assert!(text(&out.stderr).contains("unknown subcommand \"lunch\""));
     let out = eg(["version"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        text(&out.stdout),
-        format!("egress-guard {}\n", env!("CARGO_PKG_VERSION"))
+    let printed = text(&out.stdout);
+    assert!(
+        printed.starts_with(&format!("egress-guard {} (", env!("CARGO_PKG_VERSION")))
+            && printed.ends_with(")\n"),
+        "{printed}"
     );
+    // From a git checkout the build names its commit.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| text(&o.stdout).trim().to_string());
+    match head {
+        Some(commit) if std::env::var_os("EGRESS_GUARD_BUILD").is_none() => {
+            assert!(
+                printed.contains(&format!("(git {commit}")),
+                "{printed} vs {commit}"
+            )
+        }
+        _ => eprintln!("version: not built from a git checkout; commit not checked"),
+    }
     assert_eq!(eg(["--version"]).stdout, out.stdout);
     assert_eq!(eg(["version", "--bogus"]).status.code(), Some(2));
 }

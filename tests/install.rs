@@ -506,6 +506,21 @@ fn kubeconfig_is_written_and_follows_token_rotation() {
     let client =
         egress_guard::kube::Client::from_kubeconfig(&dest, Duration::from_secs(1)).unwrap();
     assert_eq!(client.server(), "https://10.96.0.1:443");
+    // Uninstalling removes it with the entry and the binary: its token would be revoked.
+    std::fs::copy(
+        Path::new(FIXTURES).join("10-kindnet.conflist"),
+        t.conf().join("10-kindnet.conflist"),
+    )
+    .unwrap();
+    inst.install_binary().unwrap();
+    inst.reconcile().unwrap();
+    inst.uninstall().unwrap();
+    assert!(!dest.exists(), "kubeconfig left behind");
+    assert!(!t.0.join("bin/egress-guard").exists());
+    assert_eq!(
+        read_json(&t.conf().join("10-kindnet.conflist")),
+        read_json(&Path::new(FIXTURES).join("10-kindnet.conflist"))
+    );
 }
 
 #[test]
@@ -586,4 +601,396 @@ fn read_only_conf_dir_is_a_clear_error() {
         "{chain}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+/// Publishes `config` as the kubelet publishes a ConfigMap volume: the file is a symlink through
+/// `..data`, and an update is a new timestamped directory swapped in by renaming a symlink.
+fn publish_configmap(dir: &Path, generation: usize, config: &Value) {
+    let stamp = format!("..2026_12_04_00_00_{generation:02}.000000000");
+    std::fs::create_dir_all(dir.join(&stamp)).unwrap();
+    std::fs::write(
+        dir.join(&stamp).join("plugin.json"),
+        serde_json::to_vec(config).unwrap(),
+    )
+    .unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("plugin.json");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/plugin.json", &link).unwrap();
+    }
+}
+
+#[test]
+fn an_invalid_plugin_config_is_never_chained_and_readiness_says_why() {
+    let cases: &[(Value, &str)] = &[
+        (
+            json!({"defaultMode": "enforced"}),
+            "\"defaultMode\" has value \"enforced\"",
+        ),
+        (
+            json!({"enforceNamespace": ["model-serving"], "defaultmode": "enforce"}),
+            "did you mean \"",
+        ),
+        (
+            json!({"networks": {"dns": ["10.96.0.10 udp 0"]}}),
+            "networks.dns[0]",
+        ),
+    ];
+    for (config, needle) in cases {
+        let t = TempDir::new("invalid");
+        let path = t.conf().join("10-kindnet.conflist");
+        std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let err = Installer::new(options(&t, config)).err().expect("refused");
+        let text = egress_guard::install::error_chain(&err);
+        assert!(
+            text.contains(needle) && text.contains("plugin.json") && text.contains("not chained"),
+            "{config}: {text}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{config}");
+        // `install --check` prints the reason and fails.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+            .args(["install", "--check", "--cni-conf-dir"])
+            .arg(t.conf())
+            .arg("--cni-bin-dir")
+            .arg(t.0.join("bin"))
+            .arg("--plugin-config")
+            .arg(t.0.join("plugin.json"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains(needle), "{config}: {stdout}");
+    }
+}
+
+#[test]
+fn check_names_what_is_not_ready() {
+    let t = TempDir::new("check");
+    let inst = installer(&t);
+    let reason = inst.not_ready_reason().unwrap().unwrap();
+    assert!(reason.contains("no network configuration"), "{reason}");
+    let path = t.conf().join("10-kindnet.conflist");
+    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+    let reason = inst.not_ready_reason().unwrap().unwrap();
+    assert!(reason.contains("has no egress-guard entry"), "{reason}");
+    inst.reconcile().unwrap();
+    let reason = inst.not_ready_reason().unwrap().unwrap();
+    assert!(reason.contains("missing or not executable"), "{reason}");
+    inst.install_binary().unwrap();
+    assert_eq!(inst.not_ready_reason().unwrap(), None);
+    // A changed plugin config that is not chained yet is named.
+    let changed = Installer::new(options(&t, &json!({"defaultMode": "audit"}))).unwrap();
+    let reason = changed.not_ready_reason().unwrap().unwrap();
+    assert!(
+        reason.contains("differs from the plugin config"),
+        "{reason}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+        .args(["install", "--check", "--cni-conf-dir"])
+        .arg(t.conf())
+        .arg("--cni-bin-dir")
+        .arg(t.0.join("bin"))
+        .arg("--plugin-config")
+        .arg(t.0.join("plugin.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout.starts_with("not ready: ") && stdout.contains("differs"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn watch_follows_a_configmap_update_and_keeps_the_last_valid_entry() {
+    let t = TempDir::new("configmap");
+    let path = t.conf().join("10-kindnet.conflist");
+    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+    let cm = t.0.join("configmap");
+    std::fs::create_dir_all(&cm).unwrap();
+    publish_configmap(&cm, 1, &plugin_config());
+    let mut o = options(&t, &plugin_config());
+    o.plugin_config = cm.join("plugin.json");
+    let inst = Installer::new(o.clone()).unwrap();
+    let first = inst.entry().clone();
+    let _w = Watcher::start(inst);
+    assert!(wait_until(Duration::from_secs(5), || chained_in(&path, &first)).is_some());
+
+    // A valid update: the chained entry follows.
+    let mut audit = plugin_config();
+    audit["defaultMode"] = json!("audit");
+    publish_configmap(&cm, 2, &audit);
+    let second = Installer::new(o.clone()).unwrap().entry().clone();
+    assert_eq!(second["defaultMode"], "audit");
+    let took = wait_until(Duration::from_secs(5), || chained_in(&path, &second));
+    assert!(took.is_some_and(|d| d < Duration::from_secs(2)), "{took:?}");
+
+    // An invalid update: the entry chained before stays, and readiness fails naming the field.
+    publish_configmap(&cm, 3, &json!({"defaultMode": "enforced"}));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(chained_in(&path, &second));
+    let err = Installer::new(o.clone()).err().expect("invalid");
+    assert!(err.to_string().contains("defaultMode"), "{err}");
+
+    // Fixed again: chained again.
+    let mut enforce = plugin_config();
+    enforce["defaultMode"] = json!("enforce");
+    publish_configmap(&cm, 4, &enforce);
+    let fourth = Installer::new(o).unwrap().entry().clone();
+    assert!(wait_until(Duration::from_secs(5), || chained_in(&path, &fourth)).is_some());
+}
+
+/// Multus's configuration as its thin plugin generates it: the cluster network copied inline.
+fn multus_inline(delegate: &Value) -> Value {
+    json!({
+        "cniVersion": "0.3.1",
+        "name": "multus-cni-network",
+        "type": "multus",
+        "capabilities": {"portMappings": true},
+        "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
+        "delegates": [delegate]
+    })
+}
+
+/// A conf dir with kindnet and calico beside a Multus file `multus` (written as 00-multus.conf).
+fn multus_dir(tag: &str, multus: &Value) -> TempDir {
+    let t = TempDir::new(tag);
+    for f in ["10-kindnet.conflist", "10-calico.conflist"] {
+        let to = if f == "10-calico.conflist" {
+            "20-calico.conflist"
+        } else {
+            f
+        };
+        std::fs::copy(Path::new(FIXTURES).join(f), t.conf().join(to)).unwrap();
+    }
+    std::fs::write(
+        t.conf().join("00-multus.conf"),
+        serde_json::to_vec_pretty(multus).unwrap(),
+    )
+    .unwrap();
+    t
+}
+
+#[test]
+fn with_multus_the_entry_goes_into_the_cluster_network() {
+    let kindnet = read_json(&Path::new(FIXTURES).join("10-kindnet.conflist"));
+    let calico_name = read_json(&Path::new(FIXTURES).join("10-calico.conflist"))["name"].clone();
+    let thick = |extra: Value| {
+        let mut m = json!({"cniVersion": "0.3.1", "name": "multus-cni-network",
+            "type": "multus-shim", "socketDir": "/host/run/multus/"});
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        m
+    };
+    let cases: &[(&str, Value, &str)] = &[
+        (
+            "path",
+            thick(json!({"clusterNetwork": "/host/etc/cni/net.d/20-calico.conflist"})),
+            "20-calico.conflist",
+        ),
+        (
+            "name",
+            thick(json!({"clusterNetwork": calico_name})),
+            "20-calico.conflist",
+        ),
+        ("next", thick(json!({})), "10-kindnet.conflist"),
+        ("inline", multus_inline(&kindnet), "10-kindnet.conflist"),
+    ];
+    for (tag, multus, want) in cases {
+        let t = multus_dir(tag, multus);
+        let inst = installer(&t);
+        inst.install_binary().unwrap();
+        let multus_before = std::fs::read(t.conf().join("00-multus.conf")).unwrap();
+        let change = inst.reconcile().unwrap();
+        assert_eq!(change, ChainChange::Chained(t.conf().join(want)), "{tag}");
+        assert!(chained_in(&t.conf().join(want), inst.entry()), "{tag}");
+        assert_eq!(
+            std::fs::read(t.conf().join("00-multus.conf")).unwrap(),
+            multus_before,
+            "{tag}: Multus's own file is never written"
+        );
+        for other in ["10-kindnet.conflist", "20-calico.conflist"] {
+            if other != *want {
+                assert!(!chained_in(&t.conf().join(other), inst.entry()), "{tag}");
+            }
+        }
+        if *tag == "inline" {
+            // Ready only once Multus has copied the chained delegate into its own file.
+            let reason = inst.not_ready_reason().unwrap().unwrap();
+            assert!(
+                reason.contains("inline") && reason.contains("auto"),
+                "{reason}"
+            );
+            let regenerated = multus_inline(&read_json(&t.conf().join(want)));
+            std::fs::write(
+                t.conf().join("00-multus.conf"),
+                serde_json::to_vec(&regenerated).unwrap(),
+            )
+            .unwrap();
+        }
+        assert_eq!(inst.not_ready_reason().unwrap(), None, "{tag}");
+        assert_eq!(
+            inst.reconcile().unwrap(),
+            ChainChange::Unchanged(t.conf().join(want))
+        );
+    }
+}
+
+#[test]
+fn with_multus_an_unknown_cluster_network_is_refused_with_how_to_fix() {
+    let mut orphan = read_json(&Path::new(FIXTURES).join("10-kindnet.conflist"));
+    orphan["name"] = json!("not-in-this-dir");
+    let cases: &[(Value, &str)] = &[
+        (multus_inline(&orphan), "let Multus generate its config"),
+        (
+            json!({"cniVersion": "0.3.1", "name": "m", "type": "multus-shim",
+                   "clusterNetwork": "/host/etc/cni/net.d/30-missing.conflist"}),
+            "clusterNetwork \"/host/etc/cni/net.d/30-missing.conflist\" is no network configuration",
+        ),
+    ];
+    for (multus, needle) in cases {
+        let t = multus_dir("multus-bad", multus);
+        let before: Vec<Vec<u8>> = [
+            "00-multus.conf",
+            "10-kindnet.conflist",
+            "20-calico.conflist",
+        ]
+        .iter()
+        .map(|f| std::fs::read(t.conf().join(f)).unwrap())
+        .collect();
+        let inst = installer(&t);
+        let err = inst.reconcile().unwrap_err().to_string();
+        assert!(
+            err.contains("00-multus.conf is Multus's configuration") && err.contains(needle),
+            "{err}"
+        );
+        let reason = inst.not_ready_reason().unwrap().unwrap();
+        assert!(reason.contains(needle), "{reason}");
+        let after: Vec<Vec<u8>> = [
+            "00-multus.conf",
+            "10-kindnet.conflist",
+            "20-calico.conflist",
+        ]
+        .iter()
+        .map(|f| std::fs::read(t.conf().join(f)).unwrap())
+        .collect();
+        assert_eq!(before, after, "nothing is written");
+    }
+}
+
+#[test]
+fn an_entry_left_in_a_conflist_no_longer_chained_is_removed() {
+    let t = TempDir::new("stale");
+    let kindnet = t.conf().join("10-kindnet.conflist");
+    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &kindnet).unwrap();
+    let inst = installer(&t);
+    inst.install_binary().unwrap();
+    inst.reconcile().unwrap();
+    assert!(chained_in(&kindnet, inst.entry()));
+    // Another CNI takes over with a file that sorts first.
+    let cilium = t.conf().join("05-cilium.conflist");
+    std::fs::copy(Path::new(FIXTURES).join("05-cilium.conflist"), &cilium).unwrap();
+    let reason = inst.not_ready_reason().unwrap().unwrap();
+    assert!(
+        reason.contains("05-cilium.conflist has no egress-guard entry"),
+        "{reason}"
+    );
+    assert_eq!(
+        inst.reconcile().unwrap(),
+        ChainChange::Chained(cilium.clone())
+    );
+    assert!(chained_in(&cilium, inst.entry()));
+    let left = read_json(&kindnet);
+    assert_eq!(
+        left,
+        read_json(&Path::new(FIXTURES).join("10-kindnet.conflist"))
+    );
+    assert_eq!(inst.not_ready_reason().unwrap(), None);
+    // A stale entry put back by hand is reported, then removed.
+    let mut hand = left.clone();
+    hand["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::Object(inst.entry().clone()));
+    std::fs::write(&kindnet, serde_json::to_vec(&hand).unwrap()).unwrap();
+    let reason = inst.not_ready_reason().unwrap().unwrap();
+    assert!(
+        reason.contains("10-kindnet.conflist still holds a stale"),
+        "{reason}"
+    );
+    assert_eq!(inst.reconcile().unwrap(), ChainChange::Unchanged(cilium));
+    assert_eq!(read_json(&kindnet), left);
+}
+
+#[test]
+fn uninstall_on_exit_removes_the_entry_kubeconfig_and_binary_at_sigterm() {
+    let t = TempDir::new("on-exit");
+    let path = t.conf().join("10-kindnet.conflist");
+    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+    let sa = t.0.join("sa");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "token-1\n").unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
+    std::fs::write(sa.join("ca.crt"), ca.cert.pem()).unwrap();
+    let mut cfg = plugin_config();
+    cfg["kubeconfig"] = json!("/etc/cni/net.d/egress-guard.kubeconfig");
+    let o = options(&t, &cfg);
+    let kubeconfig = t.0.join("host/etc/cni/net.d/egress-guard.kubeconfig");
+    std::fs::create_dir_all(kubeconfig.parent().unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+        .arg("install")
+        .arg("--uninstall-on-exit")
+        .arg(format!("--cni-conf-dir={}", t.conf().display()))
+        .arg(format!("--cni-bin-dir={}", t.0.join("bin").display()))
+        .arg(format!("--plugin-config={}", o.plugin_config.display()))
+        .arg(format!("--binary={}", o.binary.display()))
+        .arg(format!("--host-root={}", o.host_root.display()))
+        .arg(format!("--service-account-dir={}", sa.display()))
+        .arg("--api-server=https://10.96.0.1:443")
+        .env_remove("NODE_NAME")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let entry = Installer::new(o).unwrap().entry().clone();
+    let chained = wait_until(Duration::from_secs(10), || {
+        chained_in(&path, &entry) && kubeconfig.exists() && t.0.join("bin/egress-guard").exists()
+    });
+    if chained.is_none() {
+        let _ = child.kill();
+        panic!("the installer did not chain within 10 s");
+    }
+    // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        read_json(&path),
+        read_json(&Path::new(FIXTURES).join("10-kindnet.conflist"))
+    );
+    assert!(!kubeconfig.exists(), "kubeconfig left behind");
+    assert!(!t.0.join("bin/egress-guard").exists(), "binary left behind");
+}
+
+#[test]
+fn the_deployed_plugin_config_passes_the_plugin_parser() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/configmap.yaml"
+    ))
+    .unwrap();
+    let cm: Value = serde_norway::from_str(&text).unwrap();
+    let plugin = cm["data"]["plugin.json"].as_str().expect("plugin.json");
+    let t = TempDir::new("deployed");
+    let config: Value = serde_json::from_str(plugin).unwrap();
+    let inst = Installer::new(options(&t, &config))
+        .unwrap_or_else(|e| panic!("{}", egress_guard::install::error_chain(&e)));
+    let entry = serde_json::to_vec(inst.entry()).unwrap();
+    let conf = egress_guard::cni::NetConf::parse(&entry).unwrap();
+    conf.check_annotation_source().unwrap();
 }

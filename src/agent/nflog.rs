@@ -29,9 +29,13 @@ const COPY_RANGE: u32 = 256;
 pub enum NflogError {
     #[error("cannot open a netfilter netlink socket: {0}")]
     Open(#[source] NetlinkError),
-    #[error("NFLOG group {group} is already bound by another process in this network namespace")]
-    Busy { group: u16 },
-    #[error("binding NFLOG group {group}: {source}")]
+    #[error(
+        "NFLOG group {group} is held by another process in this network namespace (another \
+         egress-guard agent?): {errno}; stop it, or give this agent another group (the \
+         conflist's nflogGroup)"
+    )]
+    Busy { group: u16, errno: &'static str },
+    #[error("binding NFLOG group {group} (the agent needs CAP_NET_ADMIN): {source}")]
     Bind {
         group: u16,
         #[source]
@@ -63,6 +67,21 @@ pub struct LoggedPacket {
     pub payload: Vec<u8>,
 }
 
+/// Whether this process holds CAP_NET_ADMIN (bit 12 of `CapEff` in /proc/self/status).
+fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}
+
 /// A bound NFLOG group. Closing the socket unbinds it.
 pub struct Subscription {
     sock: Socket,
@@ -90,7 +109,19 @@ impl Subscription {
         payload.extend_from_slice(bind.bytes());
         match sock.request("nflog bind", msg_type(NFULNL_MSG_CONFIG), 0, &payload) {
             Ok(_) => {}
-            Err(e) if e.errno() == Some(libc::EBUSY) => return Err(NflogError::Busy { group }),
+            // The kernel answers EPERM both without CAP_NET_ADMIN and when another socket owns
+            // the group (EBUSY/EEXIST on some versions).
+            Err(e) if e.errno() == Some(libc::EPERM) && !has_net_admin() => {
+                return Err(NflogError::Bind { group, source: e })
+            }
+            Err(e) if matches!(e.errno(), Some(libc::EPERM | libc::EBUSY | libc::EEXIST)) => {
+                let errno = match e.errno() {
+                    Some(libc::EPERM) => "EPERM",
+                    Some(libc::EBUSY) => "EBUSY",
+                    _ => "EEXIST",
+                };
+                return Err(NflogError::Busy { group, errno });
+            }
             Err(source) => return Err(NflogError::Bind { group, source }),
         }
         let mut mode = Vec::with_capacity(6);

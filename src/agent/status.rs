@@ -27,22 +27,33 @@ pub struct Row {
     /// Denied (enforce) or audited (audit) packets and bytes; `None` when unreadable.
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
-    /// `ok`, `drift`, `missing`, `gone` or `error`.
+    /// `ok`, `drift`, `missing`, `gone` (the pod's network is gone; GC removes the rest) or
+    /// `error`.
     pub table: &'static str,
+    /// What is wrong with the table: each rule missing (nft text) or unexpected, or the error.
+    pub problems: Vec<String>,
 }
 
-fn health<K: Kernel>(guard: &mut Guard<'_, K>, s: &PodRecord) -> &'static str {
-    if guard.pod_gone(s) {
-        return "gone";
+impl Row {
+    /// Whether this pod's guard is not what its policy says.
+    pub fn unhealthy(&self) -> bool {
+        matches!(self.table, "drift" | "missing" | "error")
     }
-    let Ok(table) = s.expected_table() else {
-        return "error";
+}
+
+fn health<K: Kernel>(guard: &mut Guard<'_, K>, s: &PodRecord) -> (&'static str, Vec<String>) {
+    if guard.pod_gone(s) {
+        return ("gone", Vec::new());
+    }
+    let table = match s.expected_table() {
+        Ok(t) => t,
+        Err(e) => return ("error", vec![e.to_string()]),
     };
     match inspect(guard.kernel, s.place(), &table) {
-        Ok(Inspection::Missing) => "missing",
-        Ok(Inspection::Matches) => "ok",
-        Ok(Inspection::Drift(_)) => "drift",
-        Err(_) => "error",
+        Ok(Inspection::Missing) => ("missing", Inspection::Missing.problems(&table)),
+        Ok(Inspection::Matches) => ("ok", Vec::new()),
+        Ok(Inspection::Drift(p)) => ("drift", p),
+        Err(e) => ("error", vec![e.to_string()]),
     }
 }
 
@@ -59,6 +70,7 @@ pub fn rows<K: Kernel>(
             let c = counters::read(guard.kernel, s.place(), s.family(), &s.table)
                 .ok()
                 .flatten();
+            let (table, problems) = health(&mut guard, s);
             Row {
                 namespace: s.pod.namespace.clone(),
                 pod: s.pod.name.clone(),
@@ -69,7 +81,8 @@ pub fn rows<K: Kernel>(
                 allow_entries: s.entries.len(),
                 packets: c.map(|c| c.packets),
                 bytes: c.map(|c| c.bytes),
-                table: health(&mut guard, s),
+                table,
+                problems,
             }
         })
         .collect();
@@ -124,9 +137,36 @@ pub(crate) fn parse(p: &Parsed) -> Result<(PathBuf, bool), CliError> {
     Ok((dir, p.has("json")))
 }
 
+/// The problems of the unhealthy rows, a line each, under the pod they belong to.
+pub fn render_problems(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for r in rows.iter().filter(|r| !r.problems.is_empty()) {
+        out.push_str(&format!(
+            "\n{}/{} ({}): table {}\n",
+            r.namespace.as_deref().unwrap_or("-"),
+            r.pod.as_deref().unwrap_or("-"),
+            r.container_id.chars().take(12).collect::<String>(),
+            r.table
+        ));
+        for p in &r.problems {
+            out.push_str(&format!("  {p}\n"));
+        }
+    }
+    out
+}
+
 /// Entry point of the `status` subcommand.
 pub fn status(p: &Parsed) -> Result<ExitCode, CliError> {
     let (dir, json) = parse(p)?;
+    if !dir.is_dir() {
+        eprintln!(
+            "egress-guard status: state directory {} does not exist: the plugin has guarded no \
+             pod on this node (is it chained? see `egress-guard install --check`), or \
+             --state-dir/--plugin-config name another directory",
+            dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let (rows, errors) = rows(&mut NetlinkKernel::new(), &dir);
     for e in &errors {
         eprintln!("egress-guard status: {e}");
@@ -146,8 +186,9 @@ pub fn status(p: &Parsed) -> Result<ExitCode, CliError> {
         );
     } else {
         print!("{}", render_table(&rows));
+        print!("{}", render_problems(&rows));
     }
-    Ok(if errors.is_empty() {
+    Ok(if errors.is_empty() && !rows.iter().any(Row::unhealthy) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -171,6 +212,7 @@ mod tests {
             packets: Some(5),
             bytes: None,
             table: "ok",
+            problems: Vec::new(),
         };
         let t = render_table(&[row]);
         let lines: Vec<&str> = t.lines().collect();

@@ -191,7 +191,8 @@ pub const AGENT: Command = Command {
 pub const STATUS: Command = Command {
     name: "status",
     summary: "table of the guarded pods on this node: mode, placement, counters, drift",
-    notes: "",
+    notes: "exit status: 0 every table matches its policy, 1 a table is missing, in drift or \
+            unreadable, a state file is unreadable or the state dir does not exist, 2 usage",
     positional: None,
     flags: &[
         Flag::value(
@@ -258,6 +259,15 @@ pub const HELP: Command = Command {
 /// Every subcommand, in the order the overview lists them.
 pub const COMMANDS: [&Command; 7] = [&RENDER, &INSTALL, &AGENT, &STATUS, &REPORT, &VERSION, &HELP];
 
+/// The package version and the build it came from (`0.1.0 (git 1a2b3c4d5e6f, 2026-12-04)`).
+pub fn version() -> String {
+    format!(
+        "{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("EGRESS_GUARD_BUILD")
+    )
+}
+
 /// The top-level help.
 pub fn overview() -> String {
     let mut out = String::from(
@@ -288,7 +298,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         "status" => dispatch(&STATUS, rest, crate::agent::status),
         "report" => dispatch(&REPORT, rest, crate::agent::report),
         "version" | "--version" => dispatch(&VERSION, rest, |_| {
-            println!("egress-guard {}", env!("CARGO_PKG_VERSION"));
+            println!("egress-guard {}", version());
             Ok(ExitCode::SUCCESS)
         }),
         "help" | "--help" | "-h" => dispatch(&HELP, rest, help),

@@ -221,29 +221,10 @@ impl Command {
 
     /// ` (did you mean --x?)` for the known flag closest to `name`, if one is close.
     fn suggest(&self, name: &str) -> String {
-        self.flags
-            .iter()
-            .map(|f| (distance(name, f.name), f.name))
-            .filter(|(d, known)| *d <= 2.max(known.len() / 4))
-            .min()
-            .map(|(_, known)| format!(" (did you mean --{known}?)"))
+        crate::spelling::closest(name, self.flags.iter().map(|f| f.name))
+            .map(|known| format!(" (did you mean --{known}?)"))
             .unwrap_or_default()
     }
-}
-
-/// Levenshtein distance of two short strings.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let swap = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + swap).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -36,6 +36,76 @@ fn field_err(field: &str, problem: impl Into<String>) -> ConfigError {
 
 pub use crate::guard::{Attachment, PlacementPref};
 
+/// Fields of egress-guard's own, in the interface contract.
+pub const OWN_FIELDS: &[&str] = &[
+    "defaultMode",
+    "enforceNamespaces",
+    "networks",
+    "enforcedAllow",
+    "placement",
+    "logFile",
+    "logLevel",
+    "kubeconfig",
+    "nflogGroup",
+    "stateDir",
+];
+
+/// Fields the CNI specification reserves in a plugin's configuration or the runtime adds to it.
+/// `ipMasq`, `ipam` and `dns` mean nothing to a chained policy plugin and are ignored.
+pub const CNI_FIELDS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "capabilities",
+    "args",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "runtimeConfig",
+    "prevResult",
+    VALID_ATTACHMENTS,
+];
+
+/// An error for the first field that is neither egress-guard's nor the CNI specification's,
+/// naming the closest known field when one is close.
+fn reject_unknown_fields(obj: &serde_json::Map<String, Value>) -> Result<(), ConfigError> {
+    let known = || OWN_FIELDS.iter().chain(CNI_FIELDS).copied();
+    let Some(field) = obj.keys().find(|k| !known().any(|f| f == k.as_str())) else {
+        return Ok(());
+    };
+    let problem = match crate::spelling::closest(field, known()) {
+        Some(near) => format!("is not a known field (did you mean \"{near}\"?)"),
+        None => format!(
+            "is not a known field (egress-guard's fields: {})",
+            OWN_FIELDS.join(", ")
+        ),
+    };
+    Err(field_err(field, problem))
+}
+
+/// `capabilities`: an object of booleans; returns whether the pod-annotations one is on.
+fn parse_capabilities(v: Option<&Value>) -> Result<bool, ConfigError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(field_err(
+                "capabilities",
+                format!("must be an object, got {}", type_name(other)),
+            ))
+        }
+    };
+    for (k, v) in obj {
+        if !v.is_boolean() {
+            return Err(field_err(
+                &format!("capabilities[\"{k}\"]"),
+                format!("must be true or false, got {}", type_name(v)),
+            ));
+        }
+    }
+    Ok(obj.get(ANNOTATIONS_CAPABILITY) == Some(&Value::Bool(true)))
+}
+
 #[derive(Debug, Clone)]
 pub struct NetConf {
     pub cni_version: String,
@@ -48,6 +118,8 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub kubeconfig: Option<PathBuf>,
+    /// Whether the entry declares the pod-annotations capability.
+    pub annotations_capability: bool,
     pub nflog_group: u16,
     pub state_dir: PathBuf,
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -230,6 +302,17 @@ impl NetConf {
             .as_object()
             .ok_or_else(|| ConfigError::NotObject(type_name(&v)))?;
 
+        reject_unknown_fields(obj)?;
+        let annotations_capability = parse_capabilities(obj.get("capabilities"))?;
+        match obj.get("args") {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(other) => {
+                return Err(field_err(
+                    "args",
+                    format!("must be an object, got {}", type_name(other)),
+                ))
+            }
+        }
         let cni_version = opt_str(obj, "cniVersion")?.unwrap_or("0.4.0").to_string();
         let name = opt_str(obj, "name")?.unwrap_or("").to_string();
         if let Some(t) = opt_str(obj, "type")? {
@@ -363,10 +446,29 @@ impl NetConf {
             log_file,
             log_level,
             kubeconfig,
+            annotations_capability,
             nflog_group,
             state_dir,
             valid_attachments,
         })
+    }
+
+    /// An entry must have a way to see a pod's annotations, or a pod's `mode: enforce` would be
+    /// ignored without a word: the runtime passing them (the capability, or annotations already
+    /// in `runtimeConfig`) or a `kubeconfig` to read the pod from the API server.
+    pub fn check_annotation_source(&self) -> Result<(), ConfigError> {
+        if self.annotations_capability || self.annotations.is_some() || self.kubeconfig.is_some() {
+            return Ok(());
+        }
+        Err(field_err(
+            "capabilities",
+            format!(
+                "does not declare \"{ANNOTATIONS_CAPABILITY}\": true and no \"kubeconfig\" is \
+                 set, so pod annotations cannot be seen; add \"capabilities\": \
+                 {{\"{ANNOTATIONS_CAPABILITY}\": true}} (containerd >= 1.5, CRI-O >= 1.29) or \
+                 a \"kubeconfig\" to read pods from the API server"
+            ),
+        ))
     }
 
     /// Names of host-side interfaces in prevResult (interfaces without "sandbox"), to try when
@@ -418,6 +520,41 @@ mod tests {
         assert_eq!(c.host_interface_hints(), vec!["veth1".to_string()]);
         assert_eq!(c.placement, PlacementPref::Auto);
         assert_eq!(c.settings.enforced_allow, Ceiling::Networks);
+    }
+
+    #[test]
+    fn cni_reserved_fields_are_accepted() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"k8s","type":"egress-guard",
+            "capabilities":{"portMappings":true},"args":{"cni":{}},"ipMasq":false,"ipam":{},
+            "dns":{},"runtimeConfig":{},"prevResult":{},"cni.dev/valid-attachments":[]}"#,
+        )
+        .unwrap();
+        assert!(!c.annotations_capability);
+    }
+
+    #[test]
+    fn an_entry_must_see_annotations() {
+        let blind = NetConf::parse(br#"{"defaultMode":"off"}"#).unwrap();
+        let err = blind.check_annotation_source().unwrap_err().to_string();
+        assert!(
+            err.contains("\"capabilities\" does not declare")
+                && err.contains("add \"capabilities\"")
+                && err.contains("\"kubeconfig\""),
+            "{err}"
+        );
+        let off =
+            NetConf::parse(br#"{"capabilities":{"io.kubernetes.cri.pod-annotations":false}}"#)
+                .unwrap();
+        assert!(off.check_annotation_source().is_err());
+        for seeing in [
+            r#"{"capabilities":{"io.kubernetes.cri.pod-annotations":true}}"#,
+            r#"{"kubeconfig":"/etc/cni/net.d/egress-guard.kubeconfig"}"#,
+            r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{}}}"#,
+        ] {
+            let c = NetConf::parse(seeing.as_bytes()).unwrap();
+            assert!(c.check_annotation_source().is_ok(), "{seeing}");
+        }
     }
 
     #[test]
@@ -507,6 +644,24 @@ mod tests {
                 r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/allow":"a","egress-guard.io/allow":"b"}}}"#,
                 "duplicate key \"egress-guard.io/allow\"",
             ),
+            (
+                r#"{"enforceNamespace":["model-serving"]}"#,
+                "conflist field \"enforceNamespace\" is not a known field (did you mean \"enforceNamespaces\"?)",
+            ),
+            (
+                r#"{"defaultmode":"enforce"}"#,
+                "\"defaultmode\" is not a known field (did you mean \"defaultMode\"?)",
+            ),
+            (
+                r#"{"allowEverything":true}"#,
+                "\"allowEverything\" is not a known field (egress-guard's fields: defaultMode,",
+            ),
+            (r#"{"capabilities":[]}"#, "\"capabilities\" must be an object"),
+            (
+                r#"{"capabilities":{"io.kubernetes.cri.pod-annotations":"yes"}}"#,
+                "\"capabilities[\"io.kubernetes.cri.pod-annotations\"]\" must be true or false",
+            ),
+            (r#"{"args":"x"}"#, "\"args\" must be an object"),
             (r#"[1]"#, "must be a JSON object"),
             (r#"{"#, "not valid JSON"),
         ];

@@ -347,6 +347,10 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
                 ));
             }
         }
+        if matches!(verb, Verb::Add | Verb::Check | Verb::Status) {
+            conf.check_annotation_source()
+                .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+        }
         let pod = parse_cni_args(inv.env.args.as_deref().unwrap_or(""))
             .map_err(|e| CniError::new(code::INVALID_ENV, e.to_string()))?;
         rec.pod = pod.clone();

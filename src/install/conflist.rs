@@ -24,6 +24,11 @@ pub enum Kind {
 /// libcni's rule: among the directory's regular files (or links to them) ending in `.conf`,
 /// `.conflist` or `.json`, the first in lexical (byte) order is the network the runtime uses.
 pub fn find_primary(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
+    Ok(config_files(dir)?.into_iter().next())
+}
+
+/// The directory's network configuration files in libcni's order.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     let read_dir = |source| InstallError::ReadDir {
         path: dir.to_path_buf(),
         source,
@@ -43,7 +48,7 @@ pub fn find_primary(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
         }
     }
     names.sort();
-    Ok(names.first().map(|n| dir.join(n)))
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
 /// The kind libcni gives a file by its extension.

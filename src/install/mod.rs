@@ -10,6 +10,7 @@ mod conflist;
 mod fsutil;
 mod kubeconfig;
 mod node;
+mod target;
 mod watch;
 
 use std::collections::VecDeque;
@@ -26,6 +27,7 @@ pub use conflist::{find_primary, ANNOTATIONS_CAPABILITY, PLUGIN_TYPE};
 pub use fsutil::{atomic_write, temp_path};
 pub use kubeconfig::Source as KubeconfigSource;
 pub use node::{taint_patch, NOT_READY_TAINT};
+pub use target::ChainTarget;
 
 /// Errors of the installer; each names the file, flag or API action at fault.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,8 @@ pub enum InstallError {
     },
     #[error("plugin config {path}: {problem}")]
     PluginConfig { path: PathBuf, problem: String },
+    #[error("{path} is Multus's configuration, but {problem}")]
+    Multus { path: PathBuf, problem: String },
     #[error("no network configuration (.conf, .conflist, .json) in {dir}")]
     NoConflist { dir: PathBuf },
     #[error("cannot read service-account token {path}")]
@@ -222,6 +226,8 @@ impl ChainChange {
 pub struct Installer {
     opts: Options,
     entry: Map<String, Value>,
+    /// The plugin config as last read (`None`: not found), to notice a change.
+    config_bytes: Option<Vec<u8>>,
     last_error: Option<String>,
     recent_writes: VecDeque<Instant>,
     backoff: Duration,
@@ -233,37 +239,33 @@ const WRITE_WINDOW: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Installer {
-    /// Loads the plugin config and builds the entry to chain.
+    /// Loads the plugin config and builds the entry to chain; an invalid config is an error.
     pub fn new(opts: Options) -> Result<Installer, InstallError> {
-        let config = match fsutil::read_optional(&opts.plugin_config)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
-                InstallError::ParsePluginConfig {
-                    path: opts.plugin_config.clone(),
-                    source,
-                }
-            })?,
-            None if opts.plugin_config_required => {
-                return Err(InstallError::Read {
-                    path: opts.plugin_config.clone(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                })
-            }
-            None => {
-                log::warn!(
-                    "plugin config {} not found; chaining with defaults",
-                    opts.plugin_config.display()
-                );
-                Value::Object(Map::new())
-            }
-        };
-        let entry = conflist::entry_from_config(&opts.plugin_config, config)?;
+        let config_bytes = fsutil::read_optional(&opts.plugin_config)?;
+        let entry = entry_for(&opts, config_bytes.as_deref())?;
         Ok(Installer {
             opts,
             entry,
+            config_bytes,
             last_error: None,
             recent_writes: VecDeque::new(),
             backoff: Duration::ZERO,
         })
+    }
+
+    /// Reads the plugin config again. When it changed and is valid, it becomes the entry to
+    /// chain (`Ok(true)`); when it changed and is invalid, the entry chained so far stays and the
+    /// error says why (once per change of the file).
+    pub fn reload_config(&mut self) -> Result<bool, InstallError> {
+        let bytes = fsutil::read_optional(&self.opts.plugin_config)?;
+        if bytes == self.config_bytes {
+            return Ok(false);
+        }
+        self.config_bytes = bytes;
+        let entry = entry_for(&self.opts, self.config_bytes.as_deref())?;
+        let changed = entry != self.entry;
+        self.entry = entry;
+        Ok(changed)
     }
 
     /// The conflist entry this installer chains.
@@ -280,11 +282,55 @@ impl Installer {
         fsutil::install_file(&self.opts.binary, &self.binary_dest())
     }
 
-    /// Chains the entry into the primary conflist if it is not already there.
-    pub fn reconcile(&self) -> Result<ChainChange, InstallError> {
+    /// The file to chain into: the primary conflist, or Multus's cluster network.
+    pub fn target(&self) -> Result<ChainTarget, InstallError> {
         let dir = &self.opts.cni_conf_dir;
-        let path =
-            find_primary(dir)?.ok_or_else(|| InstallError::NoConflist { dir: dir.clone() })?;
+        target::find(dir)?.ok_or_else(|| InstallError::NoConflist { dir: dir.clone() })
+    }
+
+    /// Chains the entry into the target conflist if it is not already there, and removes
+    /// entries this installer left in files it no longer chains.
+    pub fn reconcile(&self) -> Result<ChainChange, InstallError> {
+        let target = self.target()?;
+        let change = self.chain_into(&target.path)?;
+        let keep = match &change {
+            ChainChange::Unchanged(p) | ChainChange::Chained(p) => p,
+            ChainChange::Converted { to, .. } => to,
+        };
+        self.remove_stale(keep)?;
+        Ok(change)
+    }
+
+    /// Removes egress-guard entries from every conflist of the conf dir but `keep`.
+    fn remove_stale(&self, keep: &Path) -> Result<(), InstallError> {
+        for path in conflist::config_files(&self.opts.cni_conf_dir)? {
+            if path == keep || conflist::kind_of(&path) != conflist::Kind::List {
+                continue;
+            }
+            let Some(bytes) = fsutil::read_optional(&path)? else {
+                continue;
+            };
+            let Ok(conf) = conflist::parse(&path, &bytes) else {
+                continue;
+            };
+            if let Some(list) = conflist::unchained(&conf) {
+                fsutil::atomic_write(
+                    &path,
+                    &conflist::to_bytes(&list),
+                    fsutil::mode_of(&path, 0o644),
+                )?;
+                log::info!(
+                    "removed a stale egress-guard entry from {} (chained into {})",
+                    path.display(),
+                    keep.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn chain_into(&self, path: &Path) -> Result<ChainChange, InstallError> {
+        let path = path.to_path_buf();
         let bytes = std::fs::read(&path).map_err(|source| InstallError::Read {
             path: path.clone(),
             source,
@@ -320,24 +366,88 @@ impl Installer {
 
     /// Whether the primary conflist holds exactly our entry, last, and the binary is installed.
     pub fn check(&self) -> Result<bool, InstallError> {
-        let Some(path) = find_primary(&self.opts.cni_conf_dir)? else {
-            return Ok(false);
+        Ok(self.not_ready_reason()?.is_none())
+    }
+
+    /// Why the node is not ready for guarded pods, or `None` when it is: the primary conflist
+    /// holds exactly the entry of the current plugin config, last, and the binary is installed.
+    pub fn not_ready_reason(&self) -> Result<Option<String>, InstallError> {
+        let dir = &self.opts.cni_conf_dir;
+        let target = match target::find(dir) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Ok(Some(format!(
+                    "no network configuration (.conf, .conflist, .json) in {}",
+                    dir.display()
+                )))
+            }
+            Err(e @ InstallError::Multus { .. }) => return Ok(Some(e.to_string())),
+            Err(e) => return Err(e),
         };
+        let path = target.path.clone();
         if conflist::kind_of(&path) != conflist::Kind::List {
-            return Ok(false);
+            return Ok(Some(format!(
+                "{} is a single-plugin file: egress-guard is not chained into it yet",
+                path.display()
+            )));
         }
         let bytes = std::fs::read(&path).map_err(|source| InstallError::Read {
             path: path.clone(),
             source,
         })?;
         let conf = conflist::parse(&path, &bytes)?;
+        if !conflist::has_entry(&conf) {
+            return Ok(Some(format!(
+                "{} has no egress-guard entry",
+                path.display()
+            )));
+        }
+        if !conflist::is_chained(&conf, &self.entry) {
+            return Ok(Some(format!(
+                "the egress-guard entry in {} is not last or differs from the plugin config {} \
+                 (not re-chained yet)",
+                path.display(),
+                self.opts.plugin_config.display()
+            )));
+        }
+        if let (Some(multus), true) = (&target.multus, target.inline) {
+            if !target::inline_delegate_chained(multus, &self.entry) {
+                return Ok(Some(format!(
+                    "{} (Multus) holds its cluster network inline and that copy does not end \
+                     with the egress-guard entry chained into {}: Multus regenerates it only \
+                     when it generates its config (--multus-conf-file=auto)",
+                    multus.display(),
+                    path.display()
+                )));
+            }
+        }
+        for other in conflist::config_files(dir)? {
+            if other == path || conflist::kind_of(&other) != conflist::Kind::List {
+                continue;
+            }
+            let stale = fsutil::read_optional(&other)?
+                .and_then(|b| conflist::parse(&other, &b).ok())
+                .is_some_and(|c| conflist::has_entry(&c));
+            if stale {
+                return Ok(Some(format!(
+                    "{} still holds a stale egress-guard entry",
+                    other.display()
+                )));
+            }
+        }
         let bin = self.binary_dest();
-        Ok(conflist::is_chained(&conf, &self.entry)
-            && bin.is_file()
-            && fsutil::mode_of(&bin, 0) & 0o111 != 0)
+        if !bin.is_file() || fsutil::mode_of(&bin, 0) & 0o111 == 0 {
+            return Ok(Some(format!(
+                "{} is missing or not executable",
+                bin.display()
+            )));
+        }
+        Ok(None)
     }
 
-    /// Removes our entry from every network configuration in the conf dir, and the binary.
+    /// Removes our entry from every network configuration in the conf dir, the plugin's
+    /// kubeconfig and the binary. Running pods keep their tables: removing them would unguard
+    /// pods that started guarded (README, "Uninstall").
     pub fn uninstall(&self) -> Result<(), InstallError> {
         let dir = &self.opts.cni_conf_dir;
         let read_dir = |source| InstallError::ReadDir {
@@ -363,6 +473,11 @@ impl Installer {
                     fsutil::mode_of(&path, 0o644),
                 )?;
                 log::info!("removed egress-guard from {}", path.display());
+            }
+        }
+        if let Some(kubeconfig) = self.kubeconfig_dest() {
+            if fsutil::remove_if_exists(&kubeconfig)? {
+                log::info!("removed {}", kubeconfig.display());
             }
         }
         if fsutil::remove_if_exists(&self.binary_dest())? {
@@ -493,6 +608,17 @@ impl Installer {
                     }
                 }
             }
+            match self.reload_config() {
+                Ok(true) => {
+                    log::info!(
+                        "plugin config {} changed: re-chaining",
+                        self.opts.plugin_config.display()
+                    );
+                    dirty_since.get_or_insert(Instant::now());
+                }
+                Ok(false) => {}
+                Err(e) => log::error!("{}; the entry chained before stays", error_chain(&e)),
+            }
             let now = Instant::now();
             if now >= next_resync {
                 next_resync = now + self.opts.resync;
@@ -574,6 +700,41 @@ impl Installer {
     }
 }
 
+/// The entry to chain for a plugin config (`None`: the file does not exist), validated by the
+/// plugin's own parser, so that a config the plugin would refuse is never chained.
+fn entry_for(opts: &Options, bytes: Option<&[u8]>) -> Result<Map<String, Value>, InstallError> {
+    let path = &opts.plugin_config;
+    let config = match bytes {
+        Some(bytes) => {
+            serde_json::from_slice(bytes).map_err(|source| InstallError::ParsePluginConfig {
+                path: path.clone(),
+                source,
+            })?
+        }
+        None if opts.plugin_config_required => {
+            return Err(InstallError::Read {
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        }
+        None => {
+            log::warn!(
+                "plugin config {} not found; chaining with defaults",
+                path.display()
+            );
+            Value::Object(Map::new())
+        }
+    };
+    let entry = conflist::entry_from_config(path, config)?;
+    let invalid = |e: crate::cni::config::ConfigError| InstallError::PluginConfig {
+        path: path.clone(),
+        problem: format!("{e}; not chained"),
+    };
+    let conf = crate::cni::NetConf::parse(&conflist::to_bytes(&entry)).map_err(invalid)?;
+    conf.check_annotation_source().map_err(invalid)?;
+    Ok(entry)
+}
+
 /// An error with its sources, `: `-separated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -602,20 +763,20 @@ pub fn run(p: &Parsed) -> Result<ExitCode, CliError> {
 fn run_mode(opts: Options) -> Result<ExitCode, InstallError> {
     let mode = opts.mode;
     let uninstall_on_exit = opts.uninstall_on_exit;
+    if mode == Action::Check {
+        // A readiness probe: its output is the message the kubelet shows, so plain text.
+        let reason = match Installer::new(opts).and_then(|i| i.not_ready_reason()) {
+            Ok(None) => return Ok(ExitCode::SUCCESS),
+            Ok(Some(reason)) => reason,
+            Err(e) => error_chain(&e),
+        };
+        println!("not ready: {reason}");
+        return Ok(ExitCode::FAILURE);
+    }
     let mut installer = Installer::new(opts)?;
-    match mode {
-        Action::Check => {
-            return Ok(if installer.check()? {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
-        Action::Uninstall => {
-            installer.uninstall()?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Action::Once | Action::Watch => {}
+    if mode == Action::Uninstall {
+        installer.uninstall()?;
+        return Ok(ExitCode::SUCCESS);
     }
     crate::signal::catch_termination().map_err(|source| InstallError::Os {
         what: "sigaction",

@@ -21,7 +21,7 @@ pub use naming::{
     table_name, TABLE_PREFIX,
 };
 pub use podnet::{IfAddr, Mac, PodNet};
-pub use render::render;
+pub use render::{render, render_rule};
 pub use tables::{CT_ESTABLISHED, CT_RELATED};
 pub use target::{Attach, Placement, Target};
 

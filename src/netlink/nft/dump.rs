@@ -158,6 +158,7 @@ pub fn read_table(
             devices,
             policy: a.get(CHAIN_POLICY).and_then(|x| x.be32()),
             rules: Vec::new(),
+            texts: Vec::new(),
         });
     }
 

@@ -28,6 +28,8 @@ pub struct ChainSnapshot {
     pub devices: Vec<String>,
     pub policy: Option<u32>,
     pub rules: Vec<Vec<Expr>>,
+    /// Each rule in nft text, for an expected chain (empty for one read from the kernel).
+    pub texts: Vec<String>,
 }
 
 /// Comparable view of one table: what the kernel holds, or what a `Table` should be there.
@@ -92,16 +94,7 @@ impl Snapshot {
                             c.devices.join(",")
                         ));
                     }
-                    if a.rules.len() != c.rules.len() {
-                        out.push(format!(
-                            "chain {} has {} rule(s), expected {}",
-                            c.name,
-                            a.rules.len(),
-                            c.rules.len()
-                        ));
-                    } else if let Some(i) = c.rules.iter().zip(&a.rules).position(|(x, y)| x != y) {
-                        out.push(format!("chain {} rule {} differs", c.name, i + 1));
-                    }
+                    out.extend(rule_diff(c, a));
                 }
             }
         }
@@ -112,6 +105,106 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// The rules of `actual` that `expected` lacks ("unexpected rule", as the kernel's
+/// expressions) and those of `expected` that `actual` lacks ("missing rule", in nft text);
+/// when both hold the same rules, whether their order differs.
+fn rule_diff(expected: &ChainSnapshot, actual: &ChainSnapshot) -> Vec<String> {
+    let mut unmatched: Vec<Option<&Vec<Expr>>> = actual.rules.iter().map(Some).collect();
+    let mut out = Vec::new();
+    for (i, rule) in expected.rules.iter().enumerate() {
+        match unmatched.iter_mut().find(|a| a.is_some_and(|a| a == rule)) {
+            Some(slot) => *slot = None,
+            None => out.push(format!(
+                "chain {}: missing rule: {}",
+                expected.name,
+                expected
+                    .texts
+                    .get(i)
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_else(|| describe(rule))
+            )),
+        }
+    }
+    for rule in unmatched.into_iter().flatten() {
+        out.push(format!(
+            "chain {}: unexpected rule: {}",
+            expected.name,
+            describe(rule)
+        ));
+    }
+    if out.is_empty() && expected.rules != actual.rules {
+        out.push(format!(
+            "chain {}: the rules are in a different order",
+            expected.name
+        ));
+    }
+    out
+}
+
+/// A rule's expressions in the form `nft --debug=netlink` prints them.
+pub fn describe(rule: &[Expr]) -> String {
+    let hex = |d: &[u8]| {
+        let mut s = String::from("0x");
+        for b in d {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    };
+    let base = |b: u32| match b {
+        BASE_LINK => "link",
+        BASE_NETWORK => "network",
+        BASE_TRANSPORT => "transport",
+        _ => "?",
+    };
+    let parts: Vec<String> = rule
+        .iter()
+        .map(|e| match e {
+            Expr::Meta { key, dreg } => format!("meta load {key} => reg {dreg}"),
+            Expr::Cmp { sreg, op, data } => format!("cmp op {op} reg {sreg} {}", hex(data)),
+            Expr::Payload {
+                base: b,
+                offset,
+                len,
+                dreg,
+            } => format!(
+                "payload load {len}b @ {} header + {offset} => reg {dreg}",
+                base(*b)
+            ),
+            Expr::Lookup { set, sreg, invert } => format!(
+                "lookup reg {sreg} set {set}{}",
+                if *invert { " 0x1" } else { "" }
+            ),
+            Expr::Dynset { set, op, sreg, .. } => {
+                format!("dynset op {op} reg_key {sreg} set {set}")
+            }
+            Expr::Byteorder { sreg, dreg, op, .. } => {
+                format!("byteorder reg {dreg} = op {op}(reg {sreg})")
+            }
+            Expr::Limit { rate, burst, .. } => format!("limit rate {rate} burst {burst}"),
+            Expr::Log { group, prefix } => format!("log prefix {prefix} group {group}"),
+            Expr::Counter => "counter".to_string(),
+            Expr::Immediate { verdict } => format!("immediate verdict {verdict}"),
+            Expr::Ct { key, dreg } => format!("ct load {key} => reg {dreg}"),
+            Expr::Range { sreg, op, from, to } => {
+                format!("range op {op} reg {sreg} {} {}", hex(from), hex(to))
+            }
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+                ..
+            } => format!(
+                "bitwise reg {dreg} = ( reg {sreg} & {} ) ^ {}",
+                hex(mask),
+                hex(xor)
+            ),
+            Expr::Other(name) => name.clone(),
+        })
+        .collect();
+    format!("[ {} ]", parts.join(" ] [ "))
 }
 
 pub(super) fn set_flags(set: &Set) -> u32 {
@@ -196,6 +289,11 @@ pub fn expected_snapshot(table: &Table) -> Snapshot {
                     .rules
                     .iter()
                     .map(|r| lower_rule(table.family, &r.stmts))
+                    .collect(),
+                texts: c
+                    .rules
+                    .iter()
+                    .map(|r| crate::ruleset::render_rule(table.family, r))
                     .collect(),
             })
             .collect(),
