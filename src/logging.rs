@@ -145,7 +145,7 @@ pub fn init_plugin(path: Option<&Path>, level: log::LevelFilter) {
 }
 
 /// One record per CNI verb.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct VerbRecord {
     pub time: String,
     pub verb: String,

@@ -660,20 +660,156 @@ fn tables_of_pods_deleted_without_del_are_collected() {
 
 // ---- report against a fake API server ----
 
-/// Path and Authorization header of a request the fake API server saw.
-type Request = (String, Option<String>);
+/// A request the fake API server saw.
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    /// Without the query.
+    path: String,
+    query: Vec<(String, String)>,
+    auth: Option<String>,
+    body: String,
+}
 type Seen = Arc<Mutex<Vec<Request>>>;
+
+impl Request {
+    fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
 
 struct FakeApi {
     port: u16,
     stop: Arc<AtomicBool>,
     seen: Seen,
+    /// The network namespace it listens in (`None`: the test's own).
+    ns: Option<String>,
+}
+
+impl FakeApi {
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let port = self.port;
+        match &self.ns {
+            Some(ns) => probe::in_ns(ns, move || {
+                let _ = TcpStream::connect(("127.0.0.1", port));
+            }),
+            None => {
+                let _ = TcpStream::connect(("127.0.0.1", port));
+            }
+        }
+    }
+}
+
+/// Decodes `%XX` and `+` of a query component.
+fn unescape(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A list answer in pages: `limit` items from the `continue` offset, with the next token.
+fn page(kind: &str, items: &[Value], req: &Request) -> String {
+    let from: usize = req
+        .param("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = req
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX);
+    let end = from.saturating_add(limit).min(items.len());
+    let token = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    json!({"kind": kind, "metadata": {"continue": token}, "items": &items[from.min(end)..end]})
+        .to_string()
+}
+
+/// Answers from `state`: `pods`, `nodes`, `events` lists (`fieldSelector` on
+/// `spec.nodeName` and `reason`), Event creation (appended to `events`) and evictions
+/// (the pod is removed unless its name is in `pdb`, which answers 429).
+fn answer(req: &Request, state: &Mutex<Value>) -> (u16, String) {
+    let mut st = state.lock().unwrap();
+    let list =
+        |st: &Value, key: &str| -> Vec<Value> { st[key].as_array().cloned().unwrap_or_default() };
+    let selector = req.param("fieldSelector").map(str::to_string);
+    let selected = |items: Vec<Value>, field: &str, ptr: &str| -> Vec<Value> {
+        match selector.as_deref().and_then(|f| f.strip_prefix(field)) {
+            Some(want) => items
+                .into_iter()
+                .filter(|i| i.pointer(ptr).and_then(Value::as_str) == Some(want))
+                .collect(),
+            None => items,
+        }
+    };
+    let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["api", "v1", "pods"]) => {
+            let pods = selected(list(&st, "pods"), "spec.nodeName=", "/spec/nodeName");
+            (200, page("PodList", &pods, req))
+        }
+        ("GET", ["api", "v1", "nodes"]) => (200, page("NodeList", &list(&st, "nodes"), req)),
+        ("GET", ["api", "v1", "events"]) => {
+            let events = selected(list(&st, "events"), "reason=", "/reason");
+            (200, page("EventList", &events, req))
+        }
+        ("POST", ["api", "v1", "namespaces", _, "events"]) => {
+            let event: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
+            if !st["events"].is_array() {
+                st["events"] = json!([]);
+            }
+            st["events"].as_array_mut().unwrap().push(event.clone());
+            (201, event.to_string())
+        }
+        ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => {
+            let blocked = list(&st, "pdb").iter().any(|p| p.as_str() == Some(name));
+            if blocked {
+                return (
+                    429,
+                    r#"{"kind":"Status","message":"Cannot evict pod as it would violate the pod's disruption budget."}"#.into(),
+                );
+            }
+            if let Some(pods) = st["pods"].as_array_mut() {
+                pods.retain(|p| {
+                    !(p["metadata"]["namespace"] == *ns && p["metadata"]["name"] == *name)
+                });
+            }
+            (201, r#"{"kind":"Status","status":"Success"}"#.into())
+        }
+        _ => (
+            404,
+            r#"{"kind":"Status","message":"not found"}"#.to_string(),
+        ),
     }
 }
 
@@ -688,12 +824,20 @@ fn serve_one(
     let mut reader = BufReader::new(rustls::StreamOwned::new(tls, conn));
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or_default().to_string();
+    let target = words.next().unwrap_or_default().to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+    let query = query
+        .split('&')
+        .filter(|q| !q.is_empty())
+        .map(|q| {
+            let (k, v) = q.split_once('=').unwrap_or((q, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect();
     let mut auth = None;
+    let mut length = 0usize;
     loop {
         let mut h = String::new();
         reader.read_line(&mut h)?;
@@ -704,24 +848,22 @@ fn serve_one(
             if k.eq_ignore_ascii_case("authorization") {
                 auth = Some(v.trim().to_string());
             }
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
     }
-    seen.lock().unwrap().push((path.clone(), auth));
-    let lists = body.lock().unwrap().clone();
-    let (status, text) = match path.as_str() {
-        "/api/v1/pods" => (
-            200,
-            json!({"kind": "PodList", "items": lists["pods"]}).to_string(),
-        ),
-        "/api/v1/nodes" => (
-            200,
-            json!({"kind": "NodeList", "items": lists["nodes"]}).to_string(),
-        ),
-        _ => (
-            404,
-            r#"{"kind":"Status","message":"not found"}"#.to_string(),
-        ),
+    let mut raw = vec![0u8; length];
+    reader.read_exact(&mut raw)?;
+    let req = Request {
+        method,
+        path: path.to_string(),
+        query,
+        auth,
+        body: String::from_utf8_lossy(&raw).into_owned(),
     };
+    let (status, text) = answer(&req, body);
+    seen.lock().unwrap().push(req);
     let mut stream = reader.into_inner();
     write!(stream, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
     stream.flush()?;
@@ -731,6 +873,11 @@ fn serve_one(
 
 /// An HTTPS server answering pod and node lists from `body`; returns it and the CA's PEM.
 fn fake_api(body: Arc<Mutex<Value>>) -> (FakeApi, String) {
+    fake_api_in(None, body)
+}
+
+/// [`fake_api`] listening on 127.0.0.1 of network namespace `ns` (an agent's node).
+fn fake_api_in(ns: Option<&str>, body: Arc<Mutex<Value>>) -> (FakeApi, String) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -754,7 +901,11 @@ fn fake_api(body: Arc<Mutex<Value>>) -> (FakeApi, String) {
             )
             .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A socket stays in the namespace it was made in, whichever thread uses it.
+    let listener = match ns {
+        Some(ns) => probe::in_ns(ns, || TcpListener::bind("127.0.0.1:0").unwrap()),
+        None => TcpListener::bind("127.0.0.1:0").unwrap(),
+    };
     let port = listener.local_addr().unwrap().port();
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -768,7 +919,32 @@ fn fake_api(body: Arc<Mutex<Value>>) -> (FakeApi, String) {
             let _ = serve_one(conn, config.clone(), &body, &sn);
         }
     });
-    (FakeApi { port, stop, seen }, ca_cert.pem())
+    (
+        FakeApi {
+            port,
+            stop,
+            seen,
+            ns: ns.map(str::to_string),
+        },
+        ca_cert.pem(),
+    )
+}
+
+/// A kubeconfig (token `secret-token`) for the fake API server, written into `tmp`.
+fn fake_kubeconfig(tmp: &TempDir, api: &FakeApi, ca_pem: &str) -> String {
+    std::fs::write(tmp.join("ca.crt"), ca_pem).unwrap();
+    let kubeconfig = tmp.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\n\
+             contexts:\n- name: t\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user: {{token: secret-token}}\n",
+            api.port,
+            tmp.join("ca.crt")
+        ),
+    )
+    .unwrap();
+    kubeconfig
 }
 
 fn k8s_pod(ns: &str, name: &str, node: &str, annotations: Value, host_network: bool) -> Value {
@@ -809,18 +985,7 @@ fn report_flags_host_network_pods_against_a_fake_api_server() {
     let body = Arc::new(Mutex::new(json!({"pods": with_problem, "nodes": nodes})));
     let (api, ca_pem) = fake_api(body.clone());
     let tmp = TempDir::new("rep");
-    std::fs::write(tmp.join("ca.crt"), &ca_pem).unwrap();
-    let kubeconfig = tmp.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\n\
-             contexts:\n- name: t\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user: {{token: secret-token}}\n",
-            api.port,
-            tmp.join("ca.crt")
-        ),
-    )
-    .unwrap();
+    let kubeconfig = fake_kubeconfig(&tmp, &api, &ca_pem);
     let report = || {
         let out = Command::new(plugin_bin())
             .args([
@@ -856,10 +1021,10 @@ fn report_flags_host_network_pods_against_a_fake_api_server() {
         !stdout.contains("kube-proxy-x"),
         "a hostNetwork pod that asks for no guard is fine"
     );
-    let seen = api.seen.lock().unwrap().clone();
+    let seen = api.requests();
     assert!(
         seen.iter()
-            .any(|(p, a)| p == "/api/v1/pods" && a.as_deref() == Some("Bearer secret-token")),
+            .any(|r| r.path == "/api/v1/pods" && r.auth.as_deref() == Some("Bearer secret-token")),
         "{seen:?}"
     );
 
@@ -875,5 +1040,438 @@ fn report_flags_host_network_pods_against_a_fake_api_server() {
     assert!(
         stdout.contains("served") && stdout.contains("node-not-chained"),
         "{stdout}"
+    );
+}
+
+/// A running pod-network pod with a uid and an IP, as the API server lists it.
+fn running_pod(ns: &str, name: &str, node: &str, annotations: Value) -> Value {
+    let mut p = k8s_pod(ns, name, node, annotations, false);
+    p["metadata"]["uid"] = json!(format!("uid-{name}"));
+    p["status"]["podIP"] = json!("10.244.1.9");
+    p
+}
+
+#[test]
+fn report_pages_through_5000_pods() {
+    let mut pods = vec![daemon_pod("node-a")];
+    for i in 0..4998 {
+        pods.push(k8s_pod(
+            "ml",
+            &format!("p{i:04}"),
+            "node-a",
+            json!({}),
+            false,
+        ));
+    }
+    pods.push(k8s_pod(
+        "ml",
+        "last-hostnet",
+        "node-a",
+        json!({"egress-guard.io/mode": "audit"}),
+        true,
+    ));
+    assert_eq!(pods.len(), 5000);
+    let nodes = json!([{"metadata": {"name": "node-a"}}]);
+    let body = Arc::new(Mutex::new(json!({"pods": pods, "nodes": nodes})));
+    let (api, ca_pem) = fake_api(body);
+    let tmp = TempDir::new("page");
+    let kubeconfig = fake_kubeconfig(&tmp, &api, &ca_pem);
+    let out = Command::new(plugin_bin())
+        .args(["report", "--json", "--kubeconfig", kubeconfig.as_str()])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(
+        found[0]["pod"], "last-hostnet",
+        "the last pod of the last page"
+    );
+    let pages: Vec<Request> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/pods")
+        .collect();
+    assert_eq!(pages.len(), 10, "{pages:?}");
+    assert!(
+        pages.iter().all(|r| r.param("limit") == Some("500")),
+        "{pages:?}"
+    );
+    assert_eq!(pages[0].param("continue"), None);
+    assert_eq!(pages[9].param("continue"), Some("4500"));
+}
+
+#[test]
+fn agent_reports_and_evicts_pods_that_started_unguarded() {
+    if !can_run_root_tests("agent_reports_and_evicts_pods_that_started_unguarded") {
+        return;
+    }
+    let n = Node::new("agu");
+    let pod_ns = n.pod_netns("g");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let a = Attachment::new(
+        &cid(&n, "guarded"),
+        &pod_ns.path(),
+        "ml",
+        "guarded-pod",
+        annotations("enforce", "@orchestrator"),
+    );
+    add(&chain, &a);
+    let enforce = json!({"egress-guard.io/mode": "enforce"});
+    let pods = vec![
+        running_pod("ml", "guarded-pod", "test-node", enforce.clone()),
+        running_pod("ml", "early-pod", "test-node", enforce.clone()),
+        running_pod("ml", "plain-pod", "test-node", json!({})),
+        running_pod("ml", "elsewhere-pod", "other-node", enforce.clone()),
+        running_pod("ml", "budget-pod", "test-node", enforce),
+        daemon_pod("test-node"),
+        daemon_pod("other-node"),
+    ];
+    let nodes = json!([{"metadata": {"name": "test-node"}}, {"metadata": {"name": "other-node"}}]);
+    let body = Arc::new(Mutex::new(
+        json!({"pods": pods, "nodes": nodes, "pdb": ["budget-pod"]}),
+    ));
+    let (api, ca_pem) = fake_api_in(Some(&n.node.name), body.clone());
+    let tmp = TempDir::new("unguarded");
+    let kubeconfig = fake_kubeconfig(&tmp, &api, &ca_pem);
+
+    // Without --evict-unguarded: reported once, counted, nothing evicted.
+    let agent = Agent::start(
+        &n,
+        &[
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--unguarded-interval",
+            "1",
+        ],
+    );
+    let found = agent.wait_for("egress-guard.event/v1", Duration::from_secs(5), |v| {
+        v["event"] == "unguarded" && v["pod"] == "budget-pod"
+    });
+    assert!(found.is_some(), "{:#?}", agent.events());
+    std::thread::sleep(Duration::from_millis(2500));
+    let unguarded: Vec<String> = agent
+        .events()
+        .iter()
+        .filter(|v| v["event"] == "unguarded")
+        .map(|v| v["pod"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        unguarded,
+        ["early-pod", "budget-pod"],
+        "once each, only those"
+    );
+    let early = agent
+        .events()
+        .into_iter()
+        .find(|v| v["pod"] == "early-pod")
+        .unwrap();
+    assert_eq!(early["namespace"], "ml");
+    assert_eq!(early["pod_uid"], "uid-early-pod");
+    assert!(
+        early["detail"][0]
+            .as_str()
+            .unwrap()
+            .contains("mode enforce"),
+        "{early}"
+    );
+    assert_eq!(
+        metric(&agent.metrics(), "egress_guard_unguarded_pods", &[]),
+        2.0
+    );
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|r| r.path == "/api/v1/pods"
+            && r.param("fieldSelector") == Some("spec.nodeName=test-node")),
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.path.ends_with("/eviction")),
+        "{requests:?}"
+    );
+    let events = body.lock().unwrap()["events"].clone();
+    let on: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["involvedObject"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        on,
+        ["early-pod", "budget-pod"],
+        "one Kubernetes Event per pod"
+    );
+    assert_eq!(events[0]["reason"], "EgressGuardUnguarded");
+    assert_eq!(events[0]["involvedObject"]["uid"], "uid-early-pod");
+    drop(agent);
+
+    // `report` finds them cluster-wide from those Events.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.node.name, plugin_bin().as_str()])
+        .args(["report", "--json", "--kubeconfig", kubeconfig.as_str()])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unguarded_listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["reason"] == "unguarded")
+        .map(|f| f["pod"].as_str().unwrap())
+        .collect();
+    assert_eq!(unguarded_listed, ["budget-pod", "early-pod"], "{listed}");
+
+    // With --evict-unguarded: evicted through the Eviction API; a disruption budget refusal
+    // is reported and tried again.
+    let agent = Agent::start(
+        &n,
+        &[
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--unguarded-interval",
+            "1",
+            "--evict-unguarded",
+        ],
+    );
+    let evicted = agent.wait_for("egress-guard.event/v1", Duration::from_secs(5), |v| {
+        v["event"] == "evicted"
+    });
+    assert_eq!(evicted.expect("no eviction")["pod"], "early-pod");
+    std::thread::sleep(Duration::from_millis(2500));
+    let failed = agent
+        .events()
+        .iter()
+        .filter(|v| v["event"] == "evict-failed" && v["pod"] == "budget-pod")
+        .count();
+    assert!(failed >= 2, "retried every pass: {:#?}", agent.events());
+    let evictions: Vec<Request> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/eviction"))
+        .collect();
+    assert!(evictions.iter().any(
+        |r| r.path == "/api/v1/namespaces/ml/pods/early-pod/eviction"
+            && r.method == "POST"
+            && r.body.contains("\"kind\":\"Eviction\"")
+    ));
+    assert!(!evictions.iter().any(|r| r.path.contains("guarded-pod")
+        || r.path.contains("plain-pod")
+        || r.path.contains("elsewhere-pod")));
+    let m = agent.metrics();
+    assert_eq!(metric(&m, "egress_guard_evictions_total", &[]), 1.0, "{m}");
+    // The evicted pod is gone from the API; the budget-protected one is still unguarded.
+    assert_eq!(metric(&m, "egress_guard_unguarded_pods", &[]), 1.0, "{m}");
+}
+
+/// (resource, verb) pairs a ClusterRole in `deploy/` grants.
+fn granted(file: &str, role: &str) -> std::collections::BTreeSet<(String, String)> {
+    use serde::Deserialize;
+    let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc).unwrap();
+        if v["kind"] != "ClusterRole" || v["metadata"]["name"] != role {
+            continue;
+        }
+        for rule in v["rules"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    out.insert((r.as_str().unwrap().into(), verb.as_str().unwrap().into()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The (resource, verb) each request the fake API server saw needs.
+fn needed(requests: &[Request]) -> std::collections::BTreeSet<(String, String)> {
+    requests
+        .iter()
+        .map(|r| {
+            let seg: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+            let pair = match (r.method.as_str(), seg.as_slice()) {
+                ("GET", ["api", "v1", res]) => (res.to_string(), "list"),
+                ("GET", ["api", "v1", "namespaces", _, res, _]) => (res.to_string(), "get"),
+                ("POST", ["api", "v1", "namespaces", _, res]) => (res.to_string(), "create"),
+                ("POST", ["api", "v1", "namespaces", _, res, _, sub]) => {
+                    (format!("{res}/{sub}"), "create")
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            (pair.0, pair.1.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_agent_and_report_use() {
+    if !can_run_root_tests("rbac_grants_exactly_what_the_agent_and_report_use") {
+        return;
+    }
+    let n = Node::new("agr");
+    let pods = vec![
+        running_pod(
+            "ml",
+            "early-pod",
+            "test-node",
+            json!({"egress-guard.io/mode": "enforce"}),
+        ),
+        daemon_pod("test-node"),
+    ];
+    let nodes = json!([{"metadata": {"name": "test-node"}}]);
+    let body = Arc::new(Mutex::new(json!({"pods": pods, "nodes": nodes})));
+    let (api, ca_pem) = fake_api_in(Some(&n.node.name), body);
+    let tmp = TempDir::new("rbac");
+    let kubeconfig = fake_kubeconfig(&tmp, &api, &ca_pem);
+    let agent = Agent::start(
+        &n,
+        &[
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--unguarded-interval",
+            "1",
+            "--evict-unguarded",
+        ],
+    );
+    agent
+        .wait_for("egress-guard.event/v1", Duration::from_secs(5), |v| {
+            v["event"] == "evicted"
+        })
+        .expect("no eviction");
+    drop(agent);
+    let by_agent = needed(&api.requests());
+    api.seen.lock().unwrap().clear();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.node.name, plugin_bin().as_str()])
+        .args(["report", "--kubeconfig", kubeconfig.as_str()])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some_and(|c| c < 2), "{out:?}");
+    let by_report = needed(&api.requests());
+
+    let pair = |r: &str, v: &str| (r.to_string(), v.to_string());
+    let evict = [pair("pods/eviction", "create")];
+    let mut agent_needs = by_agent.clone();
+    for e in &evict {
+        agent_needs.remove(e);
+    }
+    // The plugin's API fallback gets a pod; the installer gets and patches its node.
+    let mut main_role = agent_needs.clone();
+    main_role.extend([
+        pair("pods", "get"),
+        pair("nodes", "get"),
+        pair("nodes", "patch"),
+    ]);
+    assert_eq!(
+        granted("rbac.yaml", "egress-guard"),
+        main_role,
+        "agent used {by_agent:?}"
+    );
+    assert_eq!(
+        granted("rbac-evict.yaml", "egress-guard-evict"),
+        evict.clone().into()
+    );
+    assert!(by_agent.contains(&evict[0]), "{by_agent:?}");
+    assert_eq!(granted("rbac.yaml", "egress-guard-report"), by_report);
+}
+
+#[test]
+fn failed_adds_reach_a_metric_and_an_event_record() {
+    if !can_run_root_tests("failed_adds_reach_a_metric_and_an_event_record") {
+        return;
+    }
+    let n = Node::new("agf");
+    let pod_ns = n.pod_netns("f");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let agent = Agent::start(&n, &[]);
+    let bad = Attachment::new(
+        &cid(&n, "typo"),
+        &pod_ns.path(),
+        "ml",
+        "typo-pod",
+        json!({"egress-guard.io/mode": "enforce", "egress-guard.io/alow": "10.0.0.1"}),
+    );
+    let err = chain
+        .add(&bad)
+        .expect_err("a misspelt annotation fails ADD");
+    assert_eq!(err.plugin, "egress-guard", "{err:?}");
+    let code = err.code.expect("error code");
+    let event = agent
+        .wait_for("egress-guard.event/v1", Duration::from_secs(5), |v| {
+            v["event"] == "add-failed"
+        })
+        .expect("no add-failed record within an interval");
+    assert_eq!(event["pod"], "typo-pod");
+    assert_eq!(event["namespace"], "ml");
+    assert_eq!(event["container_id"], bad.container_id.as_str());
+    let detail = event["detail"][0].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("code {code}: ")) && detail.contains("egress-guard.io/alow"),
+        "{event}"
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "egress_guard_plugin_add_failures_total",
+            &[("code", &code.to_string())]
+        ),
+        1.0,
+        "{m}"
+    );
+    // Handed over once: the next pass reports nothing new.
+    std::thread::sleep(Duration::from_millis(1500));
+    let n_failed = agent
+        .events()
+        .iter()
+        .filter(|v| v["event"] == "add-failed")
+        .count();
+    assert_eq!(n_failed, 1);
+}
+
+#[test]
+fn the_deny_log_rate_is_a_conflist_field_and_no_drift() {
+    if !can_run_root_tests("the_deny_log_rate_is_a_conflist_field_and_no_drift") {
+        return;
+    }
+    let n = Node::new("agl");
+    let pod_ns = n.pod_netns("l");
+    let entry = n.guard_entry(json!({"denyLogRate": {"perSecond": 500, "burst": 1000}}));
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(entry));
+    let a = Attachment::new(
+        &cid(&n, "rate"),
+        &pod_ns.path(),
+        "ml",
+        "rate-pod",
+        annotations("enforce", "@orchestrator"),
+    );
+    let res = add(&chain, &a);
+    let table = egress_guard::ruleset::table_name(&a.container_id, "eth0");
+    let listing = exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
+    assert!(
+        listing.contains("limit rate 500/second burst 1000 packets log prefix"),
+        "{listing}"
+    );
+    chain
+        .check(&a, &res)
+        .unwrap_or_else(|e| panic!("CHECK: {e:?}"));
+    // The agent rebuilds the expected table from the state file, rate included.
+    let agent = Agent::start(&n, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !agent.events().iter().any(|v| v["event"] == "drift"),
+        "{:#?}",
+        agent.events()
     );
 }

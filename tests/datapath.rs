@@ -736,7 +736,7 @@ fn a_colliding_pod_never_takes_over_another_pods_table() {
             device: host_veth(&vres),
             pod: serde_json::from_value(pod_net_of(&n, &v.container_id)).unwrap(),
         },
-        log_group: conf.nflog_group,
+        log: conf.deny_log(),
     };
     let mut moved = egress_guard::ruleset::compile(&policy, &target).unwrap();
     assert_eq!(moved.name, own);

@@ -712,7 +712,7 @@ fn make_legacy(k: &mut RecordingKernel, dir: &Path) -> String {
             device: "vethA".into(),
             pod: serde_json::from_value(state["pod_net"].clone()).unwrap(),
         },
-        log_group: 100,
+        log: egress_guard::ruleset::DenyLog::new(100),
     };
     let table = egress_guard::ruleset::in_legacy_form(
         egress_guard::ruleset::compile(&policy, &target).unwrap(),

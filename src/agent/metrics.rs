@@ -30,7 +30,13 @@ pub struct Events {
     pub drift: u64,
     pub repairs: u64,
     pub gc_removals: u64,
-    /// By kind: nflog, state, reconcile, repair, gc, counters, output.
+    /// Pods on this node that ask for a guard and have none (last pass).
+    pub unguarded: u64,
+    /// Unguarded pods evicted (`--evict-unguarded`).
+    pub evictions: u64,
+    /// The plugin's failed ADDs, by CNI error code.
+    pub plugin_failures: BTreeMap<u32, u64>,
+    /// By kind: nflog, state, reconcile, repair, gc, counters, output, api, evict.
     pub errors: BTreeMap<&'static str, u64>,
     /// NFLOG packets received, by verdict.
     pub logged: BTreeMap<&'static str, u64>,
@@ -170,11 +176,35 @@ pub fn render<K: Kernel>(shared: &Shared, kernel: &mut K) -> String {
             "Tables (and state files) of pods that are gone, removed by the agent.",
             events.gc_removals,
         ),
+        (
+            "egress_guard_evictions_total",
+            "Unguarded pods evicted so that they restart guarded (--evict-unguarded).",
+            events.evictions,
+        ),
     ];
     for (name, help, value) in simple {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    header(
+        &mut out,
+        "egress_guard_plugin_add_failures_total",
+        "counter",
+        "ADDs the plugin failed on this node (the pod did not start), by CNI error code.",
+    );
+    for (code, n) in &events.plugin_failures {
+        let _ = writeln!(
+            out,
+            "egress_guard_plugin_add_failures_total{{code=\"{code}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "egress_guard_unguarded_pods",
+        "gauge",
+        "Running pods on this node that ask for a guard but have no table (started before the plugin was chained).",
+    );
+    let _ = writeln!(out, "egress_guard_unguarded_pods {}", events.unguarded);
     header(
         &mut out,
         "egress_guard_agent_errors_total",
@@ -189,6 +219,8 @@ pub fn render<K: Kernel>(shared: &Shared, kernel: &mut K) -> String {
         "gc",
         "counters",
         "output",
+        "api",
+        "evict",
     ] {
         let n = events.errors.get(kind).copied().unwrap_or(0);
         let _ = writeln!(

@@ -7,6 +7,7 @@
 //! that are gone. The schemas are documented in `docs/agent.md`.
 
 pub mod counters;
+pub mod coverage;
 pub mod flows;
 pub mod metrics;
 pub mod nflog;
@@ -42,6 +43,8 @@ pub enum AgentError {
     },
     #[error("cannot install the SIGTERM/SIGINT handler: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("API access for the unguarded-pod check: {0}")]
+    Api(#[source] Box<crate::kube::KubeError>),
     #[error("the NFLOG receiver stopped")]
     NflogStopped,
 }
@@ -58,6 +61,12 @@ pub struct Options {
     pub repair: bool,
     pub log_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
+    /// API access for the unguarded-pod check: a kubeconfig, else in-cluster when in a pod.
+    pub kubeconfig: Option<PathBuf>,
+    pub unguarded_interval: Duration,
+    pub evict_unguarded: bool,
+    /// What makes a pod ask for a guard (the plugin config's defaultMode and enforceNamespaces).
+    pub criteria: report::GuardCriteria,
 }
 
 /// The conflist entry of a `--plugin-config` file, read for `agent`, `status` and `report`
@@ -104,11 +113,19 @@ pub fn parse_options(p: &Parsed) -> Result<Options, CliError> {
         repair: false,
         log_file: None,
         log_level: log::LevelFilter::Info,
+        kubeconfig: None,
+        unguarded_interval: coverage::DEFAULT_INTERVAL,
+        evict_unguarded: false,
+        criteria: report::GuardCriteria::default(),
     };
     if let Some(path) = p.last("plugin-config") {
         let conf = plugin_config(path)?;
         o.state_dir = conf.state_dir;
         o.nflog_group = conf.nflog_group;
+        o.criteria.default_mode = conf.settings.default_mode;
+        o.criteria
+            .enforce_namespaces
+            .extend(conf.settings.enforce_namespaces);
     }
     // Explicit flags win over the plugin config.
     for (flag, v) in p.iter() {
@@ -130,6 +147,9 @@ pub fn parse_options(p: &Parsed) -> Result<Options, CliError> {
             "interval" => o.interval = seconds(flag, v)?,
             "flush-interval" => o.flush_interval = seconds(flag, v)?,
             "repair" => o.repair = true,
+            "kubeconfig" => o.kubeconfig = Some(PathBuf::from(v)),
+            "unguarded-interval" => o.unguarded_interval = seconds(flag, v)?,
+            "evict-unguarded" => o.evict_unguarded = true,
             "log-file" => o.log_file = Some(PathBuf::from(v)),
             "log-level" => o.log_level = crate::cli::log_level(flag, v)?,
             "plugin-config" => {}
@@ -173,6 +193,57 @@ fn flush_flows(shared: &metrics::Shared, agg: &mut flows::Aggregator, node: &str
     });
 }
 
+/// Starts the unguarded-pod check in its own thread (its API calls must not hold up NFLOG),
+/// when the agent has API access: `--kubeconfig`, or in-cluster credentials in a pod.
+fn start_coverage(o: &Options, shared: &std::sync::Arc<metrics::Shared>) -> Result<(), AgentError> {
+    let timeout = Duration::from_secs(10);
+    let client = match &o.kubeconfig {
+        Some(path) => crate::kube::Client::from_kubeconfig(path, timeout),
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            crate::kube::Client::in_cluster(timeout)
+        }
+        None => {
+            if o.evict_unguarded {
+                log::warn!(
+                    "--evict-unguarded without API access (--kubeconfig or in-cluster): no check"
+                );
+            } else {
+                log::info!(
+                    "no API access (--kubeconfig or in-cluster): unguarded pods are not checked"
+                );
+            }
+            return Ok(());
+        }
+    }
+    .map_err(|e| AgentError::Api(Box::new(e)))?;
+    let mut cov = coverage::Coverage::new(
+        client,
+        o.node.clone(),
+        o.state_dir.clone(),
+        o.criteria.clone(),
+        o.evict_unguarded,
+    );
+    let shared = shared.clone();
+    let every = o.unguarded_interval;
+    std::thread::Builder::new()
+        .name("coverage".into())
+        .spawn(move || {
+            while !crate::signal::termination_requested() {
+                let events = cov.pass(&shared);
+                emit(&shared, &events);
+                let until = Instant::now() + every;
+                while Instant::now() < until && !crate::signal::termination_requested() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })
+        .map_err(|source| AgentError::Thread {
+            what: "coverage",
+            source,
+        })?;
+    Ok(())
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run_agent(o: &Options) -> Result<(), AgentError> {
     let shared = metrics::Shared::new(o.state_dir.clone(), o.node.clone());
@@ -182,6 +253,10 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
         .map(metrics::bind)
         .transpose()?;
     let mut sub = nflog::Subscription::bind(o.nflog_group)?;
+    // The plugin hands failed ADDs over only into a state dir that exists (guard::failures).
+    if let Err(e) = std::fs::create_dir_all(&o.state_dir) {
+        log::warn!("cannot create state dir {}: {e}", o.state_dir.display());
+    }
     crate::signal::catch_termination().map_err(AgentError::Signals)?;
 
     let (tx, rx) = mpsc::channel();
@@ -220,6 +295,7 @@ pub fn run_agent(o: &Options) -> Result<(), AgentError> {
                 source,
             })?;
     }
+    start_coverage(o, &shared)?;
     log::info!(
         "agent on node {} watching {} (NFLOG group {}, interval {:?}, repair {})",
         o.node,

@@ -23,7 +23,8 @@ pub struct EventRecord {
     pub schema: &'static str,
     pub time: String,
     pub node: String,
-    /// `drift`, `repaired`, `repair-failed`, `collected` or `error`.
+    /// `drift`, `repaired`, `repair-failed`, `collected`, `add-failed`, `unguarded`,
+    /// `evicted`, `evict-failed` or `error`.
     pub event: &'static str,
     #[serde(flatten, serialize_with = "pod_as_record_keys")]
     pub pod: PodIdentity,
@@ -70,6 +71,36 @@ impl Reconciler {
         self.event(event, s, vec![e.to_string()])
     }
 
+    /// The plugin's failed ADDs since the last pass: an `add-failed` record each, counted by
+    /// error code.
+    fn failed_adds(&self, shared: &Shared) -> Vec<EventRecord> {
+        let (records, unreadable) = crate::guard::failures::take(&self.state_dir);
+        for _ in 0..unreadable {
+            shared.error("state");
+        }
+        records
+            .into_iter()
+            .map(|r| {
+                let code = r.error_code.unwrap_or(0);
+                shared.with(|e| *e.plugin_failures.entry(code).or_default() += 1);
+                EventRecord {
+                    schema: EVENT_SCHEMA,
+                    time: r.time.clone(),
+                    node: self.node.clone(),
+                    event: "add-failed",
+                    pod: r.pod.clone(),
+                    container_id: Some(r.container_id.clone()).filter(|c| !c.is_empty()),
+                    placement: r.placement.clone(),
+                    table: r.table.clone(),
+                    detail: vec![format!(
+                        "code {code}: {}",
+                        r.error.as_deref().unwrap_or("(no message)")
+                    )],
+                }
+            })
+            .collect()
+    }
+
     fn event(
         &self,
         event: &'static str,
@@ -91,7 +122,7 @@ impl Reconciler {
 
     /// One pass. Returns the events to print; counts them in `shared`.
     pub fn pass<K: Kernel>(&mut self, kernel: &mut K, shared: &Shared) -> Vec<EventRecord> {
-        let mut out = Vec::new();
+        let mut out = self.failed_adds(shared);
         let state_dir = self.state_dir.clone();
         let (states, errors) = state::load_dir(&state_dir);
         for e in errors {

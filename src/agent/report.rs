@@ -1,7 +1,9 @@
 //! `egress-guard report`: from the API server, the pods that ask for a guard (mode annotation,
 //! enforced namespace or a non-off default mode) but cannot have one: `hostNetwork: true` pods
 //! (no runtime calls a CNI plugin for them) and pods on nodes where the plugin is not chained
-//! (no ready egress-guard DaemonSet pod there, or the node still carries the not-ready taint).
+//! (no ready egress-guard DaemonSet pod there, or the node still carries the not-ready taint),
+//! and pods an agent reported running without a table (Events with reason
+//! `EgressGuardUnguarded`). Lists are read in pages (`limit`/`continue`).
 //! Exits non-zero when any exist. Read-only against the API server.
 
 use std::collections::BTreeSet;
@@ -27,8 +29,6 @@ pub enum ReportError {
         #[source]
         source: Box<KubeError>,
     },
-    #[error("the API server's {what} list has no items array")]
-    Shape { what: &'static str },
 }
 
 /// What makes a pod ask for a guard.
@@ -56,7 +56,8 @@ pub struct Finding {
     pub pod: String,
     pub node: Option<String>,
     pub mode: &'static str,
-    /// `host-network` or `node-not-chained`.
+    /// `host-network`, `node-not-chained` or `unguarded` (an agent found it running without
+    /// a table: it started before the plugin was chained).
     pub reason: &'static str,
     pub detail: String,
 }
@@ -78,7 +79,7 @@ fn is_ready(pod: &Value) -> bool {
 }
 
 /// The mode a pod asks for, `None` when it asks for no guard.
-fn requested_mode(pod: &Value, settings: &GuardCriteria) -> Option<Mode> {
+pub(crate) fn requested_mode(pod: &Value, settings: &GuardCriteria) -> Option<Mode> {
     let ns = s(pod, "/metadata/namespace").unwrap_or("");
     if settings.enforce_namespaces.contains(ns) {
         return Some(Mode::Enforce);
@@ -218,15 +219,68 @@ pub(crate) fn parse(p: &Parsed) -> Result<Args, CliError> {
     Ok(a)
 }
 
-fn items(client: &Client, path: &str, what: &'static str) -> Result<Vec<Value>, ReportError> {
-    let list = client.get_json(path).map_err(|source| ReportError::List {
-        what,
-        source: Box::new(source),
-    })?;
-    list.get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .ok_or(ReportError::Shape { what })
+/// Items per page: large clusters are listed in pages (`limit`/`continue`).
+const PAGE: usize = 500;
+
+fn items(
+    client: &Client,
+    path: &str,
+    query: &[(&str, &str)],
+    what: &'static str,
+) -> Result<Vec<Value>, ReportError> {
+    client
+        .list(path, query, PAGE)
+        .map_err(|source| ReportError::List {
+            what,
+            source: Box::new(source),
+        })
+}
+
+/// Pods that agents reported unguarded (a Kubernetes Event on the pod) and that still run:
+/// same uid, not finished.
+pub fn unguarded_findings(
+    pods: &[Value],
+    events: &[Value],
+    settings: &GuardCriteria,
+) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::new();
+    for e in events {
+        if s(e, "/reason") != Some(super::coverage::UNGUARDED_REASON) {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (
+            s(e, "/involvedObject/namespace"),
+            s(e, "/involvedObject/name"),
+        ) else {
+            continue;
+        };
+        let uid = s(e, "/involvedObject/uid");
+        let running = pods.iter().find(|p| {
+            s(p, "/metadata/namespace") == Some(ns)
+                && s(p, "/metadata/name") == Some(name)
+                && (uid.is_none() || s(p, "/metadata/uid") == uid)
+                && !matches!(s(p, "/status/phase"), Some("Succeeded") | Some("Failed"))
+        });
+        let Some(pod) = running else { continue };
+        // Asks for no guard any more (annotation removed): nothing to report.
+        let Some(mode) = requested_mode(pod, settings) else {
+            continue;
+        };
+        if out.iter().any(|f| f.namespace == ns && f.pod == name) {
+            continue;
+        }
+        out.push(Finding {
+            namespace: ns.to_string(),
+            pod: name.to_string(),
+            node: s(pod, "/spec/nodeName").map(str::to_string),
+            mode: mode.as_str(),
+            reason: "unguarded",
+            detail: s(e, "/message")
+                .unwrap_or("no egress-guard table")
+                .to_string(),
+        });
+    }
+    out
 }
 
 fn run(a: &Args) -> Result<Vec<Finding>, ReportError> {
@@ -236,9 +290,26 @@ fn run(a: &Args) -> Result<Vec<Finding>, ReportError> {
         None => Client::in_cluster(timeout),
     }
     .map_err(|e| ReportError::Client(Box::new(e)))?;
-    let pods = items(&client, "/api/v1/pods", "pods")?;
-    let nodes = items(&client, "/api/v1/nodes", "nodes")?;
-    Ok(findings(&pods, &nodes, &a.settings))
+    let pods = items(&client, "/api/v1/pods", &[], "pods")?;
+    let nodes = items(&client, "/api/v1/nodes", &[], "nodes")?;
+    let selector = format!("reason={}", super::coverage::UNGUARDED_REASON);
+    let events = items(
+        &client,
+        "/api/v1/events",
+        &[("fieldSelector", &selector)],
+        "events",
+    )?;
+    let mut found = findings(&pods, &nodes, &a.settings);
+    for f in unguarded_findings(&pods, &events, &a.settings) {
+        if !found
+            .iter()
+            .any(|g| g.namespace == f.namespace && g.pod == f.pod)
+        {
+            found.push(f);
+        }
+    }
+    found.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+    Ok(found)
 }
 
 /// Entry point of the `report` subcommand.

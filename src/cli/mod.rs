@@ -175,6 +175,21 @@ pub const AGENT: Command = Command {
         ),
         Flag::switch("repair", "reinstall tables that drifted from their policy"),
         Flag::value(
+            "kubeconfig",
+            "FILE",
+            "API access to find unguarded pods on this node (default: in-cluster\n\
+             credentials when running in a pod; without either, no such check)",
+        ),
+        Flag::value(
+            "unguarded-interval",
+            "SECS",
+            "seconds between checks for unguarded pods (default 60)",
+        ),
+        Flag::switch(
+            "evict-unguarded",
+            "evict unguarded pods (Eviction API) so they restart guarded",
+        ),
+        Flag::value(
             "log-file",
             "FILE",
             "where the agent's own log goes (default stderr)",

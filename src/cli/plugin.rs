@@ -50,6 +50,13 @@ pub fn run_plugin() -> ExitCode {
         fetch_pod: &fetch_pod_annotations,
     });
     crate::logging::write_record(outcome.log_file.as_deref(), &outcome.record);
+    if outcome.result.is_err() && outcome.record.verb == "ADD" {
+        let dir = outcome
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(crate::cni::config::DEFAULT_STATE_DIR));
+        crate::guard::failures::record(&dir, &outcome.record);
+    }
     let mut out = std::io::stdout().lock();
     match outcome.result {
         Ok(Some(v)) => {

@@ -75,7 +75,7 @@ pub fn render_pod(
         container_id: container_id.to_string(),
         ifname: "eth0".to_string(),
         attach,
-        log_group: conf.nflog_group,
+        log: conf.deny_log(),
     };
     let table = compile(&policy, &target);
     Ok(Rendered { policy, table })

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::json::{parse_strict, type_name};
 use crate::policy::{parse_network_entry, Ceiling, CeilingEntry, Entry, Mode, Settings};
+use crate::ruleset::{DenyLog, Rate};
 
 pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
@@ -47,6 +48,7 @@ pub const OWN_FIELDS: &[&str] = &[
     "logLevel",
     "kubeconfig",
     "nflogGroup",
+    "denyLogRate",
     "stateDir",
 ];
 
@@ -121,6 +123,8 @@ pub struct NetConf {
     /// Whether the entry declares the pod-annotations capability.
     pub annotations_capability: bool,
     pub nflog_group: u16,
+    /// Per-pod rate of the deny (audit) log, `denyLogRate`.
+    pub deny_log_rate: Rate,
     pub state_dir: PathBuf,
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -195,6 +199,47 @@ fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, Con
         out.insert(name.clone(), entries);
     }
     Ok(out)
+}
+
+/// `denyLogRate`: `{"perSecond": N, "burst": M}`, packets a pod's dropped (or audited) traffic
+/// may log; absent is 10 a second with a burst of 20.
+fn parse_deny_log_rate(v: Option<&Value>) -> Result<Rate, ConfigError> {
+    const FIELD: &str = "denyLogRate";
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(DenyLog::DEFAULT_RATE),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(field_err(
+                FIELD,
+                format!(
+                    "must be an object {{\"perSecond\": N, \"burst\": M}}, got {}",
+                    type_name(other)
+                ),
+            ))
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "perSecond" && *k != "burst") {
+        return Err(field_err(
+            &format!("{FIELD}.{k}"),
+            "is not a known field (perSecond, burst)",
+        ));
+    }
+    let number = |key: &str, max: u64| -> Result<u64, ConfigError> {
+        let field = format!("{FIELD}.{key}");
+        match obj.get(key) {
+            None => Err(field_err(&field, "is missing")),
+            Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                field_err(
+                    &field,
+                    format!("has value {v} (expected a number from 1 to {max})"),
+                )
+            }),
+        }
+    };
+    Ok(Rate {
+        per_second: number("perSecond", 100_000)?,
+        burst: number("burst", 100_000)? as u32,
+    })
 }
 
 /// `enforcedAllow`: absent (or null) is the default ceiling, only `@name` entries of
@@ -403,6 +448,7 @@ impl NetConf {
                 Some(s) => Ok(Some(PathBuf::from(s))),
             }
         };
+        let deny_log_rate = parse_deny_log_rate(obj.get("denyLogRate"))?;
         let log_file = path("logFile")?;
         let kubeconfig = path("kubeconfig")?;
         let state_dir = path("stateDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
@@ -448,9 +494,18 @@ impl NetConf {
             kubeconfig,
             annotations_capability,
             nflog_group,
+            deny_log_rate,
             state_dir,
             valid_attachments,
         })
+    }
+
+    /// Where and how often the closing rule logs.
+    pub fn deny_log(&self) -> DenyLog {
+        DenyLog {
+            group: self.nflog_group,
+            rate: self.deny_log_rate,
+        }
     }
 
     /// An entry must have a way to see a pod's annotations, or a pod's `mode: enforce` would be
@@ -520,6 +575,15 @@ mod tests {
         assert_eq!(c.host_interface_hints(), vec!["veth1".to_string()]);
         assert_eq!(c.placement, PlacementPref::Auto);
         assert_eq!(c.settings.enforced_allow, Ceiling::Networks);
+        assert_eq!(c.deny_log(), DenyLog::new(100));
+        let fast = NetConf::parse(br#"{"denyLogRate":{"perSecond":500,"burst":1000}}"#).unwrap();
+        assert_eq!(
+            fast.deny_log_rate,
+            Rate {
+                per_second: 500,
+                burst: 1000
+            }
+        );
     }
 
     #[test]
@@ -635,6 +699,22 @@ mod tests {
                 "\"logFile\" has value \"relative.log\"",
             ),
             (r#"{"nflogGroup":70000}"#, "\"nflogGroup\" has value 70000"),
+            (
+                r#"{"denyLogRate":10}"#,
+                "\"denyLogRate\" must be an object {\"perSecond\": N, \"burst\": M}",
+            ),
+            (
+                r#"{"denyLogRate":{"perSecond":0,"burst":5}}"#,
+                "\"denyLogRate.perSecond\" has value 0 (expected a number from 1 to 100000)",
+            ),
+            (
+                r#"{"denyLogRate":{"perSecond":5}}"#,
+                "\"denyLogRate.burst\" is missing",
+            ),
+            (
+                r#"{"denyLogRate":{"persecond":5,"burst":5}}"#,
+                "\"denyLogRate.persecond\" is not a known field",
+            ),
             (r#"{"prevResult":[]}"#, "\"prevResult\" must be an object"),
             (
                 r#"{"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"egress-guard.io/mode":1}}}"#,

@@ -40,6 +40,8 @@ pub struct VerbOutcome {
     pub cni_version: String,
     pub log_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
+    /// The state dir of the configuration, once it parsed (where failed ADDs are recorded).
+    pub state_dir: Option<PathBuf>,
 }
 
 struct Ctx<'a, K: Kernel> {
@@ -158,7 +160,7 @@ fn add<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option<V
 
     let prev_if = prev_interface(&ctx.conf, &t.att.ifname)?;
     let inputs = place_inputs(&ctx.conf, &t.netns, &hints, &prev_if);
-    let group = ctx.conf.nflog_group;
+    let group = ctx.conf.deny_log();
     let state_dir = ctx.conf.state_dir.clone();
     let mut guard = Guard::new(ctx.kernel, &state_dir, t.subject.clone());
     let Some(plan) = guard.plan(&t.att, &inputs, &policy, group)? else {
@@ -221,7 +223,7 @@ fn check<K: Kernel>(ctx: &mut Ctx<'_, K>, rec: &mut VerbRecord) -> Result<Option
     let hints = ctx.conf.host_interface_hints();
     let prev_if = prev_interface(&ctx.conf, &t.att.ifname)?;
     let inputs = place_inputs(&ctx.conf, &t.netns, &hints, &prev_if);
-    let (group, state_dir) = (ctx.conf.nflog_group, ctx.conf.state_dir.clone());
+    let (group, state_dir) = (ctx.conf.deny_log(), ctx.conf.state_dir.clone());
     let mut guard = Guard::new(ctx.kernel, &state_dir, t.subject.clone());
     let Some(plan) = guard.plan(&t.att, &inputs, &policy, group)? else {
         return Ok(None);
@@ -282,6 +284,7 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
         cni_version: "1.1.0".to_string(),
         log_file: None,
         log_level: log::LevelFilter::Warn,
+        state_dir: None,
     };
     outcome.result = (|| {
         let verb = Verb::parse(&inv.env.command).ok_or_else(|| {
@@ -318,6 +321,7 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
         })?;
         outcome.cni_version = conf.cni_version.clone();
         outcome.log_file = conf.log_file.clone();
+        outcome.state_dir = Some(conf.state_dir.clone());
         outcome.log_level = conf.log_level;
         crate::logging::init_plugin(conf.log_file.as_deref(), conf.log_level);
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {

@@ -21,7 +21,7 @@ impl<K: Kernel> Guard<'_, K> {
         plan: &Plan,
         policy: &Policy,
         pod: &PodIdentity,
-        log_group: u16,
+        log: crate::ruleset::DenyLog,
     ) -> Result<(), GuardError> {
         match &plan.placed.attach {
             Attach::Host { device, .. } => self.install_on_host(att, netns, plan, device)?,
@@ -39,7 +39,8 @@ impl<K: Kernel> Guard<'_, K> {
             pod_net: plan.placed.attach.pod_net().cloned(),
             policy: policy.digest(),
             entries: policy.entries.iter().map(|e| e.to_string()).collect(),
-            nflog_group: log_group,
+            nflog_group: log.group,
+            deny_log_rate: Some(log.rate),
             created: rfc3339(std::time::SystemTime::now()),
         };
         if let Err(e) = record.write(self.state_dir) {

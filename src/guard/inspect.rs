@@ -117,7 +117,7 @@ mod tests {
                 device: "veth1".into(),
                 pod: PodNet::example(),
             },
-            log_group: 100,
+            log: crate::ruleset::DenyLog::new(100),
         };
         compile(&policy, &target).unwrap()
     }

@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod devindex;
 pub mod error;
+pub mod failures;
 pub mod inspect;
 pub mod place;
 pub mod record;

@@ -70,14 +70,14 @@ impl<K: Kernel> Guard<'_, K> {
         att: &Attachment,
         inputs: &PlaceInputs<'_>,
         policy: &Policy,
-        log_group: u16,
+        log: crate::ruleset::DenyLog,
     ) -> Result<Option<Plan>, GuardError> {
         let placed = self.place(&att.ifname, inputs)?;
         let target = Target {
             container_id: att.container_id.clone(),
             ifname: att.ifname.clone(),
             attach: placed.attach.clone(),
-            log_group,
+            log,
         };
         Ok(compile(policy, &target).map(|table| Plan { table, placed }))
     }

@@ -30,6 +30,10 @@ pub struct PodRecord {
     #[serde(default)]
     pub entries: Vec<String>,
     pub nflog_group: u16,
+    /// The deny-log rate the table was built with; absent in records of releases that had
+    /// the fixed default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_log_rate: Option<crate::ruleset::Rate>,
     #[serde(default)]
     pub created: String,
 }
@@ -197,7 +201,12 @@ impl PodRecord {
             container_id: self.container_id.clone(),
             ifname: self.ifname.clone(),
             attach,
-            log_group: self.nflog_group,
+            log: crate::ruleset::DenyLog {
+                group: self.nflog_group,
+                rate: self
+                    .deny_log_rate
+                    .unwrap_or(crate::ruleset::DenyLog::DEFAULT_RATE),
+            },
         };
         // Mode was checked to be audit or enforce, for which compile always yields a table.
         let table = compile(&policy, &target).ok_or_else(|| RecordError::Mode {
@@ -346,6 +355,7 @@ pub(crate) mod tests {
             policy: String::new(),
             entries: entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: 100,
+            deny_log_rate: None,
             created: String::new(),
         };
         let mut parsed: Vec<_> = entries

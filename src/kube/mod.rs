@@ -96,6 +96,8 @@ pub enum KubeError {
         status: u16,
         message: String,
     },
+    #[error("GET {url}: {problem}")]
+    Shape { url: String, problem: &'static str },
     #[error("{method} {url}: response is not a json object")]
     Decode {
         method: Method,
@@ -117,12 +119,14 @@ pub enum KubeError {
 pub enum Method {
     Get,
     Patch,
+    Post,
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Method::Get => "GET",
+            Method::Post => "POST",
             Method::Patch => "PATCH",
         })
     }
@@ -255,6 +259,81 @@ impl Client {
         };
         let result = request.call();
         self.finish(Method::Get, url, result)
+    }
+
+    /// GET a list (e.g. `/api/v1/pods`) with query parameters, following `metadata.continue`
+    /// in pages of `page` items; returns every item.
+    pub fn list(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        page: usize,
+    ) -> Result<Vec<serde_json::Value>, KubeError> {
+        let url = self.url(path)?;
+        let limit = page.max(1).to_string();
+        let mut items = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut request = self
+                .agent
+                .get(&url)
+                .header("Accept", "application/json")
+                .query("limit", &limit);
+            for (k, v) in query {
+                request = request.query(*k, *v);
+            }
+            if !token.is_empty() {
+                request = request.query("continue", &token);
+            }
+            let request = match self.bearer()? {
+                Some(value) => request.header("Authorization", value),
+                None => request,
+            };
+            let body = self.finish(Method::Get, url.clone(), request.call())?;
+            match body.get("items") {
+                Some(serde_json::Value::Array(page)) => items.extend(page.iter().cloned()),
+                Some(serde_json::Value::Null) | None => {}
+                Some(_) => {
+                    return Err(KubeError::Shape {
+                        url,
+                        problem: "\"items\" is not an array",
+                    })
+                }
+            }
+            token = body
+                .pointer("/metadata/continue")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if token.is_empty() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// POST a JSON body (e.g. an Eviction or an Event); returns the decoded answer.
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, KubeError> {
+        let url = self.url(path)?;
+        let bytes = serde_json::to_vec(body).map_err(|source| KubeError::Encode {
+            method: Method::Post,
+            url: url.clone(),
+            source,
+        })?;
+        let request = self
+            .agent
+            .post(&url)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json");
+        let request = match self.bearer()? {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        let result = request.send(&bytes[..]);
+        self.finish(Method::Post, url, result)
     }
 
     /// PATCH with the given content type (e.g. application/json-patch+json or merge-patch).

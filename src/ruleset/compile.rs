@@ -36,7 +36,7 @@ pub(super) mod fixtures {
                 device: "veth1".into(),
                 pod: PodNet::example(),
             },
-            log_group: 100,
+            log: crate::ruleset::DenyLog::new(100),
         }
     }
 

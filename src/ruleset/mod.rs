@@ -23,7 +23,7 @@ pub use naming::{
 pub use podnet::{IfAddr, Mac, PodNet};
 pub use render::{render, render_rule};
 pub use tables::{CT_ESTABLISHED, CT_RELATED};
-pub use target::{Attach, Placement, Target};
+pub use target::{Attach, DenyLog, Placement, Target};
 
 /// nf_tables address family of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +303,7 @@ pub enum CmpOp {
 }
 
 /// A rate limit on packets, as a token bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
     pub per_second: u64,
     pub burst: u32,

@@ -11,8 +11,8 @@ use super::logprefix::{self, Logged};
 use super::naming::{comment, table_name};
 use super::podnet::PodNet;
 use super::{
-    Base, Chain, CmpOp, Element, Family, Field, Hook, Rate, Rule, Selector, Set, Span, Stmt, Table,
-    Target, Verdict, L3,
+    Base, Chain, CmpOp, DenyLog, Element, Family, Field, Hook, Rate, Rule, Selector, Set, Span,
+    Stmt, Table, Target, Verdict, L3,
 };
 use crate::policy::{Entry, Mode, Policy};
 
@@ -20,8 +20,6 @@ use crate::policy::{Entry, Mode, Policy};
 pub const REPLY_TIMEOUT_SECS: u32 = 300;
 /// Maximum tracked flows per pod and family.
 pub const REPLY_SET_SIZE: u32 = 65536;
-const LOG_RATE_PER_SECOND: u64 = 10;
-const LOG_BURST: u32 = 20;
 /// How long a flow the pod has not answered yet may wait for its first answer.
 pub const PENDING_TIMEOUT_SECS: u32 = 10;
 /// New inbound flows one source may open per second (and burst) before further new flows
@@ -152,7 +150,7 @@ fn nd_rule() -> Rule {
 /// The closing rule: count what is not allowed, log it (rate-limited); the chain's policy,
 /// returned beside it, is the verdict. One rule: the counter is passed by every packet, the
 /// limit stops the rule for packets over the rate, the policy then applies to all of them.
-fn closing_rule(mode: Mode, container_id: &str, group: u16) -> (Rule, Verdict) {
+fn closing_rule(mode: Mode, container_id: &str, log: DenyLog) -> (Rule, Verdict) {
     let (logged, verdict) = match mode {
         Mode::Audit => (Logged::Audit, Verdict::Accept),
         _ => (Logged::Deny, Verdict::Drop),
@@ -160,12 +158,12 @@ fn closing_rule(mode: Mode, container_id: &str, group: u16) -> (Rule, Verdict) {
     let closing = rule(vec![
         Stmt::Counter,
         Stmt::Limit {
-            per_second: LOG_RATE_PER_SECOND,
-            burst: LOG_BURST,
+            per_second: log.rate.per_second,
+            burst: log.rate.burst,
         },
         Stmt::Log {
             prefix: logprefix::format(logged, container_id),
-            group,
+            group: log.group,
         },
     ]);
     (closing, verdict)
@@ -366,8 +364,7 @@ pub(super) fn link_table(
     from_pod.extend(allow_rules(&allow, true));
     from_pod.extend(allow_rules(&allow, false));
     sets.extend(allow.into_iter().filter(|s| !s.elements.is_empty()));
-    let (closing, policy_verdict) =
-        closing_rule(policy.mode, &target.container_id, target.log_group);
+    let (closing, policy_verdict) = closing_rule(policy.mode, &target.container_id, target.log);
     from_pod.push(closing);
     let (from_hook, to_hook) = side.hooks();
     Table {
@@ -403,8 +400,7 @@ pub(super) fn inet_pod_table(policy: &Policy, target: &Target) -> Table {
     let (a6l4, a6p) = allow_sets(&policy.entries, false);
     let mut sets = vec![a4l4, a4p, a6l4, a6p];
     sets.retain(|s| !s.elements.is_empty());
-    let (closing, policy_verdict) =
-        closing_rule(policy.mode, &target.container_id, target.log_group);
+    let (closing, policy_verdict) = closing_rule(policy.mode, &target.container_id, target.log);
     let mut common = vec![rule(vec![
         Stmt::CtState(CT_ESTABLISHED | CT_RELATED),
         Stmt::Verdict(Verdict::Accept),

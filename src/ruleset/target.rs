@@ -2,7 +2,7 @@
 //! pod netns's inet hooks) and the pod it guards.
 
 use super::podnet::PodNet;
-use super::Family;
+use super::{Family, Rate};
 
 /// Where the ruleset lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -30,7 +30,32 @@ pub struct Target {
     /// The pod-side interface (CNI_IFNAME); part of the table name unless it is `eth0`.
     pub ifname: String,
     pub attach: Attach,
-    pub log_group: u16,
+    /// Where and how often dropped (or audited) packets are logged.
+    pub log: DenyLog,
+}
+
+/// The NFLOG group the closing rule logs to and its per-pod rate limit (conflist `nflogGroup`
+/// and `denyLogRate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyLog {
+    pub group: u16,
+    pub rate: Rate,
+}
+
+impl DenyLog {
+    /// 10 packets a second with a burst of 20, per pod.
+    pub const DEFAULT_RATE: Rate = Rate {
+        per_second: 10,
+        burst: 20,
+    };
+
+    /// `group` at the default rate.
+    pub const fn new(group: u16) -> DenyLog {
+        DenyLog {
+            group,
+            rate: Self::DEFAULT_RATE,
+        }
+    }
 }
 
 /// Where exactly the ruleset attaches.

@@ -829,7 +829,7 @@ pub fn compile_target(data: &[u8]) {
             container_id: cid.to_string(),
             ifname: "eth0".to_string(),
             attach: attach.clone(),
-            log_group: 100,
+            log: egress_guard::ruleset::DenyLog::new(100),
         };
         let Some(table) = compile(&policy, &target) else {
             assert_eq!(
