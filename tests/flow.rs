@@ -891,3 +891,41 @@ fn bad_enforced_allow_is_a_config_error_naming_the_field_and_value() {
         assert!(k.calls.is_empty(), "{:?}", k.calls);
     }
 }
+
+#[test]
+fn conflist_typos_and_an_entry_blind_to_annotations_fail_add_with_code_7() {
+    let cases: &[(Value, &str)] = &[
+        (
+            conf(Some(enforce()), json!({"enforceNamespace": ["model-serving"]})),
+            "conflist field \"enforceNamespace\" is not a known field (did you mean \"enforceNamespaces\"?)",
+        ),
+        (
+            conf(Some(enforce()), json!({"defaultmode": "enforce"})),
+            "did you mean \"defaultMode\"?",
+        ),
+        // No capability, no kubeconfig, and the runtime passed nothing: mode enforce unseen.
+        (
+            conf(None, json!({})),
+            "does not declare \"io.kubernetes.cri.pod-annotations\": true and no \"kubeconfig\"",
+        ),
+    ];
+    for verb in ["ADD", "CHECK"] {
+        for (c, needle) in cases {
+            let mut k = kernel();
+            let out = invoke(&mut k, verb, "ml", c);
+            let err = out.result.expect_err(needle);
+            assert_eq!(err.code, 7, "{verb} {c}: {}", err.msg);
+            assert!(err.msg.contains(needle), "{verb}: {}", err.msg);
+            assert!(
+                k.calls.is_empty(),
+                "the kernel is not touched: {:?}",
+                k.calls
+            );
+        }
+    }
+    // The same entry with the capability declared is fine (an unannotated pod, mode off).
+    let mut seeing = conf(None, json!({}));
+    seeing["capabilities"] = json!({"io.kubernetes.cri.pod-annotations": true});
+    let mut k = kernel();
+    invoke(&mut k, "ADD", "ml", &seeing).result.unwrap();
+}

@@ -994,3 +994,51 @@ fn the_deployed_plugin_config_passes_the_plugin_parser() {
     let conf = egress_guard::cni::NetConf::parse(&entry).unwrap();
     conf.check_annotation_source().unwrap();
 }
+
+#[test]
+fn the_readmes_uninstall_patch_turns_on_uninstall_on_exit_for_the_installer() {
+    use serde::Deserialize;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap();
+    // The JSON patch of the README's uninstall steps, applied as the API server would.
+    let readme = read("README.md");
+    let patch = readme
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("-p '")
+                .and_then(|p| p.strip_suffix('\''))
+        })
+        .expect("the uninstall patch in README.md");
+    let ops: Value = serde_json::from_str(patch).unwrap();
+    let op = &ops[0];
+    assert_eq!(
+        (ops.as_array().unwrap().len(), &op["op"]),
+        (1, &json!("add"))
+    );
+    let path = op["path"].as_str().unwrap();
+    let container: usize = path
+        .strip_prefix("/spec/template/spec/containers/")
+        .and_then(|p| p.strip_suffix("/args/-"))
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected path {path}"));
+    let text = read("deploy/daemonset.yaml");
+    let ds = serde_norway::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .find(|v| v["kind"] == "DaemonSet")
+        .unwrap();
+    let c = &ds["spec"]["template"]["spec"]["containers"][container];
+    assert_eq!(c["command"], json!(["/egress-guard", "install"]), "{c}");
+    let mut args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !args.iter().any(|a| a == "--uninstall-on-exit"),
+        "off by default"
+    );
+    args.push(op["value"].as_str().unwrap().to_string());
+    assert!(Options::parse(&args).unwrap().uninstall_on_exit);
+}

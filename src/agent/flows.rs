@@ -60,7 +60,7 @@ struct Identity {
 
 #[derive(Debug, Clone)]
 struct Pending {
-    who: Identity,
+    identity: Identity,
     first: SystemTime,
     last: SystemTime,
     count: u64,
@@ -147,7 +147,7 @@ impl Aggregator {
             prefix: p.prefix.clone(),
             hw_protocol: p.hw_protocol,
         })?;
-        let who = match dir.resolve(&prefix, p.indev, ifindex) {
+        let identity = match dir.resolve(&prefix, p.indev, ifindex) {
             Some(s) => Identity {
                 pod: s.pod.clone(),
                 container_id: s.container_id.clone(),
@@ -159,9 +159,9 @@ impl Aggregator {
         };
         let entry = self
             .pending
-            .entry((who.container_id.clone(), verdict, ip.key))
+            .entry((identity.container_id.clone(), verdict, ip.key))
             .or_insert(Pending {
-                who,
+                identity,
                 first: now,
                 last: now,
                 count: 0,
@@ -182,8 +182,8 @@ impl Aggregator {
                 time: crate::logging::rfc3339(p.first),
                 last_time: crate::logging::rfc3339(p.last),
                 node: node.to_string(),
-                pod: p.who.pod,
-                container_id: p.who.container_id,
+                pod: p.identity.pod,
+                container_id: p.identity.container_id,
                 verdict: verdict.verdict(),
                 family: if k.src.is_ipv4() { "ipv4" } else { "ipv6" },
                 protocol: protocol_name(k.protocol),

@@ -129,7 +129,7 @@ impl Reconciler {
             out.push(self.failure(shared, "state", "error", None, &e));
         }
         for s in &states {
-            let mut guard = Guard::new(kernel, &state_dir, s.who());
+            let mut guard = Guard::new(kernel, &state_dir, s.subject());
             if guard.pod_gone(s) {
                 self.collect(&mut guard, shared, s, &mut out);
                 continue;
@@ -208,7 +208,7 @@ impl Reconciler {
             .insert(s.container_id.clone(), problems.clone());
         log::warn!(
             "{}: drift in table {} {}: {}",
-            s.who(),
+            s.subject(),
             table.family.name(),
             table.name,
             problems.join("; ")

@@ -62,25 +62,26 @@ pub struct Finding {
     pub detail: String,
 }
 
-fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+fn text_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
 
 fn is_ready(pod: &Value) -> bool {
-    s(pod, "/status/phase") == Some("Running")
+    text_at(pod, "/status/phase") == Some("Running")
         && pod
             .pointer("/status/conditions")
             .and_then(Value::as_array)
             .map(|c| {
-                c.iter()
-                    .any(|c| s(c, "/type") == Some("Ready") && s(c, "/status") == Some("True"))
+                c.iter().any(|c| {
+                    text_at(c, "/type") == Some("Ready") && text_at(c, "/status") == Some("True")
+                })
             })
             .unwrap_or(false)
 }
 
 /// The mode a pod asks for, `None` when it asks for no guard.
 pub(crate) fn requested_mode(pod: &Value, settings: &GuardCriteria) -> Option<Mode> {
-    let ns = s(pod, "/metadata/namespace").unwrap_or("");
+    let ns = text_at(pod, "/metadata/namespace").unwrap_or("");
     if settings.enforce_namespaces.contains(ns) {
         return Some(Mode::Enforce);
     }
@@ -112,16 +113,19 @@ pub fn chained_nodes(
                 == Some(value)
         })
         .filter(|p| is_ready(p))
-        .filter_map(|p| s(p, "/spec/nodeName"))
+        .filter_map(|p| text_at(p, "/spec/nodeName"))
         .collect();
     nodes
         .iter()
         .filter_map(|n| {
-            let name = s(n, "/metadata/name")?;
+            let name = text_at(n, "/metadata/name")?;
             let tainted = n
                 .pointer("/spec/taints")
                 .and_then(Value::as_array)
-                .map(|t| t.iter().any(|t| s(t, "/key") == Some(NOT_READY_TAINT)))
+                .map(|t| {
+                    t.iter()
+                        .any(|t| text_at(t, "/key") == Some(NOT_READY_TAINT))
+                })
                 .unwrap_or(false);
             (with_ready_agent.contains(name) && !tainted).then(|| name.to_string())
         })
@@ -133,15 +137,18 @@ pub fn findings(pods: &[Value], nodes: &[Value], settings: &GuardCriteria) -> Ve
     let chained = chained_nodes(pods, nodes, settings);
     let mut out = Vec::new();
     for p in pods {
-        if matches!(s(p, "/status/phase"), Some("Succeeded") | Some("Failed")) {
+        if matches!(
+            text_at(p, "/status/phase"),
+            Some("Succeeded") | Some("Failed")
+        ) {
             continue;
         }
         let Some(mode) = requested_mode(p, settings) else {
             continue;
         };
-        let namespace = s(p, "/metadata/namespace").unwrap_or("").to_string();
-        let pod = s(p, "/metadata/name").unwrap_or("").to_string();
-        let node = s(p, "/spec/nodeName").map(str::to_string);
+        let namespace = text_at(p, "/metadata/namespace").unwrap_or("").to_string();
+        let pod = text_at(p, "/metadata/name").unwrap_or("").to_string();
+        let node = text_at(p, "/spec/nodeName").map(str::to_string);
         let (reason, detail) =
             if p.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
                 (
@@ -245,21 +252,24 @@ pub fn unguarded_findings(
 ) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::new();
     for e in events {
-        if s(e, "/reason") != Some(super::coverage::UNGUARDED_REASON) {
+        if text_at(e, "/reason") != Some(super::coverage::UNGUARDED_REASON) {
             continue;
         }
         let (Some(ns), Some(name)) = (
-            s(e, "/involvedObject/namespace"),
-            s(e, "/involvedObject/name"),
+            text_at(e, "/involvedObject/namespace"),
+            text_at(e, "/involvedObject/name"),
         ) else {
             continue;
         };
-        let uid = s(e, "/involvedObject/uid");
+        let uid = text_at(e, "/involvedObject/uid");
         let running = pods.iter().find(|p| {
-            s(p, "/metadata/namespace") == Some(ns)
-                && s(p, "/metadata/name") == Some(name)
-                && (uid.is_none() || s(p, "/metadata/uid") == uid)
-                && !matches!(s(p, "/status/phase"), Some("Succeeded") | Some("Failed"))
+            text_at(p, "/metadata/namespace") == Some(ns)
+                && text_at(p, "/metadata/name") == Some(name)
+                && (uid.is_none() || text_at(p, "/metadata/uid") == uid)
+                && !matches!(
+                    text_at(p, "/status/phase"),
+                    Some("Succeeded") | Some("Failed")
+                )
         });
         let Some(pod) = running else { continue };
         // Asks for no guard any more (annotation removed): nothing to report.
@@ -272,10 +282,10 @@ pub fn unguarded_findings(
         out.push(Finding {
             namespace: ns.to_string(),
             pod: name.to_string(),
-            node: s(pod, "/spec/nodeName").map(str::to_string),
+            node: text_at(pod, "/spec/nodeName").map(str::to_string),
             mode: mode.as_str(),
             reason: "unguarded",
-            detail: s(e, "/message")
+            detail: text_at(e, "/message")
                 .unwrap_or("no egress-guard table")
                 .to_string(),
         });

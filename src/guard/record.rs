@@ -104,7 +104,7 @@ impl PodRecord {
     }
 
     /// `namespace/name`, or the container id when the runtime gave no pod identity.
-    pub fn who(&self) -> String {
+    pub fn subject(&self) -> String {
         match (&self.pod.namespace, &self.pod.name) {
             (Some(ns), Some(name)) => format!("{ns}/{name}"),
             _ => self.container_id.clone(),
@@ -319,7 +319,7 @@ pub fn load_dir(dir: &Path) -> (Vec<PodRecord>, Vec<RecordError>) {
             Err(e) => errors.push(e),
         }
     }
-    states.sort_by(|a, b| (a.who(), &a.container_id).cmp(&(b.who(), &b.container_id)));
+    states.sort_by(|a, b| (a.subject(), &a.container_id).cmp(&(b.subject(), &b.container_id)));
     (states, errors)
 }
 
@@ -427,7 +427,7 @@ pub(crate) mod tests {
             "device":null,"policy":"0000000000000000","entries":[],"nflog_group":100,"created":"x"}"#;
         let s: PodRecord = serde_json::from_str(text).unwrap();
         assert_eq!(s.family(), Family::Inet);
-        assert_eq!(s.who(), "ml/p");
+        assert_eq!(s.subject(), "ml/p");
         assert!(matches!(s.place(), Where::Netns(_)));
     }
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 use super::netns::NetnsGuard;
-use super::peer::{nl, pod_link, PeerError};
+use super::peer::{netlink_error_for, pod_link, PeerError};
 use crate::netlink::rtnl;
 use crate::netlink::socket::Socket;
 use crate::ruleset::{IfAddr, Mac};
@@ -31,7 +31,7 @@ pub fn read_pod_interface(netns: &Path, ifname: &str) -> Result<PodInterface, Pe
     })?;
     let mut addrs = Vec::new();
     let mut link_local = Vec::new();
-    for a in rtnl::addrs_of(&mut sock, link.index).map_err(nl(ifname))? {
+    for a in rtnl::addrs_of(&mut sock, link.index).map_err(netlink_error_for(ifname))? {
         match a.addr {
             IpAddr::V6(v6) if a.scope == SCOPE_LINK => link_local.push(v6),
             addr if a.scope == 0 => addrs.push(IfAddr {
@@ -59,12 +59,12 @@ pub fn find_gateway_mac(
     if gateways.is_empty() {
         return Ok(None);
     }
-    let Some(veth) = rtnl::link_by_name(host, device).map_err(nl(device))? else {
+    let Some(veth) = rtnl::link_by_name(host, device).map_err(netlink_error_for(device))? else {
         return Ok(None);
     };
     let mut holder = None;
     for index in std::iter::once(veth.index).chain(veth.master) {
-        let addrs = rtnl::addrs_of(host, index).map_err(nl(device))?;
+        let addrs = rtnl::addrs_of(host, index).map_err(netlink_error_for(device))?;
         if addrs.iter().any(|a| gateways.contains(&a.addr)) {
             holder = Some(index);
             break;
@@ -76,7 +76,7 @@ pub fn find_gateway_mac(
     let link = if holder == veth.index {
         Some(veth)
     } else {
-        rtnl::link_by_index(host, holder).map_err(nl(device))?
+        rtnl::link_by_index(host, holder).map_err(netlink_error_for(device))?
     };
     Ok(link.and_then(|l| l.mac).map(Mac))
 }

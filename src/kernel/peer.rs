@@ -44,7 +44,7 @@ pub enum PeerError {
 }
 
 /// Maps a netlink error to a `PeerError` naming `ifname`.
-pub(super) fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
+pub(super) fn netlink_error_for(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
     move |source| PeerError::Netlink {
         ifname: ifname.to_string(),
         source,
@@ -53,9 +53,9 @@ pub(super) fn nl(ifname: &str) -> impl Fn(NetlinkError) -> PeerError + '_ {
 
 /// Opens a route socket in the current namespace (the pod's, at `netns`) and finds `ifname`.
 pub(super) fn pod_link(netns: &Path, ifname: &str) -> Result<(Socket, LinkInfo), PeerError> {
-    let mut sock = Socket::open(NETLINK_ROUTE).map_err(nl(ifname))?;
+    let mut sock = Socket::open(NETLINK_ROUTE).map_err(netlink_error_for(ifname))?;
     let link = rtnl::link_by_name(&mut sock, ifname)
-        .map_err(nl(ifname))?
+        .map_err(netlink_error_for(ifname))?
         .ok_or_else(|| PeerError::NoInterface {
             ifname: ifname.to_string(),
             netns: netns.to_path_buf(),
@@ -85,7 +85,8 @@ pub fn find_host_peer(
     let (pod_link, host_id_in_pod) = {
         let _inside = NetnsGuard::enter_file(&pod_ns, netns_path)?;
         let (mut sock, link) = pod_link(netns_path, ifname)?;
-        let host_id = rtnl::nsid_of(&mut sock, host_ns.as_raw_fd()).map_err(nl(ifname))?;
+        let host_id =
+            rtnl::nsid_of(&mut sock, host_ns.as_raw_fd()).map_err(netlink_error_for(ifname))?;
         (link, host_id)
     };
     let kind = pod_link.kind.clone().unwrap_or_else(|| "device".into());
@@ -102,8 +103,10 @@ pub fn find_host_peer(
             kind: "veth whose peer is in another namespace".into(),
         });
     }
-    let candidate = rtnl::link_by_index(host_sock, peer_index).map_err(nl(ifname))?;
-    let pod_id_in_host = rtnl::nsid_of(host_sock, pod_ns.as_raw_fd()).map_err(nl(ifname))?;
+    let candidate =
+        rtnl::link_by_index(host_sock, peer_index).map_err(netlink_error_for(ifname))?;
+    let pod_id_in_host =
+        rtnl::nsid_of(host_sock, pod_ns.as_raw_fd()).map_err(netlink_error_for(ifname))?;
     if let Some(h) = candidate.filter(|h| is_peer(h, &pod_link, pod_id_in_host)) {
         return Ok(HostPeer::Veth {
             name: h.name,
@@ -111,7 +114,7 @@ pub fn find_host_peer(
         });
     }
     for name in hints {
-        if let Some(h) = rtnl::link_by_name(host_sock, name).map_err(nl(ifname))? {
+        if let Some(h) = rtnl::link_by_name(host_sock, name).map_err(netlink_error_for(ifname))? {
             if is_peer(&h, &pod_link, pod_id_in_host) {
                 return Ok(HostPeer::Veth {
                     name: h.name,
@@ -120,7 +123,7 @@ pub fn find_host_peer(
             }
         }
     }
-    for h in rtnl::list_links(host_sock).map_err(nl(ifname))? {
+    for h in rtnl::list_links(host_sock).map_err(netlink_error_for(ifname))? {
         if is_peer(&h, &pod_link, pod_id_in_host) {
             return Ok(HostPeer::Veth {
                 name: h.name,

@@ -6,7 +6,7 @@ use super::Span;
 
 /// A box in two dimensions: a span on the first axis times a span on the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Box2 {
+pub struct AddrPortBox {
     pub a: Span,
     pub b: Span,
 }
@@ -29,7 +29,7 @@ fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
 
 /// Returns boxes that do not overlap and whose union equals the union of `input`.
 /// Output is sorted and deterministic for a given input set (order of input does not matter).
-pub fn disjoint_boxes(input: &[Box2]) -> Vec<Box2> {
+pub fn disjoint_boxes(input: &[AddrPortBox]) -> Vec<AddrPortBox> {
     if input.is_empty() {
         return Vec::new();
     }
@@ -74,9 +74,9 @@ pub fn disjoint_boxes(input: &[Box2]) -> Vec<Box2> {
         }
         rows.push((Span::new(lo, hi), merged));
     }
-    let mut out: Vec<Box2> = rows
+    let mut out: Vec<AddrPortBox> = rows
         .into_iter()
-        .flat_map(|(a, bs)| bs.into_iter().map(move |b| Box2 { a, b }))
+        .flat_map(|(a, bs)| bs.into_iter().map(move |b| AddrPortBox { a, b }))
         .collect();
     out.sort();
     out
@@ -86,18 +86,18 @@ pub fn disjoint_boxes(input: &[Box2]) -> Vec<Box2> {
 mod tests {
     use super::*;
 
-    fn bx(a: (u128, u128), b: (u128, u128)) -> Box2 {
-        Box2 {
+    fn bx(a: (u128, u128), b: (u128, u128)) -> AddrPortBox {
+        AddrPortBox {
             a: Span::new(a.0, a.1),
             b: Span::new(b.0, b.1),
         }
     }
 
-    fn covered(boxes: &[Box2], x: u128, y: u128) -> bool {
+    fn covered(boxes: &[AddrPortBox], x: u128, y: u128) -> bool {
         boxes.iter().any(|b| b.a.contains(x) && b.b.contains(y))
     }
 
-    fn overlap(p: &Box2, q: &Box2) -> bool {
+    fn overlap(p: &AddrPortBox, q: &AddrPortBox) -> bool {
         p.a.lo <= q.a.hi && q.a.lo <= p.a.hi && p.b.lo <= q.b.hi && q.b.lo <= p.b.hi
     }
 
@@ -139,7 +139,7 @@ mod tests {
             (seed % m) as u128
         };
         for _ in 0..50 {
-            let input: Vec<Box2> = (0..6)
+            let input: Vec<AddrPortBox> = (0..6)
                 .map(|_| {
                     let (a0, a1) = (next(40), next(40));
                     let (b0, b1) = (next(12), next(12));

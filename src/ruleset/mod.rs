@@ -14,7 +14,7 @@ mod tables;
 mod target;
 
 pub use compile::compile;
-pub use intervals::{disjoint_boxes, Box2};
+pub use intervals::{disjoint_boxes, AddrPortBox};
 pub use json::{render_json, render_json_text};
 pub use naming::{
     comment_container, comment_devices, in_legacy_form, legacy_container, legacy_table_name,

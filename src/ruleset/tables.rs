@@ -6,7 +6,7 @@ use super::builders::{
     PORT_PROTOCOLS, SCTP, TCP, UDP,
 };
 use super::identity::{identity, Side};
-use super::intervals::{disjoint_boxes, Box2};
+use super::intervals::{disjoint_boxes, AddrPortBox};
 use super::logprefix::{self, Logged};
 use super::naming::{comment, table_name};
 use super::podnet::PodNet;
@@ -55,10 +55,10 @@ fn allow_sets(entries: &[Entry], v4: bool) -> (Set, Set) {
         (Field::Ipv6Addr, "6")
     };
     let fam: Vec<&Entry> = entries.iter().filter(|e| e.cidr.is_v4() == v4).collect();
-    let l4_boxes: Vec<Box2> = fam
+    let l4_boxes: Vec<AddrPortBox> = fam
         .iter()
         .filter(|e| e.ports.is_none())
-        .map(|e| Box2 {
+        .map(|e| AddrPortBox {
             a: addr_span(e),
             b: match e.proto.number() {
                 Some(n) => Span::single(n as u128),
@@ -74,11 +74,11 @@ fn allow_sets(entries: &[Entry], v4: bool) -> (Set, Set) {
         .collect();
     let mut port_elements = Vec::new();
     for proto in [TCP, UDP, SCTP] {
-        let boxes: Vec<Box2> = fam
+        let boxes: Vec<AddrPortBox> = fam
             .iter()
             .filter(|e| e.proto.number() == Some(proto))
             .filter_map(|e| {
-                e.ports.map(|(lo, hi)| Box2 {
+                e.ports.map(|(lo, hi)| AddrPortBox {
                     a: addr_span(e),
                     b: Span::new(lo as u128, hi as u128),
                 })
