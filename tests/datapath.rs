@@ -3,6 +3,7 @@
 //! that reaches the same target in the same run, so a broken network cannot pass as blocked.
 #![allow(clippy::unwrap_used)]
 
+use egress_guard::kernel::Transaction;
 use egress_guard_testkit::common;
 
 use common::chain::{Attachment, Chain};
@@ -747,12 +748,12 @@ fn a_colliding_pod_never_takes_over_another_pods_table() {
             egress_guard::kernel::netns::NetnsGuard::enter(std::path::Path::new(&n.node.path()))
                 .unwrap();
         NetlinkKernel::new()
-            .install(
+            .install(Transaction::new(
                 Where::Host,
                 egress_guard::ruleset::Family::Netdev,
                 &[],
                 Some(&moved),
-            )
+            ))
             .unwrap();
     }
     exec_in(&n.node.name, &["nft", "delete", "table", "netdev", &own]);

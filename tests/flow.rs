@@ -2,6 +2,7 @@
 //! replacement, fail-closed errors (nothing installed), API fallback, DEL, CHECK and GC.
 #![allow(clippy::unwrap_used)]
 
+use egress_guard::kernel::Transaction;
 use std::path::{Path, PathBuf};
 
 use egress_guard::cni::plugin::{run, Invocation, VerbOutcome};
@@ -174,8 +175,13 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
         sets: vec![],
         chains: vec![],
     };
-    k.install(Where::Host, Family::Netdev, &[], Some(&table))
-        .unwrap();
+    k.install(Transaction::new(
+        Where::Host,
+        Family::Netdev,
+        &[],
+        Some(&table),
+    ))
+    .unwrap();
     k.calls.clear();
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert_eq!(
@@ -574,8 +580,13 @@ fn device_index_that_cannot_be_written_is_not_trusted() {
         sets: vec![],
         chains: vec![],
     };
-    k.install(Where::Host, Family::Netdev, &[], Some(&stale))
-        .unwrap();
+    k.install(Transaction::new(
+        Where::Host,
+        Family::Netdev,
+        &[],
+        Some(&stale),
+    ))
+    .unwrap();
     k.calls.clear();
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert!(listed_tables(&k), "{:?}", k.calls);
@@ -644,8 +655,13 @@ fn add_never_replaces_a_table_of_another_container_under_the_same_name() {
         sets: vec![],
         chains: vec![],
     };
-    k.install(Where::Host, Family::Netdev, &[], Some(&theirs))
-        .unwrap();
+    k.install(Transaction::new(
+        Where::Host,
+        Family::Netdev,
+        &[],
+        Some(&theirs),
+    ))
+    .unwrap();
     let state = dir.join(format!("{}.json", key("cid-a")));
     let their_state = json!({"container_id": "cid-z", "device": "vethOther"}).to_string();
     std::fs::write(&state, &their_state).unwrap();
@@ -718,8 +734,13 @@ fn make_legacy(k: &mut RecordingKernel, dir: &Path) -> String {
         egress_guard::ruleset::compile(&policy, &target).unwrap(),
         &legacy,
     );
-    k.install(Where::Host, Family::Netdev, &[tn("cid-a")], Some(&table))
-        .unwrap();
+    k.install(Transaction::new(
+        Where::Host,
+        Family::Netdev,
+        &[tn("cid-a")],
+        Some(&table),
+    ))
+    .unwrap();
     let mut state = state;
     state["table"] = json!(legacy);
     std::fs::remove_file(dir.join(format!("{}.json", key("cid-a")))).unwrap();

@@ -4,6 +4,7 @@
 //! table` must print exactly the same text.
 #![allow(clippy::unwrap_used)]
 
+use egress_guard::kernel::Transaction;
 use egress_guard_testkit::common;
 
 use std::path::{Path, PathBuf};
@@ -147,7 +148,8 @@ fn kernel_listing_matches_render_for_every_case() {
             let mut k = NetlinkKernel::new();
             let path = ns.path();
             let at = Where::Netns(Path::new(&path));
-            k.install(at, Family::Inet, &[], Some(table)).unwrap();
+            k.install(Transaction::new(at, Family::Inet, &[], Some(table)))
+                .unwrap();
             let listing = common::exec_in(&ns.name, &["nft", "list", "table", "inet", &table.name]);
             if common::normalise_listing(&listing) != c.text {
                 failures.push(format!(
@@ -169,7 +171,12 @@ fn kernel_listing_matches_render_for_every_case() {
             // the device.
             let _inside = NetnsGuard::enter(Path::new(&ns.path())).unwrap();
             NetlinkKernel::new()
-                .install(Where::Host, Family::Netdev, &[], Some(table))
+                .install(Transaction::new(
+                    Where::Host,
+                    Family::Netdev,
+                    &[],
+                    Some(table),
+                ))
                 .unwrap();
         }
         let listing = common::exec_in(&ns.name, &["nft", "list", "table", "netdev", &table.name]);

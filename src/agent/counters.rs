@@ -44,6 +44,7 @@ fn closing_rule_counts(rule: &CountedRule) -> Option<Counts> {
 mod tests {
     use super::*;
     use crate::kernel::fake::RecordingKernel;
+    use crate::kernel::Transaction;
     use crate::ruleset::Stmt;
 
     fn rule(exprs: Vec<Expr>, counter: Option<Counts>) -> CountedRule {
@@ -106,7 +107,8 @@ mod tests {
         let (at, family) = (s.place(), s.family());
         assert_eq!(read(&mut k, at, family, &table.name).expect("read"), None);
 
-        k.install(at, family, &[], Some(&table)).expect("install");
+        k.install(Transaction::new(at, family, &[], Some(&table)))
+            .expect("install");
         assert_eq!(
             read(&mut k, at, family, &table.name).expect("read"),
             Some(Counts::default())

@@ -291,6 +291,7 @@ mod tests {
     use super::*;
     use crate::guard::devindex::DeviceIndex;
     use crate::kernel::fake::RecordingKernel;
+    use crate::kernel::Transaction;
     use crate::kernel::{Kernel, Where};
     use crate::netlink::nft::Expr;
     use crate::ruleset::Family;
@@ -318,8 +319,13 @@ mod tests {
         let (dir, s) = setup(tag);
         let mut k = RecordingKernel::new();
         let table = s.expected_table().unwrap();
-        k.install(Where::Host, Family::Netdev, &[], Some(&table))
-            .unwrap();
+        k.install(Transaction::new(
+            Where::Host,
+            Family::Netdev,
+            &[],
+            Some(&table),
+        ))
+        .unwrap();
         (dir, s, k, table)
     }
 
@@ -334,8 +340,13 @@ mod tests {
         let mut unrecorded = table.clone();
         unrecorded.name = "egress_guard_unrecorded".into();
         unrecorded.comment = "egress-guard dev=vethnew mode=enforce policy=x".into();
-        k.install(Where::Host, Family::Netdev, &[], Some(&unrecorded))
-            .unwrap();
+        k.install(Transaction::new(
+            Where::Host,
+            Family::Netdev,
+            &[],
+            Some(&unrecorded),
+        ))
+        .unwrap();
         k.host_links.insert("vethnew".into());
         assert!(
             r.pass(&mut k, &shared).is_empty(),
@@ -387,8 +398,13 @@ mod tests {
         let mut orphan = table.clone();
         orphan.name = "egress_guard_orphan".into();
         orphan.comment = "egress-guard dev=vethgone mode=enforce policy=x".into();
-        k.install(Where::Host, Family::Netdev, &[], Some(&orphan))
-            .unwrap();
+        k.install(Transaction::new(
+            Where::Host,
+            Family::Netdev,
+            &[],
+            Some(&orphan),
+        ))
+        .unwrap();
         // Index entries of both, old enough to be pruned once their tables are gone.
         let index = DeviceIndex::new(&dir);
         for (dev, t) in [

@@ -85,17 +85,39 @@ fn reject_unknown_fields(obj: &serde_json::Map<String, Value>) -> Result<(), Con
     Err(field_err(field, problem))
 }
 
+/// An optional field of one JSON type: `None` when absent or null, `pick`'s value when it is
+/// of that type, else an error saying it must be `what`.
+fn opt_typed<'a, T>(
+    field: &str,
+    v: Option<&'a Value>,
+    pick: fn(&'a Value) -> Option<T>,
+    what: &str,
+) -> Result<Option<T>, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => pick(v)
+            .map(Some)
+            .ok_or_else(|| field_err(field, format!("must be {what}, got {}", type_name(v)))),
+    }
+}
+
+/// An optional object field.
+fn opt_object<'a>(
+    field: &str,
+    v: Option<&'a Value>,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, ConfigError> {
+    opt_typed(field, v, Value::as_object, "an object")
+}
+
+/// An optional array-of-strings field (items checked by callers).
+fn opt_array<'a>(field: &str, v: Option<&'a Value>) -> Result<Option<&'a Vec<Value>>, ConfigError> {
+    opt_typed(field, v, Value::as_array, "an array of strings")
+}
+
 /// `capabilities`: an object of booleans; returns whether the pod-annotations one is on.
 fn parse_capabilities(v: Option<&Value>) -> Result<bool, ConfigError> {
-    let obj = match v {
-        None | Some(Value::Null) => return Ok(false),
-        Some(Value::Object(o)) => o,
-        Some(other) => {
-            return Err(field_err(
-                "capabilities",
-                format!("must be an object, got {}", type_name(other)),
-            ))
-        }
+    let Some(obj) = opt_object("capabilities", v)? else {
+        return Ok(false);
     };
     for (k, v) in obj {
         if !v.is_boolean() {
@@ -205,18 +227,8 @@ fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, Con
 /// may log; absent is 10 a second with a burst of 20.
 fn parse_deny_log_rate(v: Option<&Value>) -> Result<Rate, ConfigError> {
     const FIELD: &str = "denyLogRate";
-    let obj = match v {
-        None | Some(Value::Null) => return Ok(DenyLog::DEFAULT_RATE),
-        Some(Value::Object(o)) => o,
-        Some(other) => {
-            return Err(field_err(
-                FIELD,
-                format!(
-                    "must be an object {{\"perSecond\": N, \"burst\": M}}, got {}",
-                    type_name(other)
-                ),
-            ))
-        }
+    let Some(obj) = opt_object(FIELD, v)? else {
+        return Ok(DenyLog::DEFAULT_RATE);
     };
     if let Some(k) = obj.keys().find(|k| *k != "perSecond" && *k != "burst") {
         return Err(field_err(
@@ -250,15 +262,8 @@ fn parse_enforced_allow(
     networks: &BTreeMap<String, Vec<Entry>>,
 ) -> Result<Ceiling, ConfigError> {
     const FIELD: &str = "enforcedAllow";
-    let items = match v {
-        None | Some(Value::Null) => return Ok(Ceiling::Networks),
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(field_err(
-                FIELD,
-                format!("must be an array of strings, got {}", type_name(other)),
-            ))
-        }
+    let Some(items) = opt_array(FIELD, v)? else {
+        return Ok(Ceiling::Networks);
     };
     let mut list = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -282,15 +287,8 @@ fn parse_annotations(
         return Ok(None);
     };
     let field = format!("runtimeConfig.{ANNOTATIONS_CAPABILITY}");
-    let obj = match v {
-        Value::Null => return Ok(None),
-        Value::Object(o) => o,
-        other => {
-            return Err(field_err(
-                &field,
-                format!("must be an object, got {}", type_name(other)),
-            ))
-        }
+    let Some(obj) = opt_object(&field, Some(v))? else {
+        return Ok(None);
     };
     let mut out = Vec::with_capacity(obj.len());
     for (k, v) in obj {
@@ -349,15 +347,7 @@ impl NetConf {
 
         reject_unknown_fields(obj)?;
         let annotations_capability = parse_capabilities(obj.get("capabilities"))?;
-        match obj.get("args") {
-            None | Some(Value::Null) | Some(Value::Object(_)) => {}
-            Some(other) => {
-                return Err(field_err(
-                    "args",
-                    format!("must be an object, got {}", type_name(other)),
-                ))
-            }
-        }
+        opt_object("args", obj.get("args"))?;
         let cni_version = opt_str(obj, "cniVersion")?.unwrap_or("0.4.0").to_string();
         let name = opt_str(obj, "name")?.unwrap_or("").to_string();
         if let Some(t) = opt_str(obj, "type")? {
@@ -374,27 +364,22 @@ impl NetConf {
                 )
             })?,
         };
-        let enforce_namespaces = match obj.get("enforceNamespaces") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    x.as_str().map(str::to_string).ok_or_else(|| {
-                        field_err(
-                            &format!("enforceNamespaces[{i}]"),
-                            format!("must be a string, got {}", type_name(x)),
-                        )
+        let enforce_namespaces = opt_array("enforceNamespaces", obj.get("enforceNamespaces"))?
+            .map(|a| {
+                a.iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        x.as_str().map(str::to_string).ok_or_else(|| {
+                            field_err(
+                                &format!("enforceNamespaces[{i}]"),
+                                format!("must be a string, got {}", type_name(x)),
+                            )
+                        })
                     })
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(field_err(
-                    "enforceNamespaces",
-                    format!("must be an array of strings, got {}", type_name(other)),
-                ))
-            }
-        };
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         let networks = parse_networks(obj.get("networks"))?;
         let enforced_allow = parse_enforced_allow(obj.get("enforcedAllow"), &networks)?;
         let placement = match opt_str(obj, "placement")? {
@@ -452,26 +437,13 @@ impl NetConf {
         let log_file = path("logFile")?;
         let kubeconfig = path("kubeconfig")?;
         let state_dir = path("stateDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let prev_result = match obj.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(other) => {
-                return Err(field_err(
-                    "prevResult",
-                    format!("must be an object, got {}", type_name(other)),
-                ))
-            }
-        };
-        let (annotations, valid_attachments) = match obj.get("runtimeConfig") {
-            None | Some(Value::Null) => (None, None),
-            Some(Value::Object(rc)) => (parse_annotations(rc)?, parse_attachments(rc)?),
-            Some(other) => {
-                return Err(field_err(
-                    "runtimeConfig",
-                    format!("must be an object, got {}", type_name(other)),
-                ))
-            }
-        };
+        let prev_result =
+            opt_object("prevResult", obj.get("prevResult"))?.map(|o| Value::Object(o.clone()));
+        let (annotations, valid_attachments) =
+            match opt_object("runtimeConfig", obj.get("runtimeConfig"))? {
+                None => (None, None),
+                Some(rc) => (parse_annotations(rc)?, parse_attachments(rc)?),
+            };
         // GC receives the list at the top level in CNI 1.1.
         let valid_attachments = match valid_attachments {
             Some(v) => Some(v),
@@ -701,7 +673,7 @@ mod tests {
             (r#"{"nflogGroup":70000}"#, "\"nflogGroup\" has value 70000"),
             (
                 r#"{"denyLogRate":10}"#,
-                "\"denyLogRate\" must be an object {\"perSecond\": N, \"burst\": M}",
+                "\"denyLogRate\" must be an object, got a number",
             ),
             (
                 r#"{"denyLogRate":{"perSecond":0,"burst":5}}"#,

@@ -2,6 +2,7 @@
 //! goes out, then the attachment is recorded. On any failure nothing of this attachment's new
 //! table stays installed.
 
+use crate::kernel::Transaction;
 use std::path::Path;
 
 use super::record::PodRecord;
@@ -146,7 +147,10 @@ impl<K: Kernel> Guard<'_, K> {
             table.rule_count(),
             table.element_count()
         );
-        if let Err(e) = self.kernel.install(at, family, &replace, Some(table)) {
+        if let Err(e) = self
+            .kernel
+            .install(Transaction::new(at, family, &replace, Some(table)))
+        {
             self.undo_uncertain(at, family, &table.name, &e);
             return Err(self.kernel_err("installing the egress policy", e));
         }

@@ -104,6 +104,7 @@ impl<K: Kernel> Guard<'_, K> {
 mod tests {
     use super::*;
     use crate::kernel::fake::RecordingKernel;
+    use crate::kernel::Transaction;
     use crate::ruleset::{compile, Attach, Family, PodNet, Target};
 
     fn table() -> Table {
@@ -134,7 +135,7 @@ mod tests {
             Inspection::Missing.problems(&t),
             [format!("table netdev {} is missing", t.name)]
         );
-        k.install(Where::Host, Family::Netdev, &[], Some(&t))
+        k.install(Transaction::new(Where::Host, Family::Netdev, &[], Some(&t)))
             .unwrap();
         assert_eq!(
             inspect(&mut k, Where::Host, &t).unwrap(),

@@ -3,6 +3,7 @@
 //! record claims whose device is gone (orphans) removed. Only tables named `egress_guard_*`
 //! are ever touched.
 
+use crate::kernel::Transaction;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::SystemTime;
@@ -117,7 +118,7 @@ impl<K: Kernel> Guard<'_, K> {
             self.record_in_index(dev, &table.name)?;
         }
         self.kernel
-            .install(at, table.family, &replace, Some(table))
+            .install(Transaction::new(at, table.family, &replace, Some(table)))
             .map_err(|e| self.kernel_err("reinstalling the egress policy", e))?;
         if self.still_recorded(rec) {
             return Ok(Reinstalled::Done);

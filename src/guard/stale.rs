@@ -4,6 +4,7 @@
 //! attachment; a table whose comment names another container (a collision) is never replaced
 //! or removed, which would leave that container's pod unguarded.
 
+use crate::kernel::Transaction;
 use std::path::Path;
 
 use super::devindex::DeviceIndex;
@@ -103,9 +104,12 @@ impl<K: Kernel> Guard<'_, K> {
         stale: &mut Vec<String>,
         table: &Table,
     ) -> Result<usize, KernelError> {
-        let first = self
-            .kernel
-            .install(Where::Host, Family::Netdev, stale, Some(table));
+        let first = self.kernel.install(Transaction::new(
+            Where::Host,
+            Family::Netdev,
+            stale,
+            Some(table),
+        ));
         match first {
             Err(e) if e.already_exists() && !stale.contains(&table.name) => {
                 let Some(existing) =
@@ -126,8 +130,12 @@ impl<K: Kernel> Guard<'_, K> {
                     table.name
                 );
                 stale.push(table.name.clone());
-                self.kernel
-                    .install(Where::Host, Family::Netdev, stale, Some(table))
+                self.kernel.install(Transaction::new(
+                    Where::Host,
+                    Family::Netdev,
+                    stale,
+                    Some(table),
+                ))
             }
             other => other,
         }
@@ -199,7 +207,7 @@ impl<K: Kernel> Guard<'_, K> {
             stale.join(", ")
         );
         self.kernel
-            .install(Where::Host, Family::Netdev, &stale, None)
+            .install(Transaction::new(Where::Host, Family::Netdev, &stale, None))
             .map_err(|e| self.kernel_err("removing stale tables", e))?;
         self.forget_in_index(device, &stale);
         Ok(())

@@ -303,8 +303,22 @@ impl Installer {
 
     /// Removes egress-guard entries from every conflist of the conf dir but `keep`.
     fn remove_stale(&self, keep: &Path) -> Result<(), InstallError> {
+        for path in self.unchain_files(Some(keep))? {
+            log::info!(
+                "removed a stale egress-guard entry from {} (chained into {})",
+                path.display(),
+                keep.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes egress-guard entries from every conflist of the conf dir except `keep`;
+    /// returns the files written. Files that do not parse were never ours to change.
+    fn unchain_files(&self, keep: Option<&Path>) -> Result<Vec<PathBuf>, InstallError> {
+        let mut written = Vec::new();
         for path in conflist::config_files(&self.opts.cni_conf_dir)? {
-            if path == keep || conflist::kind_of(&path) != conflist::Kind::List {
+            if Some(path.as_path()) == keep || conflist::kind_of(&path) != conflist::Kind::List {
                 continue;
             }
             let Some(bytes) = fsutil::read_optional(&path)? else {
@@ -319,14 +333,10 @@ impl Installer {
                     &conflist::to_bytes(&list),
                     fsutil::mode_of(&path, 0o644),
                 )?;
-                log::info!(
-                    "removed a stale egress-guard entry from {} (chained into {})",
-                    path.display(),
-                    keep.display()
-                );
+                written.push(path);
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     fn chain_into(&self, path: &Path) -> Result<ChainChange, InstallError> {
@@ -449,31 +459,8 @@ impl Installer {
     /// kubeconfig and the binary. Running pods keep their tables: removing them would unguard
     /// pods that started guarded (README, "Uninstall").
     pub fn uninstall(&self) -> Result<(), InstallError> {
-        let dir = &self.opts.cni_conf_dir;
-        let read_dir = |source| InstallError::ReadDir {
-            path: dir.clone(),
-            source,
-        };
-        for entry in std::fs::read_dir(dir).map_err(read_dir)? {
-            let path = entry.map_err(read_dir)?.path();
-            if conflist::kind_of(&path) != conflist::Kind::List {
-                continue;
-            }
-            let Some(bytes) = fsutil::read_optional(&path)? else {
-                continue;
-            };
-            // Files that do not parse were never ours to change.
-            let Ok(conf) = conflist::parse(&path, &bytes) else {
-                continue;
-            };
-            if let Some(list) = conflist::unchained(&conf) {
-                fsutil::atomic_write(
-                    &path,
-                    &conflist::to_bytes(&list),
-                    fsutil::mode_of(&path, 0o644),
-                )?;
-                log::info!("removed egress-guard from {}", path.display());
-            }
+        for path in self.unchain_files(None)? {
+            log::info!("removed egress-guard from {}", path.display());
         }
         if let Some(kubeconfig) = self.kubeconfig_dest() {
             if fsutil::remove_if_exists(&kubeconfig)? {

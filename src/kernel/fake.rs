@@ -2,13 +2,14 @@
 //! and can be told to fail. Behaves like the kernel where the plugin relies on it (a failed
 //! transaction changes nothing; creating an existing table fails).
 
+use super::Transaction;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{HostPeer, Kernel, KernelError, PodInterface, TableRef, Where};
 use crate::netlink::nft::{expected_snapshot, CountedRule, Counts, Expr, Snapshot, TableInfo};
 use crate::netlink::NetlinkError;
-use crate::ruleset::{render, Family, Mac, Table};
+use crate::ruleset::{render, Family, Mac};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -91,13 +92,8 @@ impl RecordingKernel {
 }
 
 impl Kernel for RecordingKernel {
-    fn install(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        replace: &[String],
-        table: Option<&Table>,
-    ) -> Result<usize, KernelError> {
+    fn install(&mut self, tx: Transaction<'_>) -> Result<usize, KernelError> {
+        let (at, family, replace, table) = (tx.at, tx.family, tx.replace, tx.table);
         self.calls.push(format!(
             "install {} {} replace=[{}] table={}",
             at.describe(),

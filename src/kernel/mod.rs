@@ -92,17 +92,37 @@ impl KernelError {
     }
 }
 
+/// One nf_tables transaction of [`Kernel::install`]: at `at`, delete each table of `family`
+/// named in `replace`, then create `table` if given.
+#[derive(Debug, Clone, Copy)]
+pub struct Transaction<'a> {
+    pub at: Where<'a>,
+    pub family: Family,
+    pub replace: &'a [String],
+    pub table: Option<&'a Table>,
+}
+
+impl<'a> Transaction<'a> {
+    pub fn new(
+        at: Where<'a>,
+        family: Family,
+        replace: &'a [String],
+        table: Option<&'a Table>,
+    ) -> Transaction<'a> {
+        Transaction {
+            at,
+            family,
+            replace,
+            table,
+        }
+    }
+}
+
 /// The kernel operations the plugin needs.
 pub trait Kernel {
     /// In one transaction: delete each table named in `replace` (same family), then create
     /// `table` if given. Returns the number of messages in the batch.
-    fn install(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        replace: &[String],
-        table: Option<&Table>,
-    ) -> Result<usize, KernelError>;
+    fn install(&mut self, tx: Transaction<'_>) -> Result<usize, KernelError>;
     /// Deletes a table; `Ok(false)` if it did not exist.
     fn remove(&mut self, t: TableRef<'_>) -> Result<bool, KernelError>;
     fn tables(&mut self, at: Where<'_>, family: Family) -> Result<Vec<TableInfo>, KernelError>;

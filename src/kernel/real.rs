@@ -1,6 +1,7 @@
 //! The real `Kernel`: nf_tables and rtnetlink over netlink sockets. Sockets for a pod namespace
 //! are opened inside it (a netlink socket stays bound to the namespace it was created in).
 
+use super::Transaction;
 use std::path::Path;
 
 use super::netns::NetnsGuard;
@@ -12,7 +13,7 @@ use super::{HostPeer, Kernel, KernelError, PodInterface, TableRef, Where};
 use crate::netlink::nft::{self, CountedRule, Op, Snapshot, TableInfo};
 use crate::netlink::socket::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
 use crate::netlink::NetlinkError;
-use crate::ruleset::{Family, Mac, Table};
+use crate::ruleset::{Family, Mac};
 
 #[derive(Default)]
 pub struct NetlinkKernel {
@@ -62,13 +63,13 @@ impl NetlinkKernel {
 }
 
 impl Kernel for NetlinkKernel {
-    fn install(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        replace: &[String],
-        table: Option<&Table>,
-    ) -> Result<usize, KernelError> {
+    fn install(&mut self, tx: Transaction<'_>) -> Result<usize, KernelError> {
+        let Transaction {
+            at,
+            family,
+            replace,
+            table,
+        } = tx;
         let mut ops: Vec<Op<'_>> = replace
             .iter()
             .map(|name| Op::DeleteTable {

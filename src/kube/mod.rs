@@ -252,12 +252,7 @@ impl Client {
     /// GET `path` (e.g. `/api/v1/nodes/n1`); returns the decoded JSON body.
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, KubeError> {
         let url = self.url(path)?;
-        let request = self.agent.get(&url).header("Accept", "application/json");
-        let request = match self.bearer()? {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        };
-        let result = request.call();
+        let result = self.authorized(self.agent.get(&url))?.call();
         self.finish(Method::Get, url, result)
     }
 
@@ -275,9 +270,7 @@ impl Client {
         let mut token = String::new();
         loop {
             let mut request = self
-                .agent
-                .get(&url)
-                .header("Accept", "application/json")
+                .authorized(self.agent.get(&url))?
                 .query("limit", &limit);
             for (k, v) in query {
                 request = request.query(*k, *v);
@@ -285,10 +278,6 @@ impl Client {
             if !token.is_empty() {
                 request = request.query("continue", &token);
             }
-            let request = match self.bearer()? {
-                Some(value) => request.header("Authorization", value),
-                None => request,
-            };
             let body = self.finish(Method::Get, url.clone(), request.call())?;
             match body.get("items") {
                 Some(serde_json::Value::Array(page)) => items.extend(page.iter().cloned()),
@@ -317,23 +306,7 @@ impl Client {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, KubeError> {
-        let url = self.url(path)?;
-        let bytes = serde_json::to_vec(body).map_err(|source| KubeError::Encode {
-            method: Method::Post,
-            url: url.clone(),
-            source,
-        })?;
-        let request = self
-            .agent
-            .post(&url)
-            .header("Accept", "application/json")
-            .header("Content-Type", "application/json");
-        let request = match self.bearer()? {
-            Some(value) => request.header("Authorization", value),
-            None => request,
-        };
-        let result = request.send(&bytes[..]);
-        self.finish(Method::Post, url, result)
+        self.send_json(Method::Post, path, "application/json", body)
     }
 
     /// PATCH with the given content type (e.g. application/json-patch+json or merge-patch).
@@ -343,23 +316,33 @@ impl Client {
         content_type: &str,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, KubeError> {
+        self.send_json(Method::Patch, path, content_type, body)
+    }
+
+    /// A request with a JSON body (POST or PATCH).
+    fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, KubeError> {
         let url = self.url(path)?;
         let bytes = serde_json::to_vec(body).map_err(|source| KubeError::Encode {
-            method: Method::Patch,
+            method,
             url: url.clone(),
             source,
         })?;
-        let request = self
-            .agent
-            .patch(&url)
-            .header("Accept", "application/json")
-            .header("Content-Type", content_type);
-        let request = match self.bearer()? {
-            Some(value) => request.header("Authorization", value),
-            None => request,
+        let request = match method {
+            Method::Patch => self.agent.patch(&url),
+            // GET has no body and is never sent here.
+            Method::Post | Method::Get => self.agent.post(&url),
         };
+        let request = self
+            .authorized(request)?
+            .header("Content-Type", content_type);
         let result = request.send(&bytes[..]);
-        self.finish(Method::Patch, url, result)
+        self.finish(method, url, result)
     }
 
     fn url(&self, path: &str) -> Result<String, KubeError> {
@@ -370,6 +353,18 @@ impl Client {
             });
         }
         Ok(format!("{}{}", self.server, path))
+    }
+
+    /// The request with `Accept: application/json` and, for token credentials, the bearer.
+    fn authorized<B>(
+        &self,
+        request: ureq::RequestBuilder<B>,
+    ) -> Result<ureq::RequestBuilder<B>, KubeError> {
+        let request = request.header("Accept", "application/json");
+        Ok(match self.bearer()? {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        })
     }
 
     fn bearer(&self) -> Result<Option<String>, KubeError> {

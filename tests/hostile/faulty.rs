@@ -4,12 +4,13 @@
 //! refuses to hook. Every other method is the inner kernel's.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use egress_guard::kernel::Transaction;
 use std::path::Path;
 
 use egress_guard::kernel::{HostPeer, Kernel, KernelError, TableRef, Where};
 use egress_guard::netlink::nft::{CountedRule, Snapshot, TableInfo};
 use egress_guard::netlink::NetlinkError;
-use egress_guard::ruleset::{Family, Table};
+use egress_guard::ruleset::Family;
 
 /// Called with the host-side device name after a successful peer lookup.
 pub type PeerHook = Box<dyn FnMut(&str)>;
@@ -40,19 +41,13 @@ fn enobufs(at: Where<'_>, errno: i32) -> KernelError {
 }
 
 impl<K: Kernel> Kernel for Faulty<K> {
-    fn install(
-        &mut self,
-        at: Where<'_>,
-        family: Family,
-        replace: &[String],
-        table: Option<&Table>,
-    ) -> Result<usize, KernelError> {
+    fn install(&mut self, tx: Transaction<'_>) -> Result<usize, KernelError> {
         if let Some(errno) = self.faults.fail_before.take() {
-            return Err(enobufs(at, errno));
+            return Err(enobufs(tx.at, errno));
         }
-        let n = self.inner.install(at, family, replace, table)?;
+        let n = self.inner.install(tx)?;
         if let Some(errno) = self.faults.fail_after.take() {
-            return Err(enobufs(at, errno));
+            return Err(enobufs(tx.at, errno));
         }
         Ok(n)
     }
