@@ -1475,3 +1475,51 @@ fn the_deny_log_rate_is_a_conflist_field_and_no_drift() {
         agent.events()
     );
 }
+
+#[test]
+fn log_level_applies_without_a_log_file() {
+    if !can_run_root_tests("log_level_applies_without_a_log_file") {
+        return;
+    }
+    let n = Node::new("agv");
+    let stderr_at = |level: &str| -> String {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &n.node.name,
+                plugin_bin().as_str(),
+                "agent",
+            ])
+            .args([
+                "--state-dir",
+                state_dir(&n).as_str(),
+                "--metrics-address",
+                "off",
+            ])
+            .args(["--log-level", level])
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        child.wait().unwrap();
+        err
+    };
+    let info = stderr_at("info");
+    assert!(info.contains("\"level\":\"info\""), "{info}");
+    let warn = stderr_at("warn");
+    assert!(!warn.contains("\"level\":\"info\""), "{warn}");
+    let debug = stderr_at("debug");
+    assert!(debug.contains("\"level\":\"info\""), "{debug}");
+}
