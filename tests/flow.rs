@@ -950,3 +950,41 @@ fn conflist_typos_and_an_entry_blind_to_annotations_fail_add_with_code_7() {
     let mut k = kernel();
     invoke(&mut k, "ADD", "ml", &seeing).result.unwrap();
 }
+
+#[test]
+fn del_and_gc_clean_up_under_an_entry_with_an_unknown_field() {
+    // A pod guarded under a valid entry; the entry then holds a field this release does not
+    // know (chained by an older installer, or edited by hand). ADD refuses it, DEL still
+    // removes what ADD installed, so the pod can be deleted.
+    let mut k = kernel();
+    let c = conf(Some(enforce()), json!({}));
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let mut odd = c.clone();
+    odd["enforceNamespace"] = json!(["model-serving"]);
+    assert_eq!(
+        invoke(&mut k, "ADD", "ml", &odd).result.unwrap_err().code,
+        7
+    );
+    assert!(!k.table_names().is_empty());
+    invoke(&mut k, "DEL", "ml", &odd).result.unwrap();
+    assert!(k.table_names().is_empty(), "DEL removed the table");
+    assert!(!state_dir().join(format!("{}.json", key("cid-a"))).exists());
+    // GC likewise.
+    invoke(&mut k, "ADD", "ml", &c).result.unwrap();
+    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "stateDir": state_dir(),
+                    "enforceNamespace": [], "cni.dev/valid-attachments": []});
+    let stdin = gc.to_string().into_bytes();
+    let e = Env {
+        command: "GC".into(),
+        ..Default::default()
+    };
+    run(Invocation {
+        kernel: &mut k,
+        env: &e,
+        stdin: &stdin,
+        fetch_pod: &no_api,
+    })
+    .result
+    .unwrap();
+    assert!(k.table_names().is_empty(), "GC removed the table");
+}

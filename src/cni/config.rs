@@ -72,17 +72,35 @@ pub const CNI_FIELDS: &[&str] = &[
 /// naming the closest known field when one is close.
 fn reject_unknown_fields(obj: &serde_json::Map<String, Value>) -> Result<(), ConfigError> {
     let known = || OWN_FIELDS.iter().chain(CNI_FIELDS).copied();
-    let Some(field) = obj.keys().find(|k| !known().any(|f| f == k.as_str())) else {
+    let Some(field) = unknown_fields(obj).into_iter().next() else {
         return Ok(());
     };
-    let problem = match crate::spelling::closest(field, known()) {
+    let problem = match crate::spelling::closest(&field, known()) {
         Some(near) => format!("is not a known field (did you mean \"{near}\"?)"),
         None => format!(
             "is not a known field (egress-guard's fields: {})",
             OWN_FIELDS.join(", ")
         ),
     };
-    Err(field_err(field, problem))
+    Err(field_err(&field, problem))
+}
+
+/// The fields of `obj` that are neither egress-guard's nor the CNI specification's.
+fn unknown_fields(obj: &serde_json::Map<String, Value>) -> Vec<String> {
+    obj.keys()
+        .filter(|k| !OWN_FIELDS.iter().chain(CNI_FIELDS).any(|f| f == k))
+        .cloned()
+        .collect()
+}
+
+/// How [`NetConf::parse_as`] treats fields it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// An error (ADD, CHECK, STATUS, `render`, the installer, the agent).
+    Reject,
+    /// Listed in [`NetConf::ignored_fields`]: DEL and GC only remove what ADD installed, and a
+    /// pod must be deletable even under an entry a later release reads more strictly.
+    Ignore,
 }
 
 /// An optional field of one JSON type: `None` when absent or null, `pick`'s value when it is
@@ -144,6 +162,8 @@ pub struct NetConf {
     pub kubeconfig: Option<PathBuf>,
     /// Whether the entry declares the pod-annotations capability.
     pub annotations_capability: bool,
+    /// Unknown fields passed over ([`Unknown::Ignore`]); empty when parsed strictly.
+    pub ignored_fields: Vec<String>,
     pub nflog_group: u16,
     /// Per-pod rate of the deny (audit) log, `denyLogRate`.
     pub deny_log_rate: Rate,
@@ -334,7 +354,13 @@ fn parse_attachments(
 }
 
 impl NetConf {
+    /// Parses the entry strictly: an unknown field is an error.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, ConfigError> {
+        Self::parse_as(bytes, Unknown::Reject)
+    }
+
+    /// Parses the entry; `unknown` says what an unknown field is.
+    pub fn parse_as(bytes: &[u8], unknown: Unknown) -> Result<NetConf, ConfigError> {
         if let Err(e) = std::str::from_utf8(bytes) {
             return Err(ConfigError::Utf8 {
                 offset: e.valid_up_to(),
@@ -345,7 +371,13 @@ impl NetConf {
             .as_object()
             .ok_or_else(|| ConfigError::NotObject(type_name(&v)))?;
 
-        reject_unknown_fields(obj)?;
+        let ignored_fields = match unknown {
+            Unknown::Reject => {
+                reject_unknown_fields(obj)?;
+                Vec::new()
+            }
+            Unknown::Ignore => unknown_fields(obj),
+        };
         let annotations_capability = parse_capabilities(obj.get("capabilities"))?;
         opt_object("args", obj.get("args"))?;
         let cni_version = opt_str(obj, "cniVersion")?.unwrap_or("0.4.0").to_string();
@@ -465,6 +497,7 @@ impl NetConf {
             log_level,
             kubeconfig,
             annotations_capability,
+            ignored_fields,
             nflog_group,
             deny_log_rate,
             state_dir,

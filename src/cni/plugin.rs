@@ -310,7 +310,11 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
                 json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS }),
             ));
         }
-        let conf = NetConf::parse(inv.stdin).map_err(|e| {
+        let unknown = match verb {
+            Verb::Del | Verb::Gc => super::config::Unknown::Ignore,
+            _ => super::config::Unknown::Reject,
+        };
+        let conf = NetConf::parse_as(inv.stdin, unknown).map_err(|e| {
             let c = match e {
                 super::config::ConfigError::Json(_) | super::config::ConfigError::Utf8 { .. } => {
                     code::DECODE_FAILURE
@@ -324,6 +328,13 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
         outcome.state_dir = Some(conf.state_dir.clone());
         outcome.log_level = conf.log_level;
         crate::logging::init_plugin(conf.log_file.as_deref(), conf.log_level);
+        if !conf.ignored_fields.is_empty() {
+            log::warn!(
+                "{}: unknown conflist field(s) {} ignored for cleanup; ADD refuses this entry",
+                verb.as_str(),
+                conf.ignored_fields.join(", ")
+            );
+        }
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
