@@ -505,6 +505,16 @@ impl NetConf {
         })
     }
 
+    /// Logs the unknown fields a cleanup verb passed over, if any.
+    pub fn warn_ignored_fields(&self, verb: &str) {
+        if !self.ignored_fields.is_empty() {
+            log::warn!(
+                "{verb}: unknown conflist field(s) {} ignored for cleanup; ADD refuses this entry",
+                self.ignored_fields.join(", ")
+            );
+        }
+    }
+
     /// Where and how often the closing rule logs.
     pub fn deny_log(&self) -> DenyLog {
         DenyLog {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::config::{NetConf, PlacementPref};
+use super::config::{NetConf, PlacementPref, Unknown};
 use super::{
     code, parse_cni_args, valid_container_id, version_at_least, CniError, Env, PodIdentity, Verb,
     SUPPORTED_VERSIONS,
@@ -310,9 +310,11 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
                 json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS }),
             ));
         }
-        let unknown = match verb {
-            Verb::Del | Verb::Gc => super::config::Unknown::Ignore,
-            _ => super::config::Unknown::Reject,
+        // DEL and GC only clean up: an entry read more strictly since ADD must not stop them.
+        let unknown = if matches!(verb, Verb::Del | Verb::Gc) {
+            Unknown::Ignore
+        } else {
+            Unknown::Reject
         };
         let conf = NetConf::parse_as(inv.stdin, unknown).map_err(|e| {
             let c = match e {
@@ -328,13 +330,7 @@ pub fn run<K: Kernel>(inv: Invocation<'_, K>) -> VerbOutcome {
         outcome.state_dir = Some(conf.state_dir.clone());
         outcome.log_level = conf.log_level;
         crate::logging::init_plugin(conf.log_file.as_deref(), conf.log_level);
-        if !conf.ignored_fields.is_empty() {
-            log::warn!(
-                "{}: unknown conflist field(s) {} ignored for cleanup; ADD refuses this entry",
-                verb.as_str(),
-                conf.ignored_fields.join(", ")
-            );
-        }
+        conf.warn_ignored_fields(verb.as_str());
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
