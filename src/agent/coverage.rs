@@ -1,8 +1,8 @@
 //! Unguarded pods on this node: pods the API server says run here, that ask for a guard (mode
 //! annotation, enforced namespace or a non-off default mode) but have no table, because they
 //! started before the plugin was chained (a node without the not-ready taint, or after an
-//! uninstall). Each is reported once as an `unguarded` event record and a Kubernetes Event on
-//! the pod (so `report` finds it cluster-wide), counted in a gauge, and, with
+//! uninstall). Each found in two passes in a row is reported once, as an `unguarded` event
+//! record and a Kubernetes Event on the pod (so `report` finds it cluster-wide), counted in a gauge, and, with
 //! `--evict-unguarded`, evicted through the Eviction API so that it restarts guarded.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,8 +90,18 @@ pub struct Coverage {
     pub state_dir: PathBuf,
     pub criteria: GuardCriteria,
     pub evict: bool,
-    /// Pods reported (by uid, else namespace/name), so each is reported once.
-    reported: BTreeMap<String, bool>,
+    /// What each unguarded pod (by uid, else namespace/name) has seen so far.
+    seen: BTreeMap<String, Seen>,
+}
+
+/// An unguarded pod's progress through the passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Found in one pass: a sandbox being recreated has no state file for a moment, so a pod
+    /// is reported only when a second pass in a row finds it unguarded.
+    Once,
+    Reported,
+    Evicted,
 }
 
 impl Coverage {
@@ -108,7 +118,7 @@ impl Coverage {
             state_dir,
             criteria,
             evict,
-            reported: BTreeMap::new(),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -144,9 +154,14 @@ impl Coverage {
                 return vec![self.record("error", &PodIdentity::default(), detail)];
             }
         };
-        let (records, _) = record::load_dir(&self.state_dir);
+        let (records, errors) = record::load_dir(&self.state_dir);
+        if !errors.is_empty() {
+            // A state file that cannot be read may be a guarded pod's: judge nothing.
+            shared.error("state");
+            let detail = errors.iter().map(|e| e.to_string()).collect();
+            return vec![self.record("error", &PodIdentity::default(), detail)];
+        }
         let found = unguarded(&pods, &records, &self.criteria);
-        shared.with(|e| e.unguarded = found.len() as u64);
         let mut out = Vec::new();
         let mut still = BTreeSet::new();
         for u in &found {
@@ -158,7 +173,12 @@ impl Coverage {
                 )
             });
             still.insert(key.clone());
-            if !self.reported.contains_key(&key) {
+            let seen = self.seen.get(&key).copied();
+            if seen.is_none() {
+                self.seen.insert(key, Seen::Once);
+                continue;
+            }
+            if seen == Some(Seen::Once) {
                 let detail = format!(
                     "asks for mode {} but has no egress-guard table on node {}: it started \
                      before the plugin was chained",
@@ -172,13 +192,13 @@ impl Coverage {
                     );
                 }
                 out.push(self.record("unguarded", &u.pod, vec![detail]));
-                self.reported.insert(key.clone(), false);
+                self.seen.insert(key.clone(), Seen::Reported);
             }
-            if self.evict && self.reported.get(&key) == Some(&false) {
+            if self.evict && self.seen.get(&key) == Some(&Seen::Reported) {
                 match self.evict_pod(u) {
                     Ok(()) => {
                         shared.with(|e| e.evictions += 1);
-                        self.reported.insert(key, true);
+                        self.seen.insert(key, Seen::Evicted);
                         out.push(self.record(
                             "evicted",
                             &u.pod,
@@ -194,7 +214,9 @@ impl Coverage {
                 }
             }
         }
-        self.reported.retain(|k, _| still.contains(k));
+        self.seen.retain(|k, _| still.contains(k));
+        let confirmed = self.seen.values().filter(|s| **s != Seen::Once).count();
+        shared.with(|e| e.unguarded = confirmed as u64);
         out
     }
 
