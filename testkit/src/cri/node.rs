@@ -466,6 +466,8 @@ impl Node {
                      format!("{INET4} udp {UDP_PORT}"), format!("{INET6} udp {UDP_PORT}"),
                  ],
                  "logFile": s(&self.plugin_log),
+                 // Under the suite's base, which teardown removes (not the node's /run).
+                 "stateDir": s(&self.base.join("egress-guard-state")),
                  "logLevel": "debug"}
             ]
         });
