@@ -80,6 +80,7 @@ pub fn build_init_image(work: &Path, rules: &str) -> Result<(PathBuf, u64), Stri
         work,
         &rootfs,
         &["/usr/sbin/nft", "-f", "/rules.nft"],
+        &[],
         INIT_IMAGE,
         "nft-init-oci.tar",
     )

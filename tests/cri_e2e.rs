@@ -530,3 +530,358 @@ fn twenty_parallel_sandboxes_each_get_their_own_policy() {
         "after deleting 20 pods",
     );
 }
+
+/// The Dockerfile's value of `instruction` (its first such line, without the keyword).
+#[allow(clippy::unwrap_used)]
+fn dockerfile(instruction: &str) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/install/Dockerfile"))
+        .expect("install/Dockerfile");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("no {instruction} in install/Dockerfile"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn the_daemonsets_image_is_built_here_with_the_dockerfiles_layout() {
+    let Some((suite, _serial)) = cri::suite("the_daemonsets_image_is_built_here", plugin()) else {
+        return;
+    };
+    let work = suite.node.base.join("egress-guard-image");
+    let tarball = cri::image::build_egress_guard(&work, plugin()).expect("pack the image");
+    let oci = work.join("oci");
+    let blob = |digest: &str| {
+        oci.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let json = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    };
+    let index = json(oci.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let config = json(blob(manifest["config"]["digest"].as_str().unwrap()));
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer: {manifest}");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        cri::image::EGRESS_GUARD_IMAGE
+    );
+
+    // The Dockerfile's entrypoint, command, user and the one file it copies.
+    let as_json = |v: String| -> serde_json::Value { serde_json::from_str(&v).unwrap() };
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        as_json(dockerfile("ENTRYPOINT"))
+    );
+    assert_eq!(config["config"]["Cmd"], as_json(dockerfile("CMD")));
+    assert_eq!(config["config"]["User"], dockerfile("USER").as_str());
+    let copy = dockerfile("COPY --from=build");
+    let dest = copy.split_whitespace().last().unwrap();
+    let listing = run(
+        "tar",
+        &[
+            "-tvf",
+            &blob(layers[0]["digest"].as_str().unwrap()).to_string_lossy(),
+        ],
+    )
+    .unwrap();
+    let files: Vec<&str> = listing.lines().filter(|l| !l.starts_with('d')).collect();
+    assert_eq!(files.len(), 1, "one file in the layer: {listing}");
+    let cols: Vec<&str> = files[0].split_whitespace().collect();
+    assert_eq!(cols[0], "-rwxr-xr-x", "{listing}");
+    assert_eq!(cols[1], "0/0", "{listing}");
+    assert_eq!(
+        cols.last().unwrap().trim_start_matches('.'),
+        dest,
+        "{listing}"
+    );
+
+    // containerd takes it under the name the DaemonSet's `egress-guard:dev` resolves to.
+    cri::image::import(&suite.node.sock, &tarball).expect("import into containerd");
+    let images = run(
+        "ctr",
+        &[
+            "-a",
+            &suite.node.sock.to_string_lossy(),
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+            "-q",
+        ],
+    )
+    .unwrap();
+    assert!(
+        images.lines().any(|l| l == cri::image::EGRESS_GUARD_IMAGE),
+        "{images}"
+    );
+}
+
+/// The statically linked release binary the image holds (built here into target/static, a
+/// target dir of its own; `EGRESS_GUARD_STATIC_BIN` names a prebuilt one).
+fn static_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_GUARD_STATIC_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--quiet", "--bin", "egress-guard"])
+        .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .arg(root.join("target/static"))
+        .output()
+        .expect("cargo build of the static binary");
+    assert!(
+        out.status.success(),
+        "static build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root.join("target/static/x86_64-unknown-linux-gnu/release/egress-guard")
+}
+
+/// The DaemonSet's pod and containers through CRI; removed when dropped.
+struct DsPod<'a> {
+    node: &'a Node,
+    sandbox: String,
+    containers: Vec<String>,
+}
+
+impl Drop for DsPod<'_> {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = self.node.cri.stop_container(c, Duration::from_secs(5));
+            let _ = self.node.cri.remove_container(c);
+        }
+        let _ = self.node.cri.stop(&self.sandbox);
+        let _ = self.node.cri.remove(&self.sandbox);
+    }
+}
+
+/// The host side of the DaemonSet's volumes, under the suite's base.
+struct DsHost {
+    root: PathBuf,
+    config_map: PathBuf,
+}
+
+impl DsHost {
+    fn new(base: &Path) -> DsHost {
+        let root = base.join("ds-host");
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [
+            "etc/cni/net.d",
+            "opt/cni/bin",
+            "run/egress-guard",
+            "var/run/netns",
+            "logs",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap_or_else(|e| panic!("{d}: {e}"));
+        }
+        // The agent's netns mount is HostToContainer, which needs a shared source mount (as
+        // /var/run/netns is on a systemd node); teardown unmounts everything under base.
+        let netns = root.join("var/run/netns").to_string_lossy().into_owned();
+        run("mount", &["--bind", &netns, &netns]).expect("bind netns dir");
+        run("mount", &["--make-shared", &netns]).expect("make it shared");
+        // A primary CNI's conflist for the installer to chain into.
+        std::fs::write(
+            root.join("etc/cni/net.d/10-kindnet.conflist"),
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/conflists/10-kindnet.conflist"
+            ))
+            .expect("fixture"),
+        )
+        .expect("conflist");
+        // The ConfigMap volume as the kubelet lays it out: files through a `..data` symlink.
+        let config_map = root.join("configmap");
+        let stamp = config_map.join("..2026_12_04_00_00_00.000000001");
+        std::fs::create_dir_all(&stamp).expect("configmap dir");
+        let cm: serde_json::Value = serde_norway::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/configmap.yaml"
+            ))
+            .expect("configmap.yaml"),
+        )
+        .expect("configmap yaml");
+        let plugin = cm["data"]["plugin.json"].as_str().expect("plugin.json key");
+        std::fs::write(stamp.join("plugin.json"), plugin).expect("plugin.json");
+        std::os::unix::fs::symlink(
+            stamp.file_name().expect("stamp name"),
+            config_map.join("..data"),
+        )
+        .expect("..data");
+        std::os::unix::fs::symlink("..data/plugin.json", config_map.join("plugin.json"))
+            .expect("plugin.json link");
+        DsHost { root, config_map }
+    }
+
+    fn path(&self, host_path: &str) -> PathBuf {
+        self.root.join(host_path.trim_start_matches('/'))
+    }
+
+    fn conflist(&self) -> serde_json::Value {
+        let p = self.path("/etc/cni/net.d/10-kindnet.conflist");
+        serde_json::from_slice(&std::fs::read(p).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+/// Starts the manifest's container `name` (with `edit` applied to its declaration) in `pod`.
+fn start_ds_container(
+    node: &Node,
+    pod: &mut DsPod<'_>,
+    ds: &cri::daemonset::DaemonSet,
+    host: &DsHost,
+    name: &str,
+    edit: impl FnOnce(&mut cri::daemonset::DsContainer),
+) -> String {
+    let mut c = ds
+        .container(name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+        .clone();
+    edit(&mut c);
+    let maps = std::collections::HashMap::from([(
+        "egress-guard-config".to_string(),
+        host.config_map.clone(),
+    )]);
+    let fields =
+        std::collections::HashMap::from([("spec.nodeName".to_string(), "cri-node".to_string())]);
+    let config = ds
+        .container_config(&c, &c.image, &|p| host.path(p), &maps, &fields)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let sandbox = ds.sandbox_config("egress-guard-ds", "uid-ds", &host.root.join("logs"));
+    let id = node
+        .cri
+        .start_container(&pod.sandbox, config, sandbox)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    pod.containers.push(id.clone());
+    id
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn the_daemonsets_containers_run_under_containerd_as_the_manifest_says() {
+    let Some((suite, _serial)) = cri::suite("the_daemonsets_containers_run", plugin()) else {
+        return;
+    };
+    let node = &suite.node;
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/daemonset.yaml"
+    ))
+    .unwrap();
+    let ds = cri::daemonset::DaemonSet::parse(&manifest).unwrap();
+    assert!(
+        ds.host_network,
+        "the DaemonSet runs in the node's network namespace"
+    );
+    let tarball =
+        cri::image::build_egress_guard(&node.base.join("ds-image"), &static_binary()).unwrap();
+    cri::image::import(&node.sock, &tarball).unwrap();
+    let host = DsHost::new(&node.base);
+    let sandbox = node
+        .cri
+        .run_config(ds.sandbox_config("egress-guard-ds", "uid-ds", &host.root.join("logs")))
+        .unwrap();
+    let mut pod = DsPod {
+        node,
+        sandbox,
+        containers: Vec::new(),
+    };
+
+    // 1. The installer chains egress-guard into the conf dir, and its readiness command passes.
+    let install = start_ds_container(node, &mut pod, &ds, &host, "install", |_| {});
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let chained = loop {
+        let last = host.conflist()["plugins"]
+            .as_array()
+            .and_then(|p| p.last().cloned())
+            .unwrap_or_default();
+        if last["type"] == "egress-guard" && host.path("/opt/cni/bin/egress-guard").is_file() {
+            break last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not chained within 20 s: {}\n{}",
+            host.conflist(),
+            std::fs::read_to_string(host.root.join("logs/install.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        chained["enforceNamespaces"],
+        serde_json::json!(["model-serving"])
+    );
+    let probe = ds
+        .container("install")
+        .unwrap()
+        .readiness_exec
+        .clone()
+        .unwrap();
+    let (code, out, err) = node
+        .cri
+        .exec_sync(&install, &probe, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(code, 0, "readiness: {out}{err}");
+
+    // 6. Without a capability the manifest gives it, the agent fails naming it (before the
+    //    real agent below, which holds the metrics port).
+    let crippled = start_ds_container(node, &mut pod, &ds, &host, "agent", |c| {
+        c.caps_add.retain(|cap| cap != "NET_ADMIN");
+        c.name = "agent-without-net-admin".into();
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let (false, Some(code)) = node.cri.container_state(&crippled).unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent without NET_ADMIN still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(host.root.join("logs/agent-without-net-admin.log"))
+        .unwrap_or_default();
+    assert_ne!(exit, 0, "{log}");
+    assert!(
+        log.contains("CAP_NET_ADMIN"),
+        "the message names the capability: {log}"
+    );
+
+    // 3 (in part). The agent serves /metrics on the node's network.
+    let _agent = start_ds_container(node, &mut pod, &ds, &host, "agent", |_| {});
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let got = (|| {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:9617".parse().ok()?,
+                Duration::from_secs(1),
+            )
+            .ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(
+                c,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut body = String::new();
+            c.read_to_string(&mut body).ok()?;
+            Some(body)
+        })();
+        if let Some(body) = got.filter(|b| b.starts_with("HTTP/1.1 200")) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /metrics on the node network within 20 s: {}",
+            std::fs::read_to_string(host.root.join("logs/agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains("egress_guard_agent_info{"), "{metrics}");
+}

@@ -3,9 +3,11 @@
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StatusRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerState, ContainerStatusRequest, CreateContainerRequest,
+    ExecSyncRequest, LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -124,6 +126,91 @@ impl Cri {
             self.call(|mut c| async move { c.status(StatusRequest { verbose: false }).await })?;
         let conds = r.status.map(|s| s.conditions).unwrap_or_default();
         Ok(!conds.is_empty() && conds.iter().all(|c| c.status))
+    }
+
+    /// RunPodSandbox with a config the caller built (a host-network DaemonSet pod, say).
+    pub fn run_config(&self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        };
+        self.call(|mut c| async move { c.run_pod_sandbox(req).await })
+            .map(|r| r.pod_sandbox_id)
+    }
+
+    /// CreateContainer + StartContainer; returns the container id.
+    pub fn start_container(
+        &self,
+        sandbox: &str,
+        config: ContainerConfig,
+        sandbox_config: PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = CreateContainerRequest {
+            pod_sandbox_id: sandbox.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        };
+        let id = self
+            .call(|mut c| async move { c.create_container(req).await })?
+            .container_id;
+        let start = StartContainerRequest {
+            container_id: id.clone(),
+        };
+        self.call(|mut c| async move { c.start_container(start).await })?;
+        Ok(id)
+    }
+
+    /// Whether the container runs, and its exit code once it has exited.
+    pub fn container_state(&self, id: &str) -> Result<(bool, Option<i32>), tonic::Status> {
+        let req = ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        let st = self
+            .call(|mut c| async move { c.container_status(req).await })?
+            .status
+            .unwrap_or_default();
+        let running = st.state == ContainerState::ContainerRunning as i32;
+        let exited = st.state == ContainerState::ContainerExited as i32;
+        Ok((running, exited.then_some(st.exit_code)))
+    }
+
+    /// ExecSync: runs `cmd` in the container; returns its exit code, stdout and stderr.
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, String, String), tonic::Status> {
+        let req = ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.to_vec(),
+            timeout: timeout.as_secs() as i64,
+        };
+        let r = self.call(|mut c| async move { c.exec_sync(req).await })?;
+        Ok((
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        ))
+    }
+
+    /// StopContainer (SIGTERM, then SIGKILL after `grace`) and RemoveContainer.
+    pub fn stop_container(&self, id: &str, grace: Duration) -> Result<(), tonic::Status> {
+        let req = StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: grace.as_secs() as i64,
+        };
+        self.call(|mut c| async move { c.stop_container(req).await })?;
+        Ok(())
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = RemoveContainerRequest {
+            container_id: id.to_string(),
+        };
+        self.call(|mut c| async move { c.remove_container(req).await })?;
+        Ok(())
     }
 
     pub fn run(&self, pod: &PodSpec, uid: &str) -> Result<String, tonic::Status> {

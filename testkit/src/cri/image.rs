@@ -1,5 +1,7 @@
-//! The sandbox ("pause") image, made locally because no registry is reachable: a static
-//! program from pause.c in a one-layer OCI image layout, packed as a tar for `ctr images import`.
+//! Images made locally because no registry is reachable, each a one-layer OCI image layout
+//! packed as a tar for `ctr images import`: the sandbox ("pause") image, a static program from
+//! pause.c, and egress-guard's own image, the DaemonSet's, from a statically linked binary
+//! with `install/Dockerfile`'s layout (`/egress-guard`, its entrypoint, command and user).
 use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,16 +45,46 @@ pub fn build(work: &Path) -> Result<PathBuf, String> {
             &s(&src),
         ],
     )?;
-    let (tarball, _) = pack(work, &rootfs, &["/pause"], IMAGE, "pause-oci.tar")?;
+    let (tarball, _) = pack(work, &rootfs, &["/pause"], &[], IMAGE, "pause-oci.tar")?;
     Ok(tarball)
 }
 
-/// Packs the tree `rootfs` as a one-layer OCI image named `image` (with `entrypoint`) into an
-/// image-layout tarball `work/<tarball>` for `ctr images import`; returns it and the layer size.
+/// The name `deploy/daemonset.yaml`'s `egress-guard:dev` resolves to in containerd.
+pub const EGRESS_GUARD_IMAGE: &str = "docker.io/library/egress-guard:dev";
+/// `install/Dockerfile`'s ENTRYPOINT and CMD.
+pub const EGRESS_GUARD_ENTRYPOINT: &[&str] = &["/egress-guard"];
+pub const EGRESS_GUARD_CMD: &[&str] = &["install"];
+
+/// Packs `binary` (statically linked) as egress-guard's image under `work`: the one file
+/// `/egress-guard` (root, mode 0755), entrypoint and command as the Dockerfile's, user 0:0.
+/// Returns the tarball's path.
+pub fn build_egress_guard(work: &Path, binary: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let rootfs = work.join("rootfs");
+    let _ = fs::remove_dir_all(&rootfs);
+    fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+    let dest = rootfs.join("egress-guard");
+    fs::copy(binary, &dest).map_err(|e| format!("copy {}: {e}", binary.display()))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    let (tarball, _) = pack(
+        work,
+        &rootfs,
+        EGRESS_GUARD_ENTRYPOINT,
+        EGRESS_GUARD_CMD,
+        EGRESS_GUARD_IMAGE,
+        "egress-guard-oci.tar",
+    )?;
+    Ok(tarball)
+}
+
+/// Packs the tree `rootfs` as a one-layer OCI image named `image` (with `entrypoint` and
+/// `cmd`, run as root) into an image-layout tarball `work/<tarball>` for `ctr images import`;
+/// returns it and the layer size.
 pub fn pack(
     work: &Path,
     rootfs: &Path,
     entrypoint: &[&str],
+    cmd: &[&str],
     image: &str,
     tarball: &str,
 ) -> Result<(PathBuf, u64), String> {
@@ -80,7 +112,7 @@ pub fn pack(
         &config,
         &json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Entrypoint": entrypoint, "WorkingDir": "/"},
+            "config": {"Entrypoint": entrypoint, "Cmd": cmd, "User": "0:0", "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         }),
     )?;

@@ -4,6 +4,7 @@
 //! It drives egress-guard only through containerd; it never calls the plugin directly.
 
 pub mod client;
+pub mod daemonset;
 pub mod image;
 pub mod net;
 pub mod nft;
