@@ -661,14 +661,33 @@ impl Drop for DsPod<'_> {
     }
 }
 
-/// The host side of the DaemonSet's volumes, under the suite's base.
+/// The host side of the DaemonSet's volumes: under the suite's base, except the host paths
+/// given in `overrides` (such as the conf dir containerd itself reads).
 struct DsHost {
     root: PathBuf,
     config_map: PathBuf,
+    overrides: Vec<(&'static str, PathBuf)>,
+    /// What the kubelet adds to every container beyond the manifest: the API server's
+    /// address and the projected ServiceAccount token (a directory on the host).
+    kubelet: Option<(u16, PathBuf)>,
+}
+
+/// The deployed ConfigMap's plugin.json.
+fn deployed_plugin_json() -> serde_json::Value {
+    let cm: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/configmap.yaml"
+        ))
+        .expect("configmap.yaml"),
+    )
+    .expect("configmap yaml");
+    serde_json::from_str(cm["data"]["plugin.json"].as_str().expect("plugin.json key"))
+        .expect("plugin.json is JSON")
 }
 
 impl DsHost {
-    fn new(base: &Path) -> DsHost {
+    fn new(base: &Path, overrides: Vec<(&'static str, PathBuf)>) -> DsHost {
         let root = base.join("ds-host");
         let _ = std::fs::remove_dir_all(&root);
         for d in [
@@ -695,37 +714,47 @@ impl DsHost {
             .expect("fixture"),
         )
         .expect("conflist");
-        // The ConfigMap volume as the kubelet lays it out: files through a `..data` symlink.
-        let config_map = root.join("configmap");
-        let stamp = config_map.join("..2026_12_04_00_00_00.000000001");
-        std::fs::create_dir_all(&stamp).expect("configmap dir");
-        let cm: serde_json::Value = serde_norway::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/deploy/configmap.yaml"
-            ))
-            .expect("configmap.yaml"),
-        )
-        .expect("configmap yaml");
-        let plugin = cm["data"]["plugin.json"].as_str().expect("plugin.json key");
-        std::fs::write(stamp.join("plugin.json"), plugin).expect("plugin.json");
-        std::os::unix::fs::symlink(
-            stamp.file_name().expect("stamp name"),
-            config_map.join("..data"),
-        )
-        .expect("..data");
-        std::os::unix::fs::symlink("..data/plugin.json", config_map.join("plugin.json"))
-            .expect("plugin.json link");
-        DsHost { root, config_map }
+        let host = DsHost {
+            config_map: root.join("configmap"),
+            root,
+            overrides,
+            kubelet: None,
+        };
+        host.publish(1, &deployed_plugin_json());
+        host
+    }
+
+    /// Publishes `plugin` as the kubelet updates a ConfigMap volume: a new timestamped
+    /// directory, then the `..data` symlink swapped to it by a rename.
+    fn publish(&self, generation: u32, plugin: &serde_json::Value) {
+        let cm = &self.config_map;
+        let stamp = format!("..2026_12_04_00_00_00.{generation:09}");
+        std::fs::create_dir_all(cm.join(&stamp)).expect("configmap dir");
+        std::fs::write(cm.join(&stamp).join("plugin.json"), plugin.to_string()).expect("write");
+        let tmp = cm.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&stamp, &tmp).expect("..data_tmp");
+        std::fs::rename(&tmp, cm.join("..data")).expect("swap ..data");
+        if std::fs::symlink_metadata(cm.join("plugin.json")).is_err() {
+            std::os::unix::fs::symlink("..data/plugin.json", cm.join("plugin.json"))
+                .expect("plugin.json link");
+        }
     }
 
     fn path(&self, host_path: &str) -> PathBuf {
-        self.root.join(host_path.trim_start_matches('/'))
+        match self.overrides.iter().find(|(p, _)| *p == host_path) {
+            Some((_, to)) => to.clone(),
+            None => self.root.join(host_path.trim_start_matches('/')),
+        }
+    }
+
+    fn conflist_at(&self, name: &str) -> serde_json::Value {
+        let p = self.path("/etc/cni/net.d").join(name);
+        serde_json::from_slice(&std::fs::read(p).unwrap_or_default()).unwrap_or_default()
     }
 
     fn conflist(&self) -> serde_json::Value {
-        let p = self.path("/etc/cni/net.d/10-kindnet.conflist");
-        serde_json::from_slice(&std::fs::read(p).unwrap_or_default()).unwrap_or_default()
+        self.conflist_at("10-kindnet.conflist")
     }
 }
 
@@ -749,9 +778,27 @@ fn start_ds_container(
     )]);
     let fields =
         std::collections::HashMap::from([("spec.nodeName".to_string(), "cri-node".to_string())]);
-    let config = ds
+    let mut config = ds
         .container_config(&c, &c.image, &|p| host.path(p), &maps, &fields)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
+    if let Some((port, sa)) = &host.kubelet {
+        use k8s_cri::v1::{KeyValue, Mount};
+        for (key, value) in [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()),
+            ("KUBERNETES_SERVICE_PORT", port.to_string()),
+        ] {
+            config.envs.push(KeyValue {
+                key: key.into(),
+                value,
+            });
+        }
+        config.mounts.push(Mount {
+            container_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            host_path: sa.to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        });
+    }
     let sandbox = ds.sandbox_config("egress-guard-ds", "uid-ds", &host.root.join("logs"));
     let id = node
         .cri
@@ -781,7 +828,7 @@ fn the_daemonsets_containers_run_under_containerd_as_the_manifest_says() {
     let tarball =
         cri::image::build_egress_guard(&node.base.join("ds-image"), &static_binary()).unwrap();
     cri::image::import(&node.sock, &tarball).unwrap();
-    let host = DsHost::new(&node.base);
+    let host = DsHost::new(&node.base, Vec::new());
     let sandbox = node
         .cri
         .run_config(ds.sandbox_config("egress-guard-ds", "uid-ds", &host.root.join("logs")))
@@ -884,4 +931,250 @@ fn the_daemonsets_containers_run_under_containerd_as_the_manifest_says() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(metrics.contains("egress_guard_agent_info{"), "{metrics}");
+}
+
+/// Puts the suite's conflist and plugin link back when dropped (also on a failed assert).
+struct RestoreNode {
+    conflist: PathBuf,
+    original: Vec<u8>,
+    bin: PathBuf,
+    link: PathBuf,
+    state_existed: bool,
+}
+
+impl Drop for RestoreNode {
+    fn drop(&mut self) {
+        let tmp = self.conflist.with_extension("restore");
+        if std::fs::write(&tmp, &self.original).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.conflist);
+        }
+        if let Some(dir) = self.conflist.parent() {
+            let _ = std::fs::remove_file(dir.join("egress-guard.kubeconfig"));
+        }
+        let _ = std::fs::remove_file(&self.bin);
+        let _ = std::os::unix::fs::symlink(&self.link, &self.bin);
+        if !self.state_existed {
+            let _ = std::fs::remove_dir_all("/run/egress-guard");
+        }
+        // Let containerd load the suite's conflist again before the next scenario.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Waits up to `limit` for the last plugin of `host`'s conflist `name` to satisfy `ok`.
+fn wait_chained(
+    host: &DsHost,
+    name: &str,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = host.conflist_at(name)["plugins"]
+            .as_array()
+            .and_then(|p| p.last().cloned())
+            .unwrap_or_default();
+        if last["type"] == "egress-guard" && ok(&last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chained entry did not follow within {limit:?}: {}\n{}",
+            host.conflist_at(name),
+            std::fs::read_to_string(host.root.join("logs/install.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn pods_started_after_the_daemonset_chained_the_plugin_are_guarded() {
+    let Some((suite, _serial)) = cri::suite("pods_after_the_daemonset_chained", plugin()) else {
+        return;
+    };
+    let node = &suite.node;
+    let ds = cri::daemonset::DaemonSet::parse(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/daemonset.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let tarball =
+        cri::image::build_egress_guard(&node.base.join("ds-image"), &static_binary()).unwrap();
+    cri::image::import(&node.sock, &tarball).unwrap();
+
+    // The node as before the DaemonSet: the primary CNI's conflist only, no egress-guard.
+    let conf_dir = node.base.join("net.d");
+    let conflist = conf_dir.join("10-egcri.conflist");
+    let original = std::fs::read(&conflist).unwrap();
+    let bin = node.base.join("cni-bin/egress-guard");
+    let _restore = RestoreNode {
+        conflist: conflist.clone(),
+        original: original.clone(),
+        link: std::fs::read_link(&bin).unwrap(),
+        bin: bin.clone(),
+        state_existed: Path::new("/run/egress-guard").exists(),
+    };
+    let mut primary: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    primary["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p["type"] != "egress-guard");
+    std::fs::write(&conflist, serde_json::to_vec_pretty(&primary).unwrap()).unwrap();
+    std::fs::remove_file(&bin).unwrap();
+
+    // The CNI dirs are the ones containerd uses; /run/egress-guard is the node's own, as the
+    // plugin (on the host) and the agent (in its container) must see the same state dir.
+    let mut host = DsHost::new(
+        &node.base,
+        vec![
+            ("/etc/cni/net.d", conf_dir.clone()),
+            ("/opt/cni/bin", node.base.join("cni-bin")),
+            ("/run/egress-guard", PathBuf::from("/run/egress-guard")),
+        ],
+    );
+    // The kubelet's part: an API server (fake, on the node network) with this node tainted,
+    // and a projected ServiceAccount token.
+    let taint = serde_json::json!({"key": "egress-guard.io/not-ready", "value": "true", "effect": "NoSchedule"});
+    let api_state = std::sync::Arc::new(std::sync::Mutex::new(serde_json::json!({
+        "nodes": [{"metadata": {"name": "cri-node"}, "spec": {"taints": [taint]}}],
+        "pods": []
+    })));
+    let (api, ca_pem) = egress_guard_testkit::fakeapi::fake_api(api_state.clone());
+    let sa = host.root.join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "sa-token").unwrap();
+    std::fs::write(sa.join("ca.crt"), &ca_pem).unwrap();
+    std::fs::write(sa.join("namespace"), "egress-guard").unwrap();
+    host.kubelet = Some((api.port, sa));
+    std::fs::create_dir_all("/run/egress-guard").unwrap();
+    // The deployed ConfigMap plus a network for this node's "internet" host and a log file
+    // under the suite's base.
+    let mut plugin_json = deployed_plugin_json();
+    plugin_json["networks"]["inet"] = serde_json::json!([
+        format!("{INET4} tcp {TCP_PORT}"),
+        format!("{INET6} tcp {TCP_PORT}")
+    ]);
+    plugin_json["logFile"] = serde_json::json!(node.base.join("ds-cni.log"));
+    host.publish(2, &plugin_json);
+
+    let sandbox = node
+        .cri
+        .run_config(ds.sandbox_config("egress-guard-ds", "uid-ds2", &host.root.join("logs")))
+        .unwrap();
+    let mut pod = DsPod {
+        node,
+        sandbox,
+        containers: Vec::new(),
+    };
+    let install = start_ds_container(node, &mut pod, &ds, &host, "install", |_| {});
+    wait_chained(&host, "10-egcri.conflist", Duration::from_secs(20), |e| {
+        e["networks"]["inet"].is_array()
+    });
+    assert!(
+        bin.is_file() && std::fs::read_link(&bin).is_err(),
+        "the installer's binary"
+    );
+    // The installer removes the not-ready taint through the API with the projected token,
+    // and writes the plugin's kubeconfig beside the conflist.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api_state.lock().unwrap()["nodes"][0]["spec"]["taints"] != serde_json::json!([]) {
+        assert!(
+            Instant::now() < deadline,
+            "taint not removed: {:?}\n{}",
+            api.requests(),
+            std::fs::read_to_string(host.root.join("logs/install.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        api.requests().iter().any(|r| r.method == "PATCH"
+            && r.path == "/api/v1/nodes/cri-node"
+            && r.auth.as_deref() == Some("Bearer sa-token")),
+        "{:?}",
+        api.requests()
+    );
+    let kubeconfig: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(conf_dir.join("egress-guard.kubeconfig")).expect("plugin kubeconfig"),
+    )
+    .unwrap();
+    assert_eq!(
+        kubeconfig["clusters"][0]["cluster"]["server"],
+        format!("https://127.0.0.1:{}", api.port)
+    );
+    assert_eq!(kubeconfig["users"][0]["user"]["token"], "sa-token");
+    let _agent = start_ds_container(node, &mut pod, &ds, &host, "agent", |_| {});
+    // containerd reloads the conf dir on change.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 2. A sandbox started now with enforce annotations is guarded; an unguarded control.
+    let guarded = node
+        .run_pod(PodSpec::new("ds-guarded", ENFORCE_NS).annotate(ALLOW, "@inet"))
+        .expect("RunPodSandbox guarded");
+    let control = node
+        .run_pod(PodSpec::new("ds-control", "team-a"))
+        .expect("RunPodSandbox control");
+    assert_guard_table(&guarded);
+    let allowed = [
+        p(Proto::Tcp, INET4, TCP_PORT),
+        p(Proto::Tcp, INET6, TCP_PORT),
+    ];
+    let blocked = [
+        p(Proto::Tcp, OTHER4, TCP_PORT),
+        p(Proto::Tcp, INET4, TCP_OTHER_PORT),
+        p(Proto::Tcp, OTHER6, TCP_PORT),
+        p(Proto::Tcp, METADATA, METADATA_PORT),
+    ];
+    assert_verdicts(
+        "pod started after the DaemonSet chained the plugin",
+        &check_traffic(&guarded, &control, &allowed, &blocked),
+    );
+
+    // 3. The agent's flow record names the pod for a denied packet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(host.root.join("logs/agent.log")).unwrap_or_default();
+        let named = log.lines().any(|l| {
+            l.contains("\"schema\":\"egress-guard.flow/v1\"")
+                && l.contains("\"pod\":\"ds-guarded\"")
+                && l.contains("\"verdict\":\"denied\"")
+        });
+        if named {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow record for ds-guarded:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // 4. The ConfigMap is updated the way the kubelet does it: the chained entry follows.
+    let mut audit = plugin_json.clone();
+    audit["defaultMode"] = serde_json::json!("audit");
+    host.publish(3, &audit);
+    wait_chained(&host, "10-egcri.conflist", Duration::from_secs(10), |e| {
+        e["defaultMode"] == "audit"
+    });
+
+    // 5. The installer stops: running pods stay guarded, new pods still get the plugin.
+    node.cri
+        .stop_container(&install, Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        !node.cri.container_state(&install).unwrap().0,
+        "the installer stopped"
+    );
+    let later = node
+        .run_pod(PodSpec::new("ds-later", ENFORCE_NS).annotate(ALLOW, "@inet"))
+        .expect("RunPodSandbox after the installer stopped");
+    let mut verdicts = check_traffic(&guarded, &control, &allowed, &blocked);
+    verdicts.extend(check_traffic(&later, &control, &allowed, &blocked));
+    assert_verdicts("after the installer stopped", &verdicts);
+    for pod in [guarded, control, later] {
+        pod.delete().expect("Stop/Remove");
+    }
 }
