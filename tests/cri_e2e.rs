@@ -672,6 +672,16 @@ struct DsHost {
     kubelet: Option<(u16, PathBuf)>,
 }
 
+impl Drop for DsHost {
+    fn drop(&mut self) {
+        // The shared bind mount made in `new` (the suite's teardown would detach it too).
+        let _ = run(
+            "umount",
+            &["-l", &self.root.join("var/run/netns").to_string_lossy()],
+        );
+    }
+}
+
 /// The deployed ConfigMap's plugin.json.
 fn deployed_plugin_json() -> serde_json::Value {
     let cm: serde_json::Value = serde_norway::from_str(

@@ -393,6 +393,30 @@ mod tests {
     }
 
     #[test]
+    fn a_host_placed_pod_whose_netns_path_is_not_visible_here_keeps_its_table() {
+        // The agent's container may not see the runtime's netns path (another mount or PID
+        // namespace): with the pod's veth still on the host, the pod is not gone.
+        let (dir, mut s, mut k, _) = installed("invisible-netns");
+        s.netns = "/proc/4242424/ns/net".into();
+        let json = std::fs::read_to_string(state::state_path(&dir, s.key())).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["netns"] = serde_json::json!(s.netns);
+        std::fs::write(state::state_path(&dir, s.key()), v.to_string()).unwrap();
+        k.host_links.insert(s.device.clone().unwrap());
+        let shared = Shared::new(dir.clone(), "n".into());
+        let mut r = Reconciler::new(dir.clone(), false, "n".into());
+        let ev = r.pass(&mut k, &shared);
+        assert!(ev.iter().all(|e| e.event != "collected"), "{ev:?}");
+        assert!(state::state_path(&dir, s.key()).exists());
+        assert_eq!(k.table_names(), vec![format!("host netdev {}", s.table)]);
+        // Its veth gone: collected.
+        k.host_links.clear();
+        let ev = r.pass(&mut k, &shared);
+        assert!(ev.iter().any(|e| e.event == "collected"), "{ev:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn gone_pods_and_orphans_are_collected() {
         let (dir, s, mut k, table) = installed("gc");
         let mut orphan = table.clone();

@@ -51,15 +51,16 @@ pub struct HostListing {
 }
 
 impl<K: Kernel> Guard<'_, K> {
-    /// Whether the pod behind `rec` is gone (sandbox deleted without DEL): its namespace is
-    /// gone, or its host device is (a failed lookup counts as present).
+    /// Whether the pod behind `rec` is gone (sandbox deleted without DEL). Under host
+    /// placement its host-side device decides (a failed lookup counts as present): the veth
+    /// goes with the pod's namespace, and the namespace's path may simply not be visible here
+    /// (an agent in a container without the runtime's netns directory, a `/proc/PID/ns/net`
+    /// path of another PID namespace), which must not cost a live pod its table. Otherwise the
+    /// namespace's path decides.
     pub fn pod_gone(&mut self, rec: &PodRecord) -> bool {
-        if netns_gone(&rec.netns) {
-            return true;
-        }
         match (rec.is_host(), rec.device.as_deref()) {
             (true, Some(device)) => matches!(self.kernel.host_link_exists(device), Ok(false)),
-            _ => false,
+            _ => netns_gone(&rec.netns),
         }
     }
 
