@@ -6,8 +6,8 @@
 use std::ffi::OsStr;
 use std::process::{Command, Output};
 
-const SUBCOMMANDS: [&str; 7] = [
-    "render", "install", "agent", "status", "report", "version", "help",
+const SUBCOMMANDS: [&str; 8] = [
+    "render", "install", "agent", "status", "report", "suggest", "version", "help",
 ];
 
 fn eg<I, S>(args: I) -> Output
@@ -250,4 +250,91 @@ fn arguments_that_are_not_utf8_are_an_error_not_a_panic() {
     );
     let out = eg([OsStr::new("help"), OsStr::from_bytes(b"\xff")]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn suggest_reads_flow_records_from_files_and_stdin() {
+    let dir = std::env::temp_dir().join(format!("eg-suggest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let records = dir.join("flows.jsonl");
+    std::fs::write(
+        &records,
+        [
+            r#"{"schema":"egress-guard.flow/v1","namespace":"ml","pod":"llm-0","dst":"10.0.5.1","protocol":"tcp","dport":8443}"#,
+            r#"{"schema":"egress-guard.flow/v1","namespace":"ml","pod":"llm-0","dst":"10.0.5.1","protocol":"tcp","dport":8444}"#,
+            r#"{"schema":"egress-guard.flow/v1","namespace":"ml","pod":"llm-0","dst":"10.96.0.10","protocol":"udp","dport":53}"#,
+            r#"{"schema":"egress-guard.flow/v1","namespace":"ml","pod":"llm-0","dst":"169.254.169.254","protocol":"tcp","dport":80}"#,
+            "garbage",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let config = dir.join("entry.json");
+    std::fs::write(&config, r#"{"networks":{"dns":["10.96.0.10 udp 53"]}}"#).unwrap();
+    let out = eg([
+        OsStr::new("suggest"),
+        OsStr::new("--json"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+        records.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pod = &doc["pods"][0];
+    assert_eq!(pod["namespace"], "ml");
+    assert_eq!(pod["pod"], "llm-0");
+    assert_eq!(
+        pod["allow"],
+        "10.0.5.1 tcp 8443-8444, 169.254.169.254 tcp 80, @dns"
+    );
+    assert_eq!(pod["flows"], 4);
+    let warnings = pod["warnings"].to_string();
+    assert!(
+        warnings.contains("metadata") && warnings.contains("DNS"),
+        "{warnings}"
+    );
+    assert!(
+        text(&out.stderr).contains("skipped 1 line"),
+        "{}",
+        text(&out.stderr)
+    );
+    // From stdin, as text, and as a kubectl command.
+    let piped = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&std::fs::read(&records).unwrap())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = piped(&["suggest"]);
+    assert_eq!(
+        text(&out.stdout),
+        "ml/llm-0: 10.0.5.1 tcp 8443-8444, 10.96.0.10 udp 53, 169.254.169.254 tcp 80\n"
+    );
+    assert!(
+        text(&out.stderr).contains("review 169.254.169.254"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = piped(&["suggest", "--kubectl", "--pod", "llm-0"]);
+    assert!(
+        text(&out.stdout).starts_with("kubectl -n ml annotate pod llm-0 --overwrite 'egress-guard.io/allow=10.0.5.1 tcp 8443-8444"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        eg(["suggest", "--node-address", "nope"]).status.code(),
+        Some(2)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@
 pub mod parser;
 mod plugin;
 pub mod render;
+pub mod suggest;
 pub mod table;
 
 use std::ffi::OsString;
@@ -202,6 +203,36 @@ pub const AGENT: Command = Command {
     ],
 };
 
+/// `egress-guard suggest`.
+pub const SUGGEST: Command = Command {
+    name: "suggest",
+    summary: "the smallest allow annotation per pod that covers its recorded flows",
+    notes: "Reads egress-guard.flow/v1 JSON lines (the agent's output) from FILEs, or stdin when\n\
+            none are given; other lines are skipped and counted on stderr. Warnings (metadata\n\
+            endpoint, node addresses, public addresses, DNS) go to stderr, or into --json.\n\
+            exit status: 0 printed, 2 bad input",
+    positional: Some("[FILE...]"),
+    flags: &[
+        Flag::switch(
+            "json",
+            "print {\"pods\":[{namespace, pod, allow, flows, warnings}]}",
+        ),
+        Flag::value(
+            "config",
+            "ENTRY.json",
+            "the conflist entry: flows its networks hold become @name entries",
+        ),
+        Flag::value("namespace", "NS", "only pods of this namespace"),
+        Flag::value("pod", "NAME", "only pods of this name"),
+        Flag::repeated(
+            "node-address",
+            "ADDR",
+            "an address of the node, warned about when a pod reaches it",
+        ),
+        Flag::switch("kubectl", "print the kubectl annotate command for each pod"),
+    ],
+};
+
 /// `egress-guard status`.
 pub const STATUS: Command = Command {
     name: "status",
@@ -272,7 +303,9 @@ pub const HELP: Command = Command {
 };
 
 /// Every subcommand, in the order the overview lists them.
-pub const COMMANDS: [&Command; 7] = [&RENDER, &INSTALL, &AGENT, &STATUS, &REPORT, &VERSION, &HELP];
+pub const COMMANDS: [&Command; 8] = [
+    &RENDER, &INSTALL, &AGENT, &STATUS, &REPORT, &SUGGEST, &VERSION, &HELP,
+];
 
 /// The package version and the build it came from (`0.1.0 (git 1a2b3c4d5e6f, 2026-12-04)`).
 pub fn version() -> String {
@@ -312,6 +345,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         "agent" => dispatch(&AGENT, rest, crate::agent::run),
         "status" => dispatch(&STATUS, rest, crate::agent::status),
         "report" => dispatch(&REPORT, rest, crate::agent::report),
+        "suggest" => dispatch(&SUGGEST, rest, suggest::run),
         "version" | "--version" => dispatch(&VERSION, rest, |_| {
             println!("egress-guard {}", version());
             Ok(ExitCode::SUCCESS)

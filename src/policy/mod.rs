@@ -4,6 +4,7 @@
 mod annotations;
 mod ceiling;
 mod grammar;
+pub mod suggest;
 
 pub use annotations::{
     parse_annotations, AnnotationError, PodAnnotations, ALLOW_KEY, MAX_ANNOTATION_BYTES,
