@@ -748,12 +748,7 @@ fn a_colliding_pod_never_takes_over_another_pods_table() {
             egress_guard::kernel::netns::NetnsGuard::enter(std::path::Path::new(&n.node.path()))
                 .unwrap();
         NetlinkKernel::new()
-            .install(Transaction::new(
-                Where::Host,
-                egress_guard::ruleset::Family::Netdev,
-                &[],
-                Some(&moved),
-            ))
+            .install(Transaction::create(Where::Host, &moved))
             .unwrap();
     }
     exec_in(&n.node.name, &["nft", "delete", "table", "netdev", &own]);

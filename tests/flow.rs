@@ -175,13 +175,7 @@ fn add_replaces_stale_table_on_same_device_in_one_transaction() {
         sets: vec![],
         chains: vec![],
     };
-    k.install(Transaction::new(
-        Where::Host,
-        Family::Netdev,
-        &[],
-        Some(&table),
-    ))
-    .unwrap();
+    k.install(Transaction::create(Where::Host, &table)).unwrap();
     k.calls.clear();
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert_eq!(
@@ -580,13 +574,7 @@ fn device_index_that_cannot_be_written_is_not_trusted() {
         sets: vec![],
         chains: vec![],
     };
-    k.install(Transaction::new(
-        Where::Host,
-        Family::Netdev,
-        &[],
-        Some(&stale),
-    ))
-    .unwrap();
+    k.install(Transaction::create(Where::Host, &stale)).unwrap();
     k.calls.clear();
     invoke(&mut k, "ADD", "ml", &c).result.unwrap();
     assert!(listed_tables(&k), "{:?}", k.calls);
@@ -655,13 +643,8 @@ fn add_never_replaces_a_table_of_another_container_under_the_same_name() {
         sets: vec![],
         chains: vec![],
     };
-    k.install(Transaction::new(
-        Where::Host,
-        Family::Netdev,
-        &[],
-        Some(&theirs),
-    ))
-    .unwrap();
+    k.install(Transaction::create(Where::Host, &theirs))
+        .unwrap();
     let state = dir.join(format!("{}.json", key("cid-a")));
     let their_state = json!({"container_id": "cid-z", "device": "vethOther"}).to_string();
     std::fs::write(&state, &their_state).unwrap();

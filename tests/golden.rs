@@ -148,8 +148,7 @@ fn kernel_listing_matches_render_for_every_case() {
             let mut k = NetlinkKernel::new();
             let path = ns.path();
             let at = Where::Netns(Path::new(&path));
-            k.install(Transaction::new(at, Family::Inet, &[], Some(table)))
-                .unwrap();
+            k.install(Transaction::create(at, table)).unwrap();
             let listing = common::exec_in(&ns.name, &["nft", "list", "table", "inet", &table.name]);
             if common::normalise_listing(&listing) != c.text {
                 failures.push(format!(
@@ -171,12 +170,7 @@ fn kernel_listing_matches_render_for_every_case() {
             // the device.
             let _inside = NetnsGuard::enter(Path::new(&ns.path())).unwrap();
             NetlinkKernel::new()
-                .install(Transaction::new(
-                    Where::Host,
-                    Family::Netdev,
-                    &[],
-                    Some(table),
-                ))
+                .install(Transaction::create(Where::Host, table))
                 .unwrap();
         }
         let listing = common::exec_in(&ns.name, &["nft", "list", "table", "netdev", &table.name]);

@@ -107,8 +107,7 @@ mod tests {
         let (at, family) = (s.place(), s.family());
         assert_eq!(read(&mut k, at, family, &table.name).expect("read"), None);
 
-        k.install(Transaction::new(at, family, &[], Some(&table)))
-            .expect("install");
+        k.install(Transaction::create(at, &table)).expect("install");
         assert_eq!(
             read(&mut k, at, family, &table.name).expect("read"),
             Some(Counts::default())

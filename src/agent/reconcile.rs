@@ -319,13 +319,7 @@ mod tests {
         let (dir, s) = setup(tag);
         let mut k = RecordingKernel::new();
         let table = s.expected_table().unwrap();
-        k.install(Transaction::new(
-            Where::Host,
-            Family::Netdev,
-            &[],
-            Some(&table),
-        ))
-        .unwrap();
+        k.install(Transaction::create(Where::Host, &table)).unwrap();
         (dir, s, k, table)
     }
 
@@ -340,13 +334,8 @@ mod tests {
         let mut unrecorded = table.clone();
         unrecorded.name = "egress_guard_unrecorded".into();
         unrecorded.comment = "egress-guard dev=vethnew mode=enforce policy=x".into();
-        k.install(Transaction::new(
-            Where::Host,
-            Family::Netdev,
-            &[],
-            Some(&unrecorded),
-        ))
-        .unwrap();
+        k.install(Transaction::create(Where::Host, &unrecorded))
+            .unwrap();
         k.host_links.insert("vethnew".into());
         assert!(
             r.pass(&mut k, &shared).is_empty(),
@@ -422,13 +411,8 @@ mod tests {
         let mut orphan = table.clone();
         orphan.name = "egress_guard_orphan".into();
         orphan.comment = "egress-guard dev=vethgone mode=enforce policy=x".into();
-        k.install(Transaction::new(
-            Where::Host,
-            Family::Netdev,
-            &[],
-            Some(&orphan),
-        ))
-        .unwrap();
+        k.install(Transaction::create(Where::Host, &orphan))
+            .unwrap();
         // Index entries of both, old enough to be pruned once their tables are gone.
         let index = DeviceIndex::new(&dir);
         for (dev, t) in [

@@ -105,7 +105,7 @@ mod tests {
     use super::*;
     use crate::kernel::fake::RecordingKernel;
     use crate::kernel::Transaction;
-    use crate::ruleset::{compile, Attach, Family, PodNet, Target};
+    use crate::ruleset::{compile, Attach, PodNet, Target};
 
     fn table() -> Table {
         let policy = crate::guard::record::tests::sample("enforce", &["10.0.5.0/24 tcp 8443"])
@@ -135,8 +135,7 @@ mod tests {
             Inspection::Missing.problems(&t),
             [format!("table netdev {} is missing", t.name)]
         );
-        k.install(Transaction::new(Where::Host, Family::Netdev, &[], Some(&t)))
-            .unwrap();
+        k.install(Transaction::create(Where::Host, &t)).unwrap();
         assert_eq!(
             inspect(&mut k, Where::Host, &t).unwrap(),
             Inspection::Matches

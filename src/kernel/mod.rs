@@ -116,6 +116,11 @@ impl<'a> Transaction<'a> {
             table,
         }
     }
+
+    /// Creates `table` at `at`, replacing nothing.
+    pub fn create(at: Where<'a>, table: &'a Table) -> Transaction<'a> {
+        Transaction::new(at, table.family, &[], Some(table))
+    }
 }
 
 /// The kernel operations the plugin needs.
