@@ -647,7 +647,41 @@ fn static_binary() -> PathBuf {
 struct DsPod<'a> {
     node: &'a Node,
     sandbox: String,
+    /// The config it was run with (CreateContainer wants it again).
+    config: k8s_cri::v1::PodSandboxConfig,
     containers: Vec<String>,
+}
+
+impl<'a> DsPod<'a> {
+    /// Runs the DaemonSet's pod (uid `uid`), its container logs under `host`'s `logs/`.
+    fn run(node: &'a Node, ds: &cri::daemonset::DaemonSet, host: &DsHost, uid: &str) -> Self {
+        let config = ds.sandbox_config("egress-guard-ds", uid, &host.root.join("logs"));
+        let sandbox = node
+            .cri
+            .run_config(config.clone())
+            .expect("RunPodSandbox of the DaemonSet pod");
+        DsPod {
+            node,
+            sandbox,
+            config,
+            containers: Vec::new(),
+        }
+    }
+}
+
+/// `deploy/daemonset.yaml`, and its image (of the static binary) imported into containerd.
+#[allow(clippy::unwrap_used)]
+fn daemonset_and_image(node: &Node) -> cri::daemonset::DaemonSet {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/daemonset.yaml"
+    ))
+    .unwrap();
+    let ds = cri::daemonset::DaemonSet::parse(&manifest).unwrap();
+    let tarball =
+        cri::image::build_egress_guard(&node.base.join("ds-image"), &static_binary()).unwrap();
+    cri::image::import(&node.sock, &tarball).unwrap();
+    ds
 }
 
 impl Drop for DsPod<'_> {
@@ -762,10 +796,6 @@ impl DsHost {
         let p = self.path("/etc/cni/net.d").join(name);
         serde_json::from_slice(&std::fs::read(p).unwrap_or_default()).unwrap_or_default()
     }
-
-    fn conflist(&self) -> serde_json::Value {
-        self.conflist_at("10-kindnet.conflist")
-    }
 }
 
 /// Starts the manifest's container `name` (with `edit` applied to its declaration) in `pod`.
@@ -809,10 +839,9 @@ fn start_ds_container(
             ..Default::default()
         });
     }
-    let sandbox = ds.sandbox_config("egress-guard-ds", "uid-ds", &host.root.join("logs"));
     let id = node
         .cri
-        .start_container(&pod.sandbox, config, sandbox)
+        .start_container(&pod.sandbox, config, pod.config.clone())
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     pod.containers.push(id.clone());
     id
@@ -825,49 +854,23 @@ fn the_daemonsets_containers_run_under_containerd_as_the_manifest_says() {
         return;
     };
     let node = &suite.node;
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/daemonset.yaml"
-    ))
-    .unwrap();
-    let ds = cri::daemonset::DaemonSet::parse(&manifest).unwrap();
+    let ds = daemonset_and_image(node);
     assert!(
         ds.host_network,
         "the DaemonSet runs in the node's network namespace"
     );
-    let tarball =
-        cri::image::build_egress_guard(&node.base.join("ds-image"), &static_binary()).unwrap();
-    cri::image::import(&node.sock, &tarball).unwrap();
     let host = DsHost::new(&node.base, Vec::new());
-    let sandbox = node
-        .cri
-        .run_config(ds.sandbox_config("egress-guard-ds", "uid-ds", &host.root.join("logs")))
-        .unwrap();
-    let mut pod = DsPod {
-        node,
-        sandbox,
-        containers: Vec::new(),
-    };
+    let mut pod = DsPod::run(node, &ds, &host, "uid-ds");
 
     // 1. The installer chains egress-guard into the conf dir, and its readiness command passes.
     let install = start_ds_container(node, &mut pod, &ds, &host, "install", |_| {});
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let chained = loop {
-        let last = host.conflist()["plugins"]
-            .as_array()
-            .and_then(|p| p.last().cloned())
-            .unwrap_or_default();
-        if last["type"] == "egress-guard" && host.path("/opt/cni/bin/egress-guard").is_file() {
-            break last;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not chained within 20 s: {}\n{}",
-            host.conflist(),
-            std::fs::read_to_string(host.root.join("logs/install.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let chained = wait_chained(
+        &host,
+        "10-kindnet.conflist",
+        Duration::from_secs(20),
+        |_| true,
+    );
+    assert!(host.path("/opt/cni/bin/egress-guard").is_file());
     assert_eq!(
         chained["enforceNamespaces"],
         serde_json::json!(["model-serving"])
@@ -1004,17 +1007,7 @@ fn pods_started_after_the_daemonset_chained_the_plugin_are_guarded() {
         return;
     };
     let node = &suite.node;
-    let ds = cri::daemonset::DaemonSet::parse(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/daemonset.yaml"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let tarball =
-        cri::image::build_egress_guard(&node.base.join("ds-image"), &static_binary()).unwrap();
-    cri::image::import(&node.sock, &tarball).unwrap();
+    let ds = daemonset_and_image(node);
 
     // The node as before the DaemonSet: the primary CNI's conflist only, no egress-guard.
     let conf_dir = node.base.join("net.d");
@@ -1071,15 +1064,7 @@ fn pods_started_after_the_daemonset_chained_the_plugin_are_guarded() {
     plugin_json["logFile"] = serde_json::json!(node.base.join("ds-cni.log"));
     host.publish(2, &plugin_json);
 
-    let sandbox = node
-        .cri
-        .run_config(ds.sandbox_config("egress-guard-ds", "uid-ds2", &host.root.join("logs")))
-        .unwrap();
-    let mut pod = DsPod {
-        node,
-        sandbox,
-        containers: Vec::new(),
-    };
+    let mut pod = DsPod::run(node, &ds, &host, "uid-ds2");
     let install = start_ds_container(node, &mut pod, &ds, &host, "install", |_| {});
     wait_chained(&host, "10-egcri.conflist", Duration::from_secs(20), |e| {
         e["networks"]["inet"].is_array()

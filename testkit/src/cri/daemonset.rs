@@ -152,12 +152,17 @@ impl DaemonSet {
         self.containers.iter().find(|c| c.name == name)
     }
 
-    fn network(&self) -> i32 {
-        if self.host_network {
-            NamespaceMode::Node as i32
+    /// The network namespace of the pod and its containers: the node's with `hostNetwork`.
+    fn namespaces(&self) -> Option<NamespaceOption> {
+        let network = if self.host_network {
+            NamespaceMode::Node
         } else {
-            NamespaceMode::Pod as i32
-        }
+            NamespaceMode::Pod
+        };
+        Some(NamespaceOption {
+            network: network as i32,
+            ..Default::default()
+        })
     }
 
     /// The PodSandboxConfig of the DaemonSet's pod on node `node`.
@@ -172,10 +177,7 @@ impl DaemonSet {
             log_directory: log_dir.to_string_lossy().into_owned(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: self.network(),
-                        ..Default::default()
-                    }),
+                    namespace_options: self.namespaces(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -260,10 +262,7 @@ impl DaemonSet {
                     run_as_group: c.run_as_group.map(|value| Int64Value { value }),
                     readonly_rootfs: c.read_only_root,
                     no_new_privs: c.no_new_privs,
-                    namespace_options: Some(NamespaceOption {
-                        network: self.network(),
-                        ..Default::default()
-                    }),
+                    namespace_options: self.namespaces(),
                     ..Default::default()
                 }),
                 ..Default::default()
