@@ -75,6 +75,21 @@ fn options(t: &TempDir, config: &Value) -> Options {
     }
 }
 
+/// A projected ServiceAccount directory (token `token-1`, a CA) under `t`.
+fn service_account(t: &TempDir) -> PathBuf {
+    let sa = t.0.join("sa");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "token-1\n").unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
+    std::fs::write(sa.join("ca.crt"), ca.cert.pem()).unwrap();
+    sa
+}
+
+/// Copies the fixture conflist `name` to `to`.
+fn copy_fixture(name: &str, to: &Path) {
+    std::fs::copy(Path::new(FIXTURES).join(name), to).unwrap();
+}
+
 fn installer(t: &TempDir) -> Installer {
     Installer::new(options(t, &plugin_config())).unwrap()
 }
@@ -475,11 +490,7 @@ fn uninstall_removes_entry_and_binary() {
 #[test]
 fn kubeconfig_is_written_and_follows_token_rotation() {
     let t = TempDir::new("kubeconfig");
-    let sa = t.0.join("sa");
-    std::fs::create_dir_all(&sa).unwrap();
-    std::fs::write(sa.join("token"), "token-1\n").unwrap();
-    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
-    std::fs::write(sa.join("ca.crt"), ca.cert.pem()).unwrap();
+    let sa = service_account(&t);
     let mut cfg = plugin_config();
     cfg["kubeconfig"] = json!("/etc/cni/net.d/egress-guard.kubeconfig");
     let mut o = options(&t, &cfg);
@@ -623,6 +634,24 @@ fn publish_configmap(dir: &Path, generation: usize, config: &Value) {
     }
 }
 
+/// `egress-guard install --check` on `t`'s dirs, as the readiness probe runs it: exit code
+/// and stdout.
+fn install_check(t: &TempDir) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
+        .args(["install", "--check", "--cni-conf-dir"])
+        .arg(t.conf())
+        .arg("--cni-bin-dir")
+        .arg(t.0.join("bin"))
+        .arg("--plugin-config")
+        .arg(t.0.join("plugin.json"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[test]
 fn an_invalid_plugin_config_is_never_chained_and_readiness_says_why() {
     let cases: &[(Value, &str)] = &[
@@ -642,7 +671,7 @@ fn an_invalid_plugin_config_is_never_chained_and_readiness_says_why() {
     for (config, needle) in cases {
         let t = TempDir::new("invalid");
         let path = t.conf().join("10-kindnet.conflist");
-        std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+        copy_fixture("10-kindnet.conflist", &path);
         let before = std::fs::read(&path).unwrap();
         let err = Installer::new(options(&t, config)).err().expect("refused");
         let text = egress_guard::install::error_chain(&err);
@@ -652,17 +681,8 @@ fn an_invalid_plugin_config_is_never_chained_and_readiness_says_why() {
         );
         assert_eq!(std::fs::read(&path).unwrap(), before, "{config}");
         // `install --check` prints the reason and fails.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
-            .args(["install", "--check", "--cni-conf-dir"])
-            .arg(t.conf())
-            .arg("--cni-bin-dir")
-            .arg(t.0.join("bin"))
-            .arg("--plugin-config")
-            .arg(t.0.join("plugin.json"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let (code, stdout) = install_check(&t);
+        assert_eq!(code, Some(1), "{stdout}");
         assert!(stdout.contains(needle), "{config}: {stdout}");
     }
 }
@@ -674,7 +694,7 @@ fn check_names_what_is_not_ready() {
     let reason = inst.not_ready_reason().unwrap().unwrap();
     assert!(reason.contains("no network configuration"), "{reason}");
     let path = t.conf().join("10-kindnet.conflist");
-    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+    copy_fixture("10-kindnet.conflist", &path);
     let reason = inst.not_ready_reason().unwrap().unwrap();
     assert!(reason.contains("has no egress-guard entry"), "{reason}");
     inst.reconcile().unwrap();
@@ -689,17 +709,8 @@ fn check_names_what_is_not_ready() {
         reason.contains("differs from the plugin config"),
         "{reason}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress-guard"))
-        .args(["install", "--check", "--cni-conf-dir"])
-        .arg(t.conf())
-        .arg("--cni-bin-dir")
-        .arg(t.0.join("bin"))
-        .arg("--plugin-config")
-        .arg(t.0.join("plugin.json"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, stdout) = install_check(&t);
+    assert_eq!(code, Some(1));
     assert!(
         stdout.starts_with("not ready: ") && stdout.contains("differs"),
         "{stdout}"
@@ -710,7 +721,7 @@ fn check_names_what_is_not_ready() {
 fn watch_follows_a_configmap_update_and_keeps_the_last_valid_entry() {
     let t = TempDir::new("configmap");
     let path = t.conf().join("10-kindnet.conflist");
-    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
+    copy_fixture("10-kindnet.conflist", &path);
     let cm = t.0.join("configmap");
     std::fs::create_dir_all(&cm).unwrap();
     publish_configmap(&cm, 1, &plugin_config());
@@ -888,7 +899,7 @@ fn with_multus_an_unknown_cluster_network_is_refused_with_how_to_fix() {
 fn an_entry_left_in_a_conflist_no_longer_chained_is_removed() {
     let t = TempDir::new("stale");
     let kindnet = t.conf().join("10-kindnet.conflist");
-    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &kindnet).unwrap();
+    copy_fixture("10-kindnet.conflist", &kindnet);
     let inst = installer(&t);
     inst.install_binary().unwrap();
     inst.reconcile().unwrap();
@@ -932,12 +943,8 @@ fn an_entry_left_in_a_conflist_no_longer_chained_is_removed() {
 fn uninstall_on_exit_removes_the_entry_kubeconfig_and_binary_at_sigterm() {
     let t = TempDir::new("on-exit");
     let path = t.conf().join("10-kindnet.conflist");
-    std::fs::copy(Path::new(FIXTURES).join("10-kindnet.conflist"), &path).unwrap();
-    let sa = t.0.join("sa");
-    std::fs::create_dir_all(&sa).unwrap();
-    std::fs::write(sa.join("token"), "token-1\n").unwrap();
-    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
-    std::fs::write(sa.join("ca.crt"), ca.cert.pem()).unwrap();
+    copy_fixture("10-kindnet.conflist", &path);
+    let sa = service_account(&t);
     let mut cfg = plugin_config();
     cfg["kubeconfig"] = json!("/etc/cni/net.d/egress-guard.kubeconfig");
     let o = options(&t, &cfg);
