@@ -38,6 +38,26 @@ fn state_dir(n: &Node) -> String {
     n.tmp.join("state")
 }
 
+/// `egress-guard` run inside the node's network namespace (`ip netns exec` execs it, so the
+/// child's PID is egress-guard's).
+fn on_node(n: &Node) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &n.node.name, plugin_bin().as_str()])
+        .env_remove("CNI_COMMAND");
+    c
+}
+
+/// A pod of namespace `ml` named `pod` in `pod_ns`, in enforce mode with `@orchestrator`.
+fn enforced(n: &Node, pod_ns: &common::Netns, tag: &str, pod: &str) -> Attachment {
+    Attachment::new(
+        &cid(n, tag),
+        &pod_ns.path(),
+        "ml",
+        pod,
+        annotations("enforce", "@orchestrator"),
+    )
+}
+
 /// The agent process in the node namespace; killed (by PID) on drop.
 struct Agent {
     child: Child,
@@ -48,28 +68,23 @@ struct Agent {
 impl Agent {
     fn start(n: &Node, extra: &[&str]) -> Agent {
         let state = state_dir(n);
-        let bin = plugin_bin();
-        let mut args = vec![
-            "netns",
-            "exec",
-            n.node.name.as_str(),
-            bin.as_str(),
-            "agent",
-            "--state-dir",
-            state.as_str(),
-            "--node-name",
-            "test-node",
-            "--metrics-address",
-            METRICS,
-            "--interval",
-            "1",
-            "--flush-interval",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        // `ip netns exec` execs the command, so the child's PID is the agent's.
-        let mut child = Command::new("ip")
-            .args(&args)
+        let mut child = on_node(n)
+            .args([
+                "agent",
+                "--state-dir",
+                state.as_str(),
+                "--node-name",
+                "test-node",
+            ])
+            .args([
+                "--metrics-address",
+                METRICS,
+                "--interval",
+                "1",
+                "--flush-interval",
+                "1",
+            ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -327,13 +342,7 @@ fn metrics_change_as_traffic_is_sent_and_denied() {
     let n = Node::new("agm");
     let pod_ns = n.pod_netns("m");
     let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
-    let a = Attachment::new(
-        &cid(&n, "metrics"),
-        &pod_ns.path(),
-        "ml",
-        "metrics-pod",
-        annotations("enforce", "@orchestrator"),
-    );
+    let a = enforced(&n, &pod_ns, "metrics", "metrics-pod");
     add(&chain, &a);
     let _orch = Server::tcp(&n.orch.name, 8443);
     let agent = Agent::start(&n, &[]);
@@ -438,14 +447,8 @@ fn a_second_agent_says_another_holds_the_nflog_group() {
     }
     let n = Node::new("ag2");
     let _first = Agent::start(&n, &[]);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n.node.name,
-            plugin_bin().as_str(),
-            "agent",
-        ])
+    let out = on_node(&n)
+        .arg("agent")
         .args([
             "--state-dir",
             state_dir(&n).as_str(),
@@ -475,13 +478,7 @@ fn hand_deleted_rule_is_drift_and_repair_restores_it() {
     let n = Node::new("agd");
     let pod_ns = n.pod_netns("p");
     let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
-    let a = Attachment::new(
-        &cid(&n, "drift"),
-        &pod_ns.path(),
-        "ml",
-        "drift-pod",
-        annotations("enforce", "@orchestrator"),
-    );
+    let a = enforced(&n, &pod_ns, "drift", "drift-pod");
     let res = add(&chain, &a);
     let table = egress_guard::ruleset::table_name(&a.container_id, "eth0");
 
@@ -522,14 +519,8 @@ fn hand_deleted_rule_is_drift_and_repair_restores_it() {
     drop(watcher);
 
     // `status` fails on drift and names the missing rule in nft text.
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n.node.name,
-            plugin_bin().as_str(),
-            "status",
-        ])
+    let out = on_node(&n)
+        .arg("status")
         .args(["--state-dir", state_dir(&n).as_str()])
         .output()
         .unwrap();
@@ -836,13 +827,7 @@ fn agent_reports_and_evicts_pods_that_started_unguarded() {
     let n = Node::new("agu");
     let pod_ns = n.pod_netns("g");
     let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
-    let a = Attachment::new(
-        &cid(&n, "guarded"),
-        &pod_ns.path(),
-        "ml",
-        "guarded-pod",
-        annotations("enforce", "@orchestrator"),
-    );
+    let a = enforced(&n, &pod_ns, "guarded", "guarded-pod");
     add(&chain, &a);
     let enforce = json!({"egress-guard.io/mode": "enforce"});
     let pods = vec![
@@ -933,10 +918,8 @@ fn agent_reports_and_evicts_pods_that_started_unguarded() {
     drop(agent);
 
     // `report` finds them cluster-wide from those Events.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &n.node.name, plugin_bin().as_str()])
+    let out = on_node(&n)
         .args(["report", "--json", "--kubeconfig", kubeconfig.as_str()])
-        .env_remove("CNI_COMMAND")
         .output()
         .unwrap();
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1071,10 +1054,8 @@ fn rbac_grants_exactly_what_the_agent_and_report_use() {
     drop(agent);
     let by_agent = needed(&api.requests());
     api.seen.lock().unwrap().clear();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &n.node.name, plugin_bin().as_str()])
+    let out = on_node(&n)
         .args(["report", "--kubeconfig", kubeconfig.as_str()])
-        .env_remove("CNI_COMMAND")
         .output()
         .unwrap();
     assert!(out.status.code().is_some_and(|c| c < 2), "{out:?}");
@@ -1169,13 +1150,7 @@ fn the_deny_log_rate_is_a_conflist_field_and_no_drift() {
     let pod_ns = n.pod_netns("l");
     let entry = n.guard_entry(json!({"denyLogRate": {"perSecond": 500, "burst": 1000}}));
     let chain = Chain::new(&n.node.name, n.bridge_conflist(entry));
-    let a = Attachment::new(
-        &cid(&n, "rate"),
-        &pod_ns.path(),
-        "ml",
-        "rate-pod",
-        annotations("enforce", "@orchestrator"),
-    );
+    let a = enforced(&n, &pod_ns, "rate", "rate-pod");
     let res = add(&chain, &a);
     let table = egress_guard::ruleset::table_name(&a.container_id, "eth0");
     let listing = exec_in(&n.node.name, &["nft", "list", "table", "netdev", &table]);
@@ -1203,14 +1178,8 @@ fn log_level_applies_without_a_log_file() {
     }
     let n = Node::new("agv");
     let stderr_at = |level: &str| -> String {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &n.node.name,
-                plugin_bin().as_str(),
-                "agent",
-            ])
+        let mut child = on_node(&n)
+            .arg("agent")
             .args([
                 "--state-dir",
                 state_dir(&n).as_str(),
