@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::metrics::Shared;
 use super::reconcile::{EventRecord, EVENT_SCHEMA};
-use super::report::{requested_mode, GuardCriteria};
+use super::report::{requested_mode, text_at as text, GuardCriteria};
 use crate::guard::record::{self, PodRecord};
 use crate::guard::PodIdentity;
 use crate::kube::{Client, KubeError};
@@ -22,10 +22,6 @@ use crate::kube::{Client, KubeError};
 pub const UNGUARDED_REASON: &str = "EgressGuardUnguarded";
 /// Pods per page when listing.
 const PAGE: usize = 500;
-
-fn text<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(Value::as_str)
-}
 
 /// One pod that should be guarded and is not.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,7 +62,7 @@ pub struct Finding {
     pub detail: String,
 }
 
-fn text_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+pub(crate) fn text_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
 

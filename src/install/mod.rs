@@ -204,6 +204,9 @@ impl Options {
     }
 }
 
+/// A parsed network configuration file.
+type Conflist = Map<String, Value>;
+
 /// Result of one reconciliation of the conf dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainChange {
@@ -313,10 +316,10 @@ impl Installer {
         Ok(())
     }
 
-    /// Removes egress-guard entries from every conflist of the conf dir except `keep`;
-    /// returns the files written. Files that do not parse were never ours to change.
-    fn unchain_files(&self, keep: Option<&Path>) -> Result<Vec<PathBuf>, InstallError> {
-        let mut written = Vec::new();
+    /// The conflists of the conf dir, except `keep`, that hold an egress-guard entry, each
+    /// with its content without them. Files that do not parse were never ours to change.
+    fn with_entries(&self, keep: Option<&Path>) -> Result<Vec<(PathBuf, Conflist)>, InstallError> {
+        let mut out = Vec::new();
         for path in conflist::config_files(&self.opts.cni_conf_dir)? {
             if Some(path.as_path()) == keep || conflist::kind_of(&path) != conflist::Kind::List {
                 continue;
@@ -328,13 +331,23 @@ impl Installer {
                 continue;
             };
             if let Some(list) = conflist::unchained(&conf) {
-                fsutil::atomic_write(
-                    &path,
-                    &conflist::to_bytes(&list),
-                    fsutil::mode_of(&path, 0o644),
-                )?;
-                written.push(path);
+                out.push((path, list));
             }
+        }
+        Ok(out)
+    }
+
+    /// Removes egress-guard entries from every conflist of the conf dir except `keep`;
+    /// returns the files written.
+    fn unchain_files(&self, keep: Option<&Path>) -> Result<Vec<PathBuf>, InstallError> {
+        let mut written = Vec::new();
+        for (path, list) in self.with_entries(keep)? {
+            fsutil::atomic_write(
+                &path,
+                &conflist::to_bytes(&list),
+                fsutil::mode_of(&path, 0o644),
+            )?;
+            written.push(path);
         }
         Ok(written)
     }
@@ -431,19 +444,11 @@ impl Installer {
                 )));
             }
         }
-        for other in conflist::config_files(dir)? {
-            if other == path || conflist::kind_of(&other) != conflist::Kind::List {
-                continue;
-            }
-            let stale = fsutil::read_optional(&other)?
-                .and_then(|b| conflist::parse(&other, &b).ok())
-                .is_some_and(|c| conflist::has_entry(&c));
-            if stale {
-                return Ok(Some(format!(
-                    "{} still holds a stale egress-guard entry",
-                    other.display()
-                )));
-            }
+        if let Some((other, _)) = self.with_entries(Some(&path))?.first() {
+            return Ok(Some(format!(
+                "{} still holds a stale egress-guard entry",
+                other.display()
+            )));
         }
         let bin = self.binary_dest();
         if !bin.is_file() || fsutil::mode_of(&bin, 0) & 0o111 == 0 {
