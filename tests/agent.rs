@@ -1212,3 +1212,49 @@ fn log_level_applies_without_a_log_file() {
     let debug = stderr_at("debug");
     assert!(debug.contains("\"level\":\"info\""), "{debug}");
 }
+
+#[test]
+fn a_pod_whose_netns_path_the_agent_cannot_see_stays_guarded() {
+    if !can_run_root_tests("a_pod_whose_netns_path_the_agent_cannot_see_stays_guarded") {
+        return;
+    }
+    let n = Node::new("agn");
+    let pod_ns = n.pod_netns("p");
+    let control_ns = n.pod_netns("c");
+    let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
+    let a = enforced(&n, &pod_ns, "netns", "netns-pod");
+    add(&chain, &a);
+    add(
+        &chain,
+        &Attachment::new(
+            &cid(&n, "control"),
+            &control_ns.path(),
+            "ml",
+            "control-pod",
+            json!({}),
+        ),
+    );
+    let table = egress_guard::ruleset::table_name(&a.container_id, "eth0");
+    // The state file names a netns path the agent does not see (as from a container without
+    // the runtime's netns directory, or `/proc/PID/ns/net` of another PID namespace).
+    let state = std::path::Path::new(&state_dir(&n))
+        .join(format!("{}.json", &table["egress_guard_".len()..]));
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    record["netns"] = json!("/proc/999999999/ns/net");
+    std::fs::write(&state, record.to_string()).unwrap();
+
+    let _tcp = Server::tcp(&n.inet.name, 80);
+    let agent = Agent::start(&n, &[]);
+    // Three passes at --interval 1: an orphan or gone pod would have been collected by now.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(
+        !agent.events().iter().any(|v| v["event"] == "collected"),
+        "{:#?}",
+        agent.events()
+    );
+    assert!(state.exists(), "the state file stays");
+    assert!(node_tables(&n).contains(&table), "{}", node_tables(&n));
+    // Real packets: the pod is still denied what the control reaches.
+    assert!(probe::tcp(&control_ns.name, INET4, 80, "control"));
+    assert!(!probe::tcp(&pod_ns.name, INET4, 80, "guarded"));
+}

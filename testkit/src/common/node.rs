@@ -97,6 +97,11 @@ impl Node {
 
     /// A pod network namespace (the chain gives it an interface).
     pub fn pod_netns(&self, name: &str) -> Netns {
+        // Netns::new replaces a namespace of the same name: never the node's own three.
+        assert!(
+            !["n", "i", "o"].contains(&name),
+            "pod netns name \"{name}\" is the node's, the inet host's or the orchestrator's"
+        );
         Netns::new(&format!("{}{name}", self.prefix))
     }
 
