@@ -564,7 +564,7 @@ fn tables_of_pods_deleted_without_del_are_collected() {
         return;
     }
     let n = Node::new("agg");
-    let (gone_ns, keep_ns, orphan_ns) = (n.pod_netns("g"), n.pod_netns("k"), n.pod_netns("o"));
+    let (gone_ns, keep_ns, orphan_ns) = (n.pod_netns("g"), n.pod_netns("k"), n.pod_netns("x"));
     let chain = Chain::new(&n.node.name, n.bridge_conflist(n.guard_entry(json!({}))));
     let gone = Attachment::new(
         &cid(&n, "gone"),
