@@ -686,7 +686,7 @@ fn bad_input_through_the_plugin_binary_leaves_nothing() {
     }
     let n = Node::new("hb");
     let pod = n.manual_pod("p", "vhb0", 1);
-    let other = n.manual_pod("o", "vhb1", 2);
+    let other = n.manual_pod("q", "vhb1", 2);
     let state = n.tmp.path.join("state");
     let path = pod.path();
     let opath = other.path();
