@@ -205,13 +205,15 @@ fn main() {
         .to_string();
     let closing = listing
         .lines()
-        .find(|l| l.contains("counter packets") && l.contains("log prefix"))
+        .find(|l| l.trim_start().starts_with("counter packets"))
         .unwrap_or("")
         .trim()
         .to_string();
+    let logging = listing.lines().filter(|l| l.contains("log prefix")).count();
     println!(
-        "\nper-pod table in the node's netns: netdev {table}, chain policy {policy}, \
-         closing rule (counts and logs what the policy drops): {closing}"
+        "\nper-pod table in the node's netns: netdev {table}, chain policy {policy}; \
+         {logging} rules log each distinct flow the policy drops once a minute, and the \
+         closing rule counts every such packet: {closing}"
     );
     let cfg = n.tmp.join("entry.json");
     std::fs::write(&cfg, n.guard_entry(json!({})).to_string()).unwrap();

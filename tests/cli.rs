@@ -6,8 +6,8 @@
 use std::ffi::OsStr;
 use std::process::{Command, Output};
 
-const SUBCOMMANDS: [&str; 8] = [
-    "render", "install", "agent", "status", "report", "suggest", "version", "help",
+const SUBCOMMANDS: [&str; 9] = [
+    "render", "install", "agent", "status", "report", "suggest", "explain", "version", "help",
 ];
 
 fn eg<I, S>(args: I) -> Output
@@ -335,6 +335,95 @@ fn suggest_reads_flow_records_from_files_and_stdin() {
     assert_eq!(
         eg(["suggest", "--node-address", "nope"]).status.code(),
         Some(2)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn explain_exits_0_allowed_1_blocked_2_bad_input() {
+    let dir = std::env::temp_dir().join(format!("eg-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("entry.json");
+    std::fs::write(
+        &config,
+        r#"{"type":"egress-guard","cniVersion":"1.0.0","name":"k8s",
+            "capabilities":{"io.kubernetes.cri.pod-annotations":true},
+            "networks":{"orchestrator":["10.0.5.0/24 tcp 8443"]}}"#,
+    )
+    .unwrap();
+    let ann = dir.join("ann.json");
+    std::fs::write(
+        &ann,
+        r#"{"egress-guard.io/mode":"enforce","egress-guard.io/allow":"@orchestrator, 198.51.100.7 udp 53"}"#,
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let a = ann.to_str().unwrap();
+    let explain = |more: &[&str]| {
+        let mut args = vec!["explain", "--config", cfg, "--annotations", a];
+        args.extend_from_slice(more);
+        eg(args)
+    };
+    let out = explain(&["--to", "10.0.5.3", "--port", "8443"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("allowed: tcp to 10.0.5.3 port 8443\n"),
+        "{said}"
+    );
+    assert!(said.contains("entry 1 \"@orchestrator\""), "{said}");
+    let out = explain(&["--to", "198.51.100.7", "--proto", "udp", "--port", "53"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("entry 2 \"198.51.100.7 udp 53\""));
+    let out = explain(&["--to=198.51.100.7", "--proto=tcp", "--port=53"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("the default deny"));
+    for (bad, says) in [
+        (&["--port", "53"][..], "--to is required"),
+        (&["--to", "10.0.5"], "--to \"10.0.5\" is not an IP address"),
+        (&["--to", "10.0.5.3"], "--port is required with tcp"),
+        (
+            &["--to", "10.0.5.3", "--port", "70000"],
+            "--port \"70000\" is not a number from 0 to 65535",
+        ),
+        (
+            &["--to", "10.0.5.3", "--proto", "gre", "--port", "1"],
+            "--proto \"gre\" is not",
+        ),
+        (
+            &["--to", "10.0.5.3", "--proto", "47", "--port", "1"],
+            "--port is not allowed with 47",
+        ),
+        (&["--to", "fd00::1", "--proto", "icmp"], "use icmpv6"),
+    ] {
+        let out = explain(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{bad:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Bad input in the files: the field or the entry is named.
+    std::fs::write(
+        &ann,
+        r#"{"egress-guard.io/mode":"enforce","egress-guard.io/allow":"10.0.5.0/33"}"#,
+    )
+    .unwrap();
+    let out = explain(&["--to", "10.0.5.3", "--port", "8443"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("10.0.5.0/33"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&config, r#"{"type":"egress-guard","netwroks":{}}"#).unwrap();
+    let out = explain(&["--to", "10.0.5.3", "--port", "8443"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("netwroks"),
+        "{}",
+        text(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -508,7 +508,7 @@ fn audit_mode_passes_traffic_and_counts_it() {
     assert!(listing.contains("policy accept"), "{listing}");
     let counted = listing
         .lines()
-        .find(|l| l.contains("counter packets") && l.contains("log prefix"))
+        .find(|l| l.trim_start().starts_with("counter packets"))
         .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);

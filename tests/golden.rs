@@ -236,7 +236,12 @@ fn json_render_loads_with_nft_and_lists_as_the_text_render() {
     let rules = listing
         .lines()
         .filter(|l| l.starts_with("\t\t") && !l.contains("type filter hook"))
-        .filter(|l| l.ends_with("accept") || l.ends_with("drop") || l.contains(" log "))
+        .filter(|l| {
+            l.ends_with("accept")
+                || l.ends_with("drop")
+                || l.contains(" log ")
+                || l.trim_start().starts_with("counter ")
+        })
         .count();
     assert_eq!(rules, table.rule_count(), "{listing}");
     for key in [

@@ -1,6 +1,7 @@
-//! Reads the packet and byte counters of a pod table's closing rule (`counter limit ... log ...`,
-//! the last rule of each chain, before the chain's policy) through the `Kernel`. Read-only:
-//! never changes a table.
+//! Reads the packet and byte counters of a pod table's closing rule (a lone `counter`, the last
+//! rule of each chain before the chain's policy; `counter limit ... log ...` in tables of
+//! releases before the log of distinct flows) through the `Kernel`. Read-only: never changes a
+//! table.
 
 use crate::kernel::{Kernel, KernelError, TableRef, Where};
 use crate::netlink::nft::{CountedRule, Expr};
@@ -30,11 +31,13 @@ pub fn read<K: Kernel + ?Sized>(
     Ok(Some(total))
 }
 
-/// The counts of a closing rule: a counter, a limit and a log; or, in tables whose chains log
-/// in a rule of their own, exactly a counter and an immediate verdict.
+/// The counts of a closing rule: a lone counter; a counter, a limit and a log (earlier
+/// releases); or, in tables whose chains log in a rule of their own, exactly a counter and an
+/// immediate verdict.
 fn closing_rule_counts(rule: &CountedRule) -> Option<Counts> {
     match rule.exprs.as_slice() {
-        [Expr::Counter, Expr::Limit { .. }, Expr::Log { .. }]
+        [Expr::Counter]
+        | [Expr::Counter, Expr::Limit { .. }, Expr::Log { .. }]
         | [Expr::Counter, Expr::Immediate { .. }] => rule.counter,
         _ => None,
     }
@@ -84,6 +87,10 @@ mod tests {
             Some(SEEN)
         );
         assert_eq!(
+            closing_rule_counts(&rule(vec![Expr::Counter], Some(SEEN))),
+            Some(SEEN)
+        );
+        assert_eq!(
             closing_rule_counts(&rule(vec![Expr::Counter, limit(), log()], Some(SEEN))),
             Some(SEEN)
         );
@@ -121,12 +128,10 @@ mod tests {
                 bytes: 100 * n,
             };
             k.set_counters(at, family, &table.name, &chain.name, counts);
-            let closes = chain.rules.iter().any(|r| {
-                matches!(
-                    r.stmts.as_slice(),
-                    [Stmt::Counter, Stmt::Limit { .. }, Stmt::Log { .. }]
-                )
-            });
+            let closes = chain
+                .rules
+                .iter()
+                .any(|r| matches!(r.stmts.as_slice(), [Stmt::Counter]));
             if closes {
                 expected.packets += counts.packets;
                 expected.bytes += counts.bytes;

@@ -46,7 +46,9 @@ pub struct FlowRecord {
     pub dport: Option<u16>,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
-    /// Logged packets of this flow in the interval (the ruleset logs at most 10/s, burst 20).
+    /// Logged packets of this flow in the interval. The ruleset logs a destination, protocol
+    /// and port once per `denyLogInterval`, so this is mostly 1; the table's counter counts
+    /// every packet.
     pub count: u64,
     /// Their IP lengths summed.
     pub bytes: u64,

@@ -231,7 +231,7 @@ pub fn render<K: Kernel>(shared: &Shared, kernel: &mut K) -> String {
     for (name, help, map) in [
         (
             "egress_guard_logged_packets_total",
-            "Packets received from NFLOG (rate-limited by the ruleset), by verdict.",
+            "Packets received from NFLOG (each distinct flow once per interval, new flows within the ruleset's budget), by verdict.",
             &events.logged,
         ),
         (

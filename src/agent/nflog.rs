@@ -24,6 +24,8 @@ const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 /// Bytes of each packet copied to us: enough for IPv6 with extension headers and ports.
 const COPY_RANGE: u32 = 256;
+/// Receive buffer of the subscription.
+const RECV_BUFFER: i32 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NflogError {
@@ -137,6 +139,9 @@ impl Subscription {
         payload.extend_from_slice(cfg.bytes());
         sock.request("nflog config", msg_type(NFULNL_MSG_CONFIG), 0, &payload)
             .map_err(|source| NflogError::Bind { group, source })?;
+        // A pod opening thousands of new flows at once logs each one (the ruleset's budget,
+        // 10,000 by default): room for such a burst, about 400 bytes a packet.
+        sock.grow_recv_buffer(RECV_BUFFER);
         Ok(Subscription { sock, group })
     }
 

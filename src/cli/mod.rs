@@ -3,6 +3,7 @@
 //! value goes to stderr with the usage and exit 2; what a subcommand does with valid flags is its
 //! own module's business. The plugin path (`CNI_COMMAND` set) does not come through here.
 
+pub mod explain;
 pub mod parser;
 mod plugin;
 pub mod render;
@@ -211,7 +212,7 @@ pub const SUGGEST: Command = Command {
             none are given; other lines are skipped and counted on stderr. Warnings (metadata\n\
             endpoint, node addresses, public addresses, DNS) go to stderr, or into --json.\n\
             exit status: 0 printed, 2 bad input",
-    positional: Some("[FILE...]"),
+    positional: Some("FILE..."),
     flags: &[
         Flag::switch(
             "json",
@@ -230,6 +231,53 @@ pub const SUGGEST: Command = Command {
             "an address of the node, warned about when a pod reaches it",
         ),
         Flag::switch("kubectl", "print the kubectl annotate command for each pod"),
+    ],
+};
+
+/// `egress-guard explain`.
+pub const EXPLAIN: Command = Command {
+    name: "explain",
+    summary: "whether a pod may open a flow, and which entry (or the default deny) decides",
+    notes: "Compiles the pod's table as ADD does and runs the flow's first packet through it.\n\
+            exit status: 0 allowed, 1 blocked (in audit mode: not allowed, passes and is logged),\n\
+            2 bad input (the message names the flag, field or entry)",
+    positional: None,
+    flags: &[
+        Flag::value(
+            "config",
+            "ENTRY.json",
+            "the egress-guard conflist entry, or a whole conflist holding one (required)",
+        ),
+        Flag::repeated("annotations", "FILE", "a JSON object of pod annotations"),
+        Flag::repeated("annotation", "KEY=VALUE", "one pod annotation"),
+        Flag::value(
+            "namespace",
+            "NS",
+            "the pod's namespace (enforceNamespaces, ceilings)",
+        ),
+        Flag::value("to", "ADDR", "the destination address (required)"),
+        Flag::value(
+            "proto",
+            "PROTO",
+            "tcp (default), udp, sctp, icmp, icmpv6 or an IP protocol number",
+        ),
+        Flag::value(
+            "port",
+            "PORT",
+            "the destination port (required for tcp, udp, sctp); for icmp and icmpv6 the\n\
+             message type (default: echo request)",
+        ),
+        Flag::value(
+            "placement",
+            "PLACEMENT",
+            "host (default), pod or pod-inet, as for render",
+        ),
+        Flag::value(
+            "pod-net",
+            "FILE",
+            "the pod's identity on its interface, as for render (default: the example pod\n\
+             10.22.0.5/24, fd00:22::5/64 behind gateway .1)",
+        ),
     ],
 };
 
@@ -303,8 +351,8 @@ pub const HELP: Command = Command {
 };
 
 /// Every subcommand, in the order the overview lists them.
-pub const COMMANDS: [&Command; 8] = [
-    &RENDER, &INSTALL, &AGENT, &STATUS, &REPORT, &SUGGEST, &VERSION, &HELP,
+pub const COMMANDS: [&Command; 9] = [
+    &RENDER, &INSTALL, &AGENT, &STATUS, &REPORT, &SUGGEST, &EXPLAIN, &VERSION, &HELP,
 ];
 
 /// The package version and the build it came from (`0.1.0 (git 1a2b3c4d5e6f, 2026-12-04)`).
@@ -346,6 +394,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         "status" => dispatch(&STATUS, rest, crate::agent::status),
         "report" => dispatch(&REPORT, rest, crate::agent::report),
         "suggest" => dispatch(&SUGGEST, rest, suggest::run),
+        "explain" => dispatch(&EXPLAIN, rest, explain::run),
         "version" | "--version" => dispatch(&VERSION, rest, |_| {
             println!("egress-guard {}", version());
             Ok(ExitCode::SUCCESS)

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use super::{CliError, Parsed};
 use crate::cni::config::ConfigError;
 use crate::cni::NetConf;
-use crate::policy::{parse_annotations, AnnotationError, Policy, PolicyError};
+use crate::policy::{
+    parse_annotations, AnnotationError, PodAnnotations, Policy, PolicyError, Settings,
+};
 use crate::ruleset::{compile, render, render_json_text, Attach, PodNet, Table, Target};
 
 /// Why a pod's ruleset could not be rendered; the message names the field or entry.
@@ -29,6 +31,11 @@ pub struct Rendered {
     pub policy: Policy,
     /// `None` when the mode is off.
     pub table: Option<Table>,
+    /// What the table was compiled for.
+    pub target: Target,
+    /// The pod's annotations as parsed, and the operator's settings they were resolved with.
+    pub annotations: PodAnnotations,
+    pub settings: Settings,
 }
 
 impl Rendered {
@@ -78,7 +85,13 @@ pub fn render_pod(
         log: conf.deny_log(),
     };
     let table = compile(&policy, &target);
-    Ok(Rendered { policy, table })
+    Ok(Rendered {
+        policy,
+        table,
+        target,
+        annotations: ann,
+        settings: conf.settings,
+    })
 }
 
 fn read_json(path: &str) -> Result<serde_json::Value, String> {
@@ -128,6 +141,11 @@ enum Placement {
 
 impl Args {
     pub(super) fn from_flags(p: &Parsed) -> Result<Args, CliError> {
+        Args::from_flags_and(p, &[])
+    }
+
+    /// The flags of `render`, and `also` for a subcommand that takes them and more.
+    pub(super) fn from_flags_and(p: &Parsed, also: &[&str]) -> Result<Args, CliError> {
         let mut annotations = Vec::new();
         for (flag, v) in p.iter() {
             match flag {
@@ -140,6 +158,7 @@ impl Args {
                 }
                 "config" | "namespace" | "container-id" | "placement" | "device" | "pod-net"
                 | "json" => {}
+                other if also.contains(&other) => {}
                 other => return Err(CliError::unhandled(other)),
             }
         }
@@ -172,6 +191,17 @@ impl Args {
     }
 
     fn render(self) -> Result<String, String> {
+        let json = self.json;
+        let rendered = self.load()?;
+        Ok(if json {
+            rendered.json()
+        } else {
+            rendered.text()
+        })
+    }
+
+    /// Reads the files and compiles the pod's table as ADD would.
+    pub(super) fn load(self) -> Result<Rendered, String> {
         let mut annotations: Vec<(String, String)> = Vec::new();
         for a in self.annotations {
             match a {
@@ -208,18 +238,13 @@ impl Args {
             Placement::PodInet => Attach::Pod,
         };
         let conf = read_json(&self.config)?;
-        let rendered = render_pod(
+        render_pod(
             &conf,
             &annotations,
             self.namespace.as_deref(),
             &self.container_id,
             attach,
         )
-        .map_err(|e| e.to_string())?;
-        Ok(if self.json {
-            rendered.json()
-        } else {
-            rendered.text()
-        })
+        .map_err(|e| e.to_string())
     }
 }

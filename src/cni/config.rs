@@ -49,6 +49,7 @@ pub const OWN_FIELDS: &[&str] = &[
     "kubeconfig",
     "nflogGroup",
     "denyLogRate",
+    "denyLogInterval",
     "stateDir",
 ];
 
@@ -165,8 +166,10 @@ pub struct NetConf {
     /// Unknown fields passed over ([`Unknown::Ignore`]); empty when parsed strictly.
     pub ignored_fields: Vec<String>,
     pub nflog_group: u16,
-    /// Per-pod rate of the deny (audit) log, `denyLogRate`.
+    /// Per-pod rate of new flows in the deny (audit) log, `denyLogRate`.
     pub deny_log_rate: Rate,
+    /// Seconds after which a logged flow is logged again, `denyLogInterval`.
+    pub deny_log_interval: u32,
     pub state_dir: PathBuf,
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -243,8 +246,8 @@ fn parse_networks(v: Option<&Value>) -> Result<BTreeMap<String, Vec<Entry>>, Con
     Ok(out)
 }
 
-/// `denyLogRate`: `{"perSecond": N, "burst": M}`, packets a pod's dropped (or audited) traffic
-/// may log; absent is 10 a second with a burst of 20.
+/// `denyLogRate`: `{"perSecond": N, "burst": M}`, new flows of a pod's dropped (or audited)
+/// traffic logged; absent is 100 a second with a burst of 10,000.
 fn parse_deny_log_rate(v: Option<&Value>) -> Result<Rate, ConfigError> {
     const FIELD: &str = "denyLogRate";
     let Some(obj) = opt_object(FIELD, v)? else {
@@ -272,6 +275,25 @@ fn parse_deny_log_rate(v: Option<&Value>) -> Result<Rate, ConfigError> {
         per_second: number("perSecond", 100_000)?,
         burst: number("burst", 100_000)? as u32,
     })
+}
+
+/// `denyLogInterval`: seconds (1 to 86400) after which a flow already logged is logged again;
+/// absent is 60.
+fn parse_deny_log_interval(v: Option<&Value>) -> Result<u32, ConfigError> {
+    const FIELD: &str = "denyLogInterval";
+    match v {
+        None | Some(Value::Null) => Ok(DenyLog::DEFAULT_INTERVAL_SECS),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=86_400).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| {
+                field_err(
+                    FIELD,
+                    format!("has value {v} (expected a number of seconds from 1 to 86400)"),
+                )
+            }),
+    }
 }
 
 /// `enforcedAllow`: absent (or null) is the default ceiling, only `@name` entries of
@@ -466,6 +488,7 @@ impl NetConf {
             }
         };
         let deny_log_rate = parse_deny_log_rate(obj.get("denyLogRate"))?;
+        let deny_log_interval = parse_deny_log_interval(obj.get("denyLogInterval"))?;
         let log_file = path("logFile")?;
         let kubeconfig = path("kubeconfig")?;
         let state_dir = path("stateDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
@@ -500,6 +523,7 @@ impl NetConf {
             ignored_fields,
             nflog_group,
             deny_log_rate,
+            deny_log_interval,
             state_dir,
             valid_attachments,
         })
@@ -520,6 +544,7 @@ impl NetConf {
         DenyLog {
             group: self.nflog_group,
             rate: self.deny_log_rate,
+            interval_secs: self.deny_log_interval,
         }
     }
 
@@ -721,6 +746,14 @@ mod tests {
             (
                 r#"{"denyLogRate":{"perSecond":0,"burst":5}}"#,
                 "\"denyLogRate.perSecond\" has value 0 (expected a number from 1 to 100000)",
+            ),
+            (
+                r#"{"denyLogInterval":0}"#,
+                "\"denyLogInterval\" has value 0 (expected a number of seconds from 1 to 86400)",
+            ),
+            (
+                r#"{"denyLogInterval":"60s"}"#,
+                "\"denyLogInterval\" has value \"60s\" (expected a number of seconds from 1 to 86400)",
             ),
             (
                 r#"{"denyLogRate":{"perSecond":5}}"#,

@@ -42,6 +42,7 @@ impl<K: Kernel> Guard<'_, K> {
             entries: policy.entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: log.group,
             deny_log_rate: Some(log.rate),
+            deny_log_interval: Some(log.interval_secs),
             created: rfc3339(std::time::SystemTime::now()),
         };
         if let Err(e) = record.write(self.state_dir) {

@@ -34,6 +34,9 @@ pub struct PodRecord {
     /// the fixed default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny_log_rate: Option<crate::ruleset::Rate>,
+    /// The log interval the table was built with; absent in records of releases before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_log_interval: Option<u32>,
     #[serde(default)]
     pub created: String,
 }
@@ -206,6 +209,9 @@ impl PodRecord {
                 rate: self
                     .deny_log_rate
                     .unwrap_or(crate::ruleset::DenyLog::DEFAULT_RATE),
+                interval_secs: self
+                    .deny_log_interval
+                    .unwrap_or(crate::ruleset::DenyLog::DEFAULT_INTERVAL_SECS),
             },
         };
         // Mode was checked to be audit or enforce, for which compile always yields a table.
@@ -356,6 +362,7 @@ pub(crate) mod tests {
             entries: entries.iter().map(|e| e.to_string()).collect(),
             nflog_group: 100,
             deny_log_rate: None,
+            deny_log_interval: None,
             created: String::new(),
         };
         let mut parsed: Vec<_> = entries

@@ -163,6 +163,17 @@ impl Socket {
         Ok(sock)
     }
 
+    /// Raises the receive buffer to `bytes` (past `rmem_max` with CAP_NET_ADMIN, else as far
+    /// as the system allows): for subscriptions whose messages arrive in bursts.
+    pub fn grow_recv_buffer(&self, bytes: i32) {
+        if self
+            .setopt_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
+            .is_err()
+        {
+            let _ = self.setopt_int(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
+        }
+    }
+
     fn setopt_int(&self, level: i32, name: i32, value: i32) -> Result<(), NetlinkError> {
         // SAFETY: value outlives the call and the length is that of an i32.
         let rc = unsafe {

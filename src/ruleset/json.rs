@@ -510,6 +510,11 @@ fn json_rule(
                     set: format!("@{set}").into(),
                 }));
             }
+            Stmt::Add { set, key: k } => out.push(Statement::Set(nst::Set {
+                op: nst::SetOp::Add,
+                elem: key(k, cx),
+                set: format!("@{set}").into(),
+            })),
             Stmt::Limit { per_second, burst } => out.push(Statement::Limit(nst::Limit {
                 rate: u32::try_from(*per_second).unwrap_or(u32::MAX),
                 rate_unit: None,
@@ -650,15 +655,39 @@ mod tests {
             limited["set"]["stmt"],
             json!([{"limit": {"rate": 1000, "per": "second", "burst": 1000, "burst_unit": "packets"}}])
         );
-        // The closing rule: counter, limit, log; the chain's policy drops.
-        let closing = rules
+        // The closing rules: a flow not logged yet is logged (within the budget) and added to
+        // the set of logged flows; then a counter, and the chain's policy drops.
+        let from_pod: Vec<&&Value> = rules.iter().filter(|r| r["chain"] == "from_pod").collect();
+        let closing = from_pod.last().expect("closing rule");
+        assert_eq!(
+            closing["expr"],
+            json!([{"counter": {"packets": 0, "bytes": 0}}])
+        );
+        let logs = from_pod[from_pod.len() - 2]["expr"]
+            .as_array()
+            .expect("statements");
+        let n = logs.len();
+        let unlogged = logs
             .iter()
-            .rfind(|r| r["chain"] == "from_pod")
-            .expect("closing rule");
-        let expr = closing["expr"].as_array().expect("statements");
-        assert_eq!(expr[0], json!({"counter": {"packets": 0, "bytes": 0}}));
-        assert_eq!(expr[1]["limit"]["rate"], 10);
-        assert_eq!(expr[2]["log"]["group"], 100);
+            .find(|s| s["match"]["right"] == "@logged6")
+            .expect("lookup in @logged6");
+        assert_eq!(unlogged["match"]["op"], "!=");
+        assert_eq!(logs[n - 3]["limit"]["rate"], 100);
+        assert_eq!(logs[n - 3]["limit"]["burst"], 10_000);
+        assert_eq!(logs[n - 2]["log"]["group"], 100);
+        assert_eq!(logs[n - 1]["set"]["op"], "add");
+        assert_eq!(logs[n - 1]["set"]["set"], "@logged6");
+        let logged = objects
+            .iter()
+            .find(|o| o["add"]["set"]["name"] == "logged4")
+            .map(|o| &o["add"]["set"])
+            .expect("set logged4");
+        assert_eq!(
+            logged["type"],
+            json!(["ipv4_addr", "inet_proto", "inet_service"])
+        );
+        assert_eq!(logged["timeout"], 60);
+        assert_eq!(logged["size"], 16384);
         // Matches nft guards with a dependency of its own are raw loads; long values are hex.
         let iiftype =
             json!({"match": {"left": {"meta": {"key": "iiftype"}}, "right": "ether", "op": "=="}});

@@ -3,6 +3,8 @@
 
 mod builders;
 mod compile;
+pub mod eval;
+pub mod flow;
 mod identity;
 mod intervals;
 mod json;
@@ -357,6 +359,12 @@ pub enum Stmt {
         set: String,
         key: Vec<Selector>,
         limit: Option<Rate>,
+    },
+    /// Concatenated key added to a dynamic set when absent; an element already there keeps
+    /// its expiry (not refreshed), so it lapses `timeout_secs` after it was first added.
+    Add {
+        set: String,
+        key: Vec<Selector>,
     },
     /// Packets per second with a burst; over the limit the rule stops here.
     Limit {

@@ -295,7 +295,9 @@ fn key_text(key: &[Selector], l3: Option<L3>, l4: Option<u8>, ether: bool) -> St
 
 fn uses_transport(stmt: Option<&Stmt>) -> bool {
     match stmt {
-        Some(Stmt::Lookup { key, .. }) | Some(Stmt::Update { key, .. }) => key
+        Some(Stmt::Lookup { key, .. })
+        | Some(Stmt::Update { key, .. })
+        | Some(Stmt::Add { key, .. }) => key
             .iter()
             .any(|s| matches!(s, Selector::ThSport | Selector::ThDport)),
         _ => false,
@@ -429,6 +431,9 @@ pub fn render_rule(family: Family, r: &Rule) -> String {
                     "update @{set} {{ {}{limit} }}",
                     key_text(key, l3, l4, ether)
                 ));
+            }
+            Stmt::Add { set, key } => {
+                parts.push(format!("add @{set} {{ {} }}", key_text(key, l3, l4, ether)));
             }
             Stmt::Cmp { load, op, value } => parts.push(cmp_text(l3, ether, *load, *op, value)),
             Stmt::Limit { per_second, burst } => {

@@ -147,26 +147,71 @@ fn nd_rule() -> Rule {
     rule(stmts)
 }
 
-/// The closing rule: count what is not allowed, log it (rate-limited); the chain's policy,
-/// returned beside it, is the verdict. One rule: the counter is passed by every packet, the
-/// limit stops the rule for packets over the rate, the policy then applies to all of them.
-fn closing_rule(mode: Mode, container_id: &str, log: DenyLog) -> (Rule, Verdict) {
+/// Most flows a pod's table remembers as logged, per family.
+pub const LOGGED_SET_SIZE: u32 = 16384;
+
+/// The closing rules, and the chain policy that is their verdict. Per family, two rules log
+/// a flow the policy does not allow when it is not in the family's `logged` set yet and adds it
+/// there (ICMP keyed by type and code, other protocols by the transport header's port field);
+/// the set's timeout is the log interval, and an element is added once, never refreshed, so a
+/// flow is logged again each interval. Repeats inside the interval are not logged: the budget
+/// (`log.rate`, which a flow over it does not spend, so its next packet tries again) goes to
+/// new flows. The last rule counts every packet that gets here; the policy then applies.
+fn closing_rules(
+    mode: Mode,
+    container_id: &str,
+    log: DenyLog,
+    families: &[&Family4or6],
+) -> (Vec<Set>, Vec<Rule>, Verdict) {
     let (logged, verdict) = match mode {
         Mode::Audit => (Logged::Audit, Verdict::Accept),
         _ => (Logged::Deny, Verdict::Drop),
     };
-    let closing = rule(vec![
-        Stmt::Counter,
-        Stmt::Limit {
-            per_second: log.rate.per_second,
-            burst: log.rate.burst,
-        },
-        Stmt::Log {
-            prefix: logprefix::format(logged, container_id),
-            group: log.group,
-        },
-    ]);
-    (closing, verdict)
+    let prefix = logprefix::format(logged, container_id);
+    let mut sets = Vec::new();
+    let mut rules = Vec::new();
+    for f in families {
+        let name = format!("logged{}", f.tag);
+        let mut set = dynamic(
+            name.clone(),
+            vec![f.addr, Field::InetProto, Field::InetService],
+            log.interval_secs,
+        );
+        set.size = Some(LOGGED_SET_SIZE);
+        sets.push(set);
+        let icmp_kind = raw(Base::Transport, 0, Field::InetService);
+        for (proto, third) in [
+            (Stmt::L4Proto(f.icmp), icmp_kind),
+            (Stmt::L4ProtoNot(f.icmp, f.icmp), Selector::ThDport),
+        ] {
+            let key = vec![f.daddr, Selector::L4Proto, third];
+            // The protocol match after the lookup: before it, nft would list an `icmp` match
+            // as the lookup's dependency and hide it (netlink) or not (JSON).
+            rules.push(rule(vec![
+                Stmt::L3(f.l3),
+                Stmt::Lookup {
+                    set: name.clone(),
+                    key: key.clone(),
+                    negate: true,
+                },
+                proto,
+                Stmt::Limit {
+                    per_second: log.rate.per_second,
+                    burst: log.rate.burst,
+                },
+                Stmt::Log {
+                    prefix: prefix.clone(),
+                    group: log.group,
+                },
+                Stmt::Add {
+                    set: name.clone(),
+                    key,
+                },
+            ]));
+        }
+    }
+    rules.push(rule(vec![Stmt::Counter]));
+    (sets, rules, verdict)
 }
 
 /// Per family: what the pod may send back. A flow sent to the pod waits in `pending` until the
@@ -364,8 +409,17 @@ pub(super) fn link_table(
     from_pod.extend(allow_rules(&allow, true));
     from_pod.extend(allow_rules(&allow, false));
     sets.extend(allow.into_iter().filter(|s| !s.elements.is_empty()));
-    let (closing, policy_verdict) = closing_rule(policy.mode, &target.container_id, target.log);
-    from_pod.push(closing);
+    let present: Vec<&Family4or6> = FAMILIES
+        .iter()
+        .filter(|f| match f.l3 {
+            L3::Ipv4 => pod.v4().next().is_some(),
+            _ => pod.v6().next().is_some(),
+        })
+        .collect();
+    let (log_sets, closing, policy_verdict) =
+        closing_rules(policy.mode, &target.container_id, target.log, &present);
+    sets.extend(log_sets);
+    from_pod.extend(closing);
     let (from_hook, to_hook) = side.hooks();
     Table {
         family: Family::Netdev,
@@ -400,7 +454,10 @@ pub(super) fn inet_pod_table(policy: &Policy, target: &Target) -> Table {
     let (a6l4, a6p) = allow_sets(&policy.entries, false);
     let mut sets = vec![a4l4, a4p, a6l4, a6p];
     sets.retain(|s| !s.elements.is_empty());
-    let (closing, policy_verdict) = closing_rule(policy.mode, &target.container_id, target.log);
+    let both: Vec<&Family4or6> = FAMILIES.iter().collect();
+    let (log_sets, closing, policy_verdict) =
+        closing_rules(policy.mode, &target.container_id, target.log, &both);
+    sets.extend(log_sets);
     let mut common = vec![rule(vec![
         Stmt::CtState(CT_ESTABLISHED | CT_RELATED),
         Stmt::Verdict(Verdict::Accept),
@@ -408,7 +465,7 @@ pub(super) fn inet_pod_table(policy: &Policy, target: &Target) -> Table {
     common.push(nd_rule());
     common.extend(allow_rules(&sets, true));
     common.extend(allow_rules(&sets, false));
-    common.push(closing);
+    common.extend(closing);
     let mut output = vec![rule(vec![
         Stmt::OifName("lo".into()),
         Stmt::Verdict(Verdict::Accept),
@@ -443,8 +500,9 @@ mod tests {
     fn a_host_table_is_one_rule_per_job() {
         // From the pod: 5 identity rules (MAC, ARP, untagged IP only, IPv4 and IPv6 source),
         // 5 neighbour discovery (short, long, DAD with a nonce, RS, the drop), 2 gateway pins, 4 per family for what it may answer, the
-        // allowlist of each family, the closing rule. To it: 3 per family. Each rule is a
-        // message of ADD's transaction.
+        // allowlist of each family, 2 per family logging flows not logged yet (ICMP and the
+        // rest), the closing counter. To it: 3 per family. Each rule is a message of ADD's
+        // transaction.
         let mut p = enforce();
         p.entries = ["10.0.5.0/24 tcp 8443", "fd00::/64 tcp 443"]
             .into_iter()
@@ -452,11 +510,88 @@ mod tests {
             .collect();
         let t = compile(&p, &target("c1", "eth0")).expect("table");
         let counts: Vec<usize> = t.chains.iter().map(|c| c.rules.len()).collect();
-        assert_eq!(counts, [23, 6]);
+        assert_eq!(counts, [27, 6]);
         let last = t.chains[0].rules.last().expect("closing rule");
-        assert!(matches!(
-            last.stmts.as_slice(),
-            [Stmt::Counter, Stmt::Limit { .. }, Stmt::Log { .. }]
-        ));
+        assert_eq!(last.stmts, [Stmt::Counter]);
+        // A pod with one family logs flows of that family only.
+        let mut v4 = target("c1", "eth0");
+        if let crate::ruleset::Attach::Host { pod, .. } = &mut v4.attach {
+            pod.addrs.retain(|a| a.addr.is_ipv4());
+        }
+        let t = compile(&p, &v4).expect("table");
+        let logged: Vec<&str> = t
+            .sets
+            .iter()
+            .filter(|s| s.name.starts_with("logged"))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(logged, ["logged4"]);
+    }
+
+    #[test]
+    fn a_flow_is_logged_once_per_interval_and_repeats_spend_no_budget() {
+        use crate::ruleset::{DenyLog, Rate, Selector};
+        let mut t = target("c1", "eth0");
+        t.log = DenyLog {
+            group: 7,
+            rate: Rate {
+                per_second: 3,
+                burst: 9,
+            },
+            interval_secs: 120,
+        };
+        let table = compile(&enforce(), &t).expect("table");
+        let logged = table
+            .sets
+            .iter()
+            .find(|s| s.name == "logged4")
+            .expect("logged4");
+        assert!(logged.dynamic && !logged.interval);
+        assert_eq!(logged.timeout_secs, Some(120));
+        let rules = &table.chains[0].rules;
+        let log_rules: Vec<&Vec<Stmt>> = rules
+            .iter()
+            .map(|r| &r.stmts)
+            .filter(|s| s.iter().any(|x| matches!(x, Stmt::Log { .. })))
+            .collect();
+        assert_eq!(log_rules.len(), 4, "ICMP and the rest, per family");
+        for stmts in &log_rules {
+            // Not logged yet -> within the budget -> log -> remember; in that order, so a flow
+            // over the budget is not remembered and its next packet is logged.
+            let pos = |f: &dyn Fn(&Stmt) -> bool| stmts.iter().position(f).expect("statement");
+            let lookup = pos(&|s| matches!(s, Stmt::Lookup { negate: true, .. }));
+            let limit = pos(&|s| {
+                matches!(
+                    s,
+                    Stmt::Limit {
+                        per_second: 3,
+                        burst: 9
+                    }
+                )
+            });
+            let log = pos(&|s| matches!(s, Stmt::Log { group: 7, .. }));
+            let add = pos(&|s| matches!(s, Stmt::Add { .. }));
+            assert!(lookup < limit && limit < log && log < add, "{stmts:?}");
+            let (Stmt::Lookup { set, key, .. }, Stmt::Add { set: s2, key: k2 }) =
+                (&stmts[lookup], &stmts[add])
+            else {
+                unreachable!()
+            };
+            assert_eq!((set, key), (s2, k2), "the key looked up is the key added");
+            assert!(!stmts.iter().any(|s| matches!(s, Stmt::Verdict(_))));
+            // ICMP flows by type and code, the rest by destination port.
+            let third = key[2];
+            if stmts
+                .iter()
+                .any(|s| matches!(s, Stmt::L4Proto(1) | Stmt::L4Proto(58)))
+            {
+                assert!(matches!(third, Selector::Raw { offset: 0, .. }));
+            } else {
+                assert_eq!(third, Selector::ThDport);
+            }
+        }
+        // Every packet the allowlist does not accept reaches the counter after them.
+        let last = rules.last().expect("closing");
+        assert_eq!(last.stmts, [Stmt::Counter]);
     }
 }

@@ -34,26 +34,35 @@ pub struct Target {
     pub log: DenyLog,
 }
 
-/// The NFLOG group the closing rule logs to and its per-pod rate limit (conflist `nflogGroup`
-/// and `denyLogRate`).
+/// How the closing rules log what the policy does not allow (conflist `nflogGroup`,
+/// `denyLogRate` and `denyLogInterval`): every distinct flow (destination, protocol, port; ICMP
+/// by type and code) once per interval, new flows at most at `rate` per pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenyLog {
     pub group: u16,
+    /// New flows logged per second, with a burst (per pod, for each family's ICMP and other
+    /// protocols apart).
     pub rate: Rate,
+    /// A flow already logged is logged again once this many seconds have passed.
+    pub interval_secs: u32,
 }
 
 impl DenyLog {
-    /// 10 packets a second with a burst of 20, per pod.
+    /// 100 new flows a second with a burst of 10,000, per pod: a backend that opens thousands
+    /// of flows at start has every one logged.
     pub const DEFAULT_RATE: Rate = Rate {
-        per_second: 10,
-        burst: 20,
+        per_second: 100,
+        burst: 10_000,
     };
+    /// Each flow at least once a minute.
+    pub const DEFAULT_INTERVAL_SECS: u32 = 60;
 
-    /// `group` at the default rate.
+    /// `group` at the default rate and interval.
     pub const fn new(group: u16) -> DenyLog {
         DenyLog {
             group,
             rate: Self::DEFAULT_RATE,
+            interval_secs: Self::DEFAULT_INTERVAL_SECS,
         }
     }
 }

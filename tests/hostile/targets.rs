@@ -592,6 +592,26 @@ impl Frame {
     }
 }
 
+/// The same frame as `ruleset::eval` takes it: the link header only at netdev hooks.
+fn eval_packet(p: &Packet, family: Family) -> egress_guard::ruleset::eval::Packet {
+    let f = Frame::of(p);
+    let mut network = f.net.clone();
+    network.extend_from_slice(&f.transport);
+    egress_guard::ruleset::eval::Packet {
+        link: (family == Family::Netdev).then(|| f.link[..14].try_into().unwrap()),
+        thoff: f.net.len(),
+        network,
+        l3: if p.v6 {
+            egress_guard::ruleset::L3::Ipv6
+        } else {
+            egress_guard::ruleset::L3::Ipv4
+        },
+        l4proto: p.proto,
+        oifname: "eth0".into(),
+        ct_state: egress_guard::ruleset::eval::CT_NEW,
+    }
+}
+
 fn number(b: &[u8]) -> u128 {
     b.iter().fold(0u128, |acc, x| (acc << 8) | *x as u128)
 }
@@ -688,7 +708,11 @@ pub fn evaluate(table: &Table, chain: &str, p: &Packet) -> Verdict {
                         }
                     }
                 }
-                Stmt::Update { .. } | Stmt::Limit { .. } | Stmt::Log { .. } | Stmt::Counter => true,
+                Stmt::Update { .. }
+                | Stmt::Add { .. }
+                | Stmt::Limit { .. }
+                | Stmt::Log { .. }
+                | Stmt::Counter => true,
                 Stmt::Verdict(v) => return *v,
             };
             if !matched {
@@ -857,6 +881,16 @@ pub fn compile_target(data: &[u8]) {
             }
             for chain in chains {
                 let accepted = evaluate(&table, chain, p) == Verdict::Accept;
+                // `explain`'s evaluator decides as this reference does.
+                if !p.arp {
+                    let c = table.chains.iter().find(|c| c.name == *chain).unwrap();
+                    let ours = egress_guard::ruleset::eval::run(&table, c, &eval_packet(p, family));
+                    assert_eq!(
+                        ours.verdict == Verdict::Accept,
+                        accepted,
+                        "ruleset::eval and the reference differ on {p:?} in {chain}"
+                    );
+                }
                 let host = family == Family::Netdev;
                 // The inet pod table still accepts RS, NS and NA of any shape (README).
                 let pod_nd = !host && p.never_allowed() && [133, 135, 136].contains(&p.icmp_type);

@@ -81,6 +81,7 @@ pub(crate) const CMP_GTE: u32 = 5;
 pub(crate) const BASE_LINK: u32 = 0;
 pub(crate) const BASE_NETWORK: u32 = 1;
 pub(crate) const BASE_TRANSPORT: u32 = 2;
+pub(crate) const DYNSET_OP_ADD: u32 = 0;
 pub(crate) const DYNSET_OP_UPDATE: u32 = 1;
 pub(crate) const RANGE_NEQ: u32 = 1;
 pub(crate) const LOOKUP_F_INV: u32 = 1;

@@ -336,6 +336,15 @@ pub fn lower_stmt(family: Family, stmt: &Stmt, out: &mut Vec<Expr>) {
                 }),
             });
         }
+        Stmt::Add { set, key } => {
+            load_key(key, out);
+            out.push(Expr::Dynset {
+                set: set.clone(),
+                op: DYNSET_OP_ADD,
+                sreg: r,
+                expr: None,
+            });
+        }
         Stmt::Limit { per_second, burst } => out.push(Expr::Limit {
             rate: *per_second,
             unit: 1,

@@ -2,6 +2,7 @@
 //! node built from namespaces (node, "internet", orchestrator, metadata address), a CNI chain
 //! executor that behaves like libcni, and traffic probes that run inside a namespace.
 
+pub mod agent;
 pub mod chain;
 pub mod node;
 pub mod probe;

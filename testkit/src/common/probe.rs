@@ -107,6 +107,75 @@ impl Server {
         })
     }
 
+    /// UDP echo servers on [::]:port for each of `ports`, served by one thread.
+    pub fn udp_ports(ns: &str, ports: Vec<u16>) -> Server {
+        Server::spawn(ns, move |stop, seen, ready| {
+            let socks: Vec<UdpSocket> = ports
+                .iter()
+                .map(|p| {
+                    let s =
+                        UdpSocket::bind(("::", *p)).unwrap_or_else(|e| panic!("bind udp {p}: {e}"));
+                    s.set_nonblocking(true).unwrap();
+                    s
+                })
+                .collect();
+            ready.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::SeqCst) {
+                let mut idle = true;
+                for s in &socks {
+                    while let Ok((n, from)) = s.recv_from(&mut buf) {
+                        idle = false;
+                        seen.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..n]).to_string());
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    }
+
+    /// TCP echo servers on [::]:port for each of `ports` (one line per connection), served by
+    /// one thread.
+    pub fn tcp_ports(ns: &str, ports: Vec<u16>) -> Server {
+        Server::spawn(ns, move |stop, seen, ready| {
+            let listeners: Vec<TcpListener> = ports
+                .iter()
+                .map(|p| {
+                    let l = TcpListener::bind(("::", *p))
+                        .unwrap_or_else(|e| panic!("bind tcp {p}: {e}"));
+                    l.set_nonblocking(true).unwrap();
+                    l
+                })
+                .collect();
+            ready.send(()).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let mut idle = true;
+                for l in &listeners {
+                    while let Ok((c, _)) = l.accept() {
+                        idle = false;
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_millis(500)))
+                            .unwrap();
+                        let mut line = String::new();
+                        let mut w = c.try_clone().unwrap();
+                        if BufReader::new(c).read_line(&mut line).is_ok() {
+                            seen.lock().unwrap().push(line.trim().to_string());
+                            let _ = w.write_all(line.as_bytes());
+                        }
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    }
+
     /// Records every IPv4 TCP segment arriving in the namespace as "tcp SPORT>DPORT".
     pub fn raw_tcp_sniffer(ns: &str) -> Server {
         Server::raw_sniffer(ns, libc::AF_INET, libc::IPPROTO_TCP, |l4| {
