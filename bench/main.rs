@@ -174,6 +174,15 @@ fn cleanup() {
             eprintln!("bench cleanup: deleted netns {ns}");
         }
     }
+    if let Ok(dirs) = std::fs::read_dir(pods::STATE_BASE) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().to_string();
+            if name.starts_with(&format!("eg{}", pods::STATE_TAG)) {
+                let _ = std::fs::remove_dir_all(d.path());
+                eprintln!("bench cleanup: removed {}", d.path().display());
+            }
+        }
+    }
     let base = std::path::Path::new(cri::node::BASE);
     if base.join("bench-image").exists() {
         for n in cri::node::teardown(base) {

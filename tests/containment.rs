@@ -528,9 +528,9 @@ fn suite(kind: &str, hairpin: bool, placement: &str) {
     );
     // 9. Allowlisted IP addressed at layer 2 to another pod (bridge: a covert channel).
     if kind == "bridge" {
-        // Allowlisted IP addressed at layer 2 to the neighbour's MAC (the l2dst4/l2dst6 rules:
-        // off-link only through the gateway's MAC). The neighbour re-announces itself first,
-        // since the control's earlier frames may have moved its MAC in the bridge's FDB.
+        // Allowlisted IP addressed at layer 2 to the neighbour's MAC (the gateway pin: off-link
+        // only through the gateway's MAC). The neighbour re-announces itself first, since the
+        // control's earlier frames may have moved its MAC in the bridge's FDB.
         attack(
             &mut r,
             "allowlisted UDP addressed at layer 2 to the neighbour's MAC",

@@ -1,5 +1,5 @@
 //! Small constructors of statements, rules and sets shared by the table builders, and the span
-//! arithmetic (merge, complement, cartesian product) that set elements are made with.
+//! merging that interval set elements are made with.
 
 use super::{Base, CmpOp, Element, Field, Load, Rule, Selector, Set, Span, Stmt};
 
@@ -175,41 +175,6 @@ pub(super) fn merged(mut spans: Vec<(u128, u128)>) -> Vec<Span> {
         }
     }
     out
-}
-
-/// The values up to `max` that none of `spans` (disjoint, sorted) covers.
-pub(super) fn complement(spans: &[Span], max: u128) -> Vec<Span> {
-    let mut out = Vec::new();
-    let mut next = Some(0u128);
-    for s in spans {
-        if let Some(n) = next {
-            if s.lo > n {
-                out.push(Span::new(n, s.lo - 1));
-            }
-        }
-        next = s.hi.checked_add(1).filter(|v| *v <= max);
-    }
-    if let Some(n) = next {
-        out.push(Span::new(n, max));
-    }
-    out
-}
-
-/// Every combination of one span per field.
-pub(super) fn product(fields: &[Vec<Span>]) -> Vec<Element> {
-    let mut out = vec![Vec::new()];
-    for spans in fields {
-        let mut next = Vec::new();
-        for prefix in &out {
-            for s in spans {
-                let mut p: Vec<Span> = prefix.clone();
-                p.push(*s);
-                next.push(p);
-            }
-        }
-        out = next;
-    }
-    out.into_iter().map(el).collect()
 }
 
 pub(super) fn single(v: u128) -> Vec<Span> {

@@ -3,11 +3,11 @@
 //! gateway's MAC for everything off-link.
 
 use super::builders::{
-    absent, cmp, complement, el, link, lookup, merged, meta_len, net, product, raw, rule, set_of,
-    single, th, ETH_HLEN, ETH_SADDR, ETH_TYPE, ICMPV6,
+    absent, cmp, el, link, lookup, merged, meta_len, net, raw, rule, set_of, single, th, ETH_DADDR,
+    ETH_HLEN, ETH_SADDR, ETH_TYPE, ICMPV6,
 };
 use super::podnet::PodNet;
-use super::{Base, CmpOp, Dev, Element, Field, Hook, Rule, Selector, Set, Span, Stmt, Verdict, L3};
+use super::{Base, CmpOp, Dev, Field, Hook, Rule, Selector, Set, Stmt, Verdict, L3};
 
 /// Which interface a link table's chains are bound to, which decides the hooks and what the
 /// from-pod rules see.
@@ -50,11 +50,11 @@ const V6_LINK_LOCAL: (u128, u128) = (
     0xfe80_0000_0000_0000_0000_0000_0000_0000,
     0xfebf_ffff_ffff_ffff_ffff_ffff_ffff_ffff,
 );
-/// Solicited-node multicast groups, ff02::1:ff00:0/104.
-const V6_SOLICITED: (u128, u128) = (
-    0xff02_0000_0000_0000_0000_0001_ff00_0000,
-    0xff02_0000_0000_0000_0000_0001_ffff_ffff,
-);
+/// Solicited-node multicast groups, ff02::1:ff00:0/104: the first 13 bytes.
+const SOLICITED_PREFIX: [u8; 13] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
+/// The single-field interval sets of the pod's on-link subnets.
+const ONLINK4: &str = "onlink4";
+const ONLINK6: &str = "onlink6";
 const V6_ALL_NODES: u128 = 0xff02_0000_0000_0000_0000_0000_0000_0001;
 const V6_ALL_ROUTERS: u128 = 0xff02_0000_0000_0000_0000_0000_0000_0002;
 const ND_HEADER: [u8; 2] = [ICMPV6, 255];
@@ -93,36 +93,48 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
         cmp(link(ETH_SADDR, 6), CmpOp::Neq, pod.mac.0),
         drop(),
     ]));
+    // The on-link subnets, one single-field interval set per family: ARP targets, neighbour
+    // discovery and the Ethernet destination rules below look them up. Single-field interval
+    // sets are red-black trees in the kernel, cheap to create; a concatenated interval set
+    // (pipapo) allocates and zeroes lookup tables of 2 KiB per key byte when it is filled,
+    // which made ADD slow (docs/benchmarks.md).
     if !v4.is_empty() {
-        // ARP: Ethernet/IPv4, request or reply, exact length, sender = the pod (or 0.0.0.0
-        // for a probe), target inside the pod's on-link subnets.
-        let senders = merged(
-            std::iter::once((0, 0))
-                .chain(v4.iter().map(|a| (a.value(), a.value())))
-                .collect(),
-        );
         sets.push(set_of(
-            "arp4",
-            vec![Field::Ipv4Addr, Field::Ipv4Addr],
+            ONLINK4,
+            vec![Field::Ipv4Addr],
             true,
-            product(&[senders, onlink4.clone()]),
+            onlink4.iter().map(|s| el(vec![*s])).collect(),
         ));
-        rules.push(rule(vec![
-            Stmt::EtherType(dev, L3::Arp),
-            side.len(CmpOp::Eq, 28),
-            cmp(net(0, 6), CmpOp::Eq, [0, 1, 8, 0, 6, 4]),
-            cmp(net(6, 2), CmpOp::Gte, [0, 1]),
-            cmp(net(6, 2), CmpOp::Lte, [0, 2]),
-            cmp(net(8, 6), CmpOp::Eq, pod.mac.0),
-            lookup(
-                "arp4",
-                vec![
-                    raw(Base::Network, 14, Field::Ipv4Addr),
-                    raw(Base::Network, 24, Field::Ipv4Addr),
-                ],
-            ),
-            Stmt::Verdict(Verdict::Accept),
-        ]));
+    }
+    if !v6.is_empty() {
+        sets.push(set_of(
+            ONLINK6,
+            vec![Field::Ipv6Addr],
+            true,
+            onlink6.iter().map(|s| el(vec![*s])).collect(),
+        ));
+    }
+    if !v4.is_empty() {
+        // ARP: Ethernet/IPv4, request or reply, exact length, sender = the pod (one of its
+        // addresses, or 0.0.0.0 for a probe), target inside the pod's on-link subnets.
+        let arp = |sender: Stmt| {
+            rule(vec![
+                Stmt::EtherType(dev, L3::Arp),
+                side.len(CmpOp::Eq, 28),
+                cmp(net(0, 6), CmpOp::Eq, [0, 1, 8, 0, 6, 4]),
+                cmp(net(6, 2), CmpOp::Gte, [0, 1]),
+                cmp(net(6, 2), CmpOp::Lte, [0, 2]),
+                cmp(net(8, 6), CmpOp::Eq, pod.mac.0),
+                sender,
+                lookup(ONLINK4, vec![raw(Base::Network, 24, Field::Ipv4Addr)]),
+                Stmt::Verdict(Verdict::Accept),
+            ])
+        };
+        rules.push(arp(lookup(
+            "own4",
+            vec![raw(Base::Network, 14, Field::Ipv4Addr)],
+        )));
+        rules.push(arp(cmp(net(14, 4), CmpOp::Eq, [0u8; 4])));
     }
     // Untagged IPv4 and IPv6 only from here on (ARP was decided above): `meta protocol`, which
     // the rules below match on, is the type inside a VLAN tag.
@@ -180,46 +192,24 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
             absent("own6", vec![Selector::Ip6Saddr]),
             drop(),
         ]));
-        nd_rules(pod, side, &own6, &onlink6, sets, rules);
+        nd_rules(pod, side, rules);
     }
     if let Some(gw) = pod.gateway_mac {
-        // (destination . Ethernet destination): on-link destinations with any MAC (the
-        // neighbour's), everything else only through the gateway's MAC.
-        for (l3, daddr, set, spans, has) in [
-            (
-                L3::Ipv4,
-                Selector::Ip4Daddr,
-                "l2dst4",
-                &onlink4,
-                !v4.is_empty(),
-            ),
-            (
-                L3::Ipv6,
-                Selector::Ip6Daddr,
-                "l2dst6",
-                &onlink6,
-                !v6.is_empty(),
-            ),
+        // Off-link destinations only through the gateway's MAC; on-link ones with any MAC
+        // (the neighbour's): drop what goes to neither.
+        for (l3, daddr, set, has) in [
+            (L3::Ipv4, Selector::Ip4Daddr, ONLINK4, !v4.is_empty()),
+            (L3::Ipv6, Selector::Ip6Daddr, ONLINK6, !v6.is_empty()),
         ] {
-            if !has {
-                continue;
+            if has {
+                rules.push(rule(vec![
+                    Stmt::LinkIsEther(dev),
+                    Stmt::L3(l3),
+                    cmp(link(ETH_DADDR, 6), CmpOp::Neq, gw.0),
+                    absent(set, vec![daddr]),
+                    drop(),
+                ]));
             }
-            let addr = daddr.field();
-            let any_mac = Span::new(0, Field::EtherAddr.max());
-            let mut elements: Vec<Element> = spans.iter().map(|s| el(vec![*s, any_mac])).collect();
-            elements.extend(
-                complement(spans, addr.max())
-                    .into_iter()
-                    .map(|s| el(vec![s, Span::single(gw.as_u128())])),
-            );
-            elements.sort();
-            sets.push(set_of(set, vec![addr, Field::EtherAddr], true, elements));
-            rules.push(rule(vec![
-                Stmt::LinkIsEther(dev),
-                Stmt::L3(l3),
-                absent(set, vec![daddr, Selector::EtherDaddr]),
-                drop(),
-            ]));
         }
     }
 }
@@ -229,140 +219,461 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
 /// option) to a solicited-node group or an on-link/link-local address, for an on-link
 /// target; NA only for the pod's own addresses, to all-nodes or on-link/link-local, without
 /// or with the pod's MAC as target link-layer option; RS to all-routers with the pod's MAC.
-/// Every other RS, RA, NS, NA and redirect is dropped.
-fn nd_rules(
-    pod: &PodNet,
-    side: Side,
-    own6: &[u128],
-    onlink6: &[Span],
-    sets: &mut Vec<Set>,
-    rules: &mut Vec<Rule>,
-) {
-    let type_code = |t: u8| single((t as u128) << 8);
-    let own: Vec<Span> = own6.iter().map(|a| Span::single(*a)).collect();
-    let mut na_dst = vec![Span::single(V6_ALL_NODES)];
-    na_dst.extend(onlink6.iter().copied());
-    let mut ns_dst = vec![Span::new(V6_SOLICITED.0, V6_SOLICITED.1)];
-    ns_dst.extend(onlink6.iter().copied());
-    let any = vec![Span::new(0, u128::MAX)];
-    let mac = single(pod.mac.as_u128());
-
-    // 24 bytes of ICMPv6: NS from `::` (DAD for an own address), NA without option.
-    let mut short = product(&[
-        type_code(ICMP6_NS),
-        single(0),
-        vec![Span::new(V6_SOLICITED.0, V6_SOLICITED.1)],
-        own.clone(),
-    ]);
-    short.extend(product(&[
-        type_code(ICMP6_NA),
-        any.clone(),
-        na_dst.clone(),
-        own.clone(),
-    ]));
-    short.sort();
-    sets.push(set_of(
-        "nd6_short",
-        vec![
-            Field::InetService,
-            Field::Ipv6Addr,
-            Field::Ipv6Addr,
-            Field::Ipv6Addr,
-        ],
-        true,
-        short,
-    ));
-    // 32 bytes: NS / NA with the link-layer address option.
-    let mut long = product(&[
-        type_code(ICMP6_NS),
-        ns_dst,
-        onlink6.to_vec(),
-        single(OPT_SOURCE_LL as u128),
-        mac.clone(),
-    ]);
-    long.extend(product(&[
-        type_code(ICMP6_NA),
-        na_dst,
-        own,
-        single(OPT_TARGET_LL as u128),
-        mac,
-    ]));
-    long.sort();
-    sets.push(set_of(
-        "nd6_long",
-        vec![
-            Field::InetService,
-            Field::Ipv6Addr,
-            Field::Ipv6Addr,
-            Field::InetService,
-            Field::EtherAddr,
-        ],
-        true,
-        long,
-    ));
-    let header = || cmp(net(6, 2), CmpOp::Eq, ND_HEADER);
-    // Type and code, source, destination and target address, in `nd6_short`.
-    let nd6_short = || {
-        lookup(
-            "nd6_short",
-            vec![
-                raw(Base::Transport, 0, Field::InetService),
-                Selector::Ip6Saddr,
-                Selector::Ip6Daddr,
-                raw(Base::Transport, 8, Field::Ipv6Addr),
-            ],
+/// Every other RS, RA, NS, NA and redirect is dropped. One rule per message shape and kind
+/// of destination, over the `own6` and `onlink6` sets: no concatenated interval set.
+fn nd_rules(pod: &PodNet, side: Side, rules: &mut Vec<Rule>) {
+    // Every accepted message: IPv6 of exact length, next header ICMPv6, hop limit 255.
+    let nd = |icmp_len: u32, type_: u8, mut stmts: Vec<Stmt>| {
+        let mut all = vec![
+            Stmt::L3(L3::Ipv6),
+            side.len(CmpOp::Eq, 40 + icmp_len),
+            cmp(net(6, 2), CmpOp::Eq, ND_HEADER),
+            cmp(th(0, 2), CmpOp::Eq, [type_, 0]),
+        ];
+        all.append(&mut stmts);
+        all.push(Stmt::Verdict(Verdict::Accept));
+        rule(all)
+    };
+    let solicited = || {
+        cmp(
+            net(24, SOLICITED_PREFIX.len() as u32),
+            CmpOp::Eq,
+            SOLICITED_PREFIX,
         )
     };
-    rules.push(rule(vec![
-        Stmt::L3(L3::Ipv6),
-        side.len(CmpOp::Eq, 40 + 24),
-        header(),
-        nd6_short(),
-        Stmt::Verdict(Verdict::Accept),
-    ]));
-    rules.push(rule(vec![
-        Stmt::L3(L3::Ipv6),
-        side.len(CmpOp::Eq, 40 + 32),
-        header(),
-        lookup(
-            "nd6_long",
-            vec![
-                raw(Base::Transport, 0, Field::InetService),
-                Selector::Ip6Daddr,
-                raw(Base::Transport, 8, Field::Ipv6Addr),
-                raw(Base::Transport, 24, Field::InetService),
-                raw(Base::Transport, 26, Field::EtherAddr),
-            ],
-        ),
-        Stmt::Verdict(Verdict::Accept),
-    ]));
-    // Duplicate address detection as Linux sends it (`enhanced_dad`, RFC 7527): the NS from
-    // `::` with a nonce option (type 14, 8 bytes), for an own address.
-    rules.push(rule(vec![
-        Stmt::L3(L3::Ipv6),
-        side.len(CmpOp::Eq, 40 + 32),
-        header(),
-        cmp(th(0, 2), CmpOp::Eq, [ICMP6_NS, 0]),
-        cmp(th(24, 2), CmpOp::Eq, [OPT_NONCE, 1]),
-        nd6_short(),
-        Stmt::Verdict(Verdict::Accept),
-    ]));
-    let mut rs_option = OPT_SOURCE_LL.to_be_bytes().to_vec();
-    rs_option.extend_from_slice(&pod.mac.0);
-    rules.push(rule(vec![
-        Stmt::L3(L3::Ipv6),
-        side.len(CmpOp::Eq, 40 + 16),
-        header(),
-        cmp(net(24, 16), CmpOp::Eq, V6_ALL_ROUTERS.to_be_bytes()),
-        cmp(th(0, 2), CmpOp::Eq, [ICMP6_RS, 0]),
-        cmp(th(4, 4), CmpOp::Eq, [0u8; 4]),
-        cmp(th(8, 8), CmpOp::Eq, rs_option),
-        Stmt::Verdict(Verdict::Accept),
-    ]));
+    let all_nodes = || cmp(net(24, 16), CmpOp::Eq, V6_ALL_NODES.to_be_bytes());
+    let onlink_dst = || lookup(ONLINK6, vec![Selector::Ip6Daddr]);
+    let target = || raw(Base::Transport, 8, Field::Ipv6Addr);
+    // The target is one of the pod's own addresses (`own6` holds `::` too, the source of
+    // duplicate address detection, which is no target).
+    let own_target = || {
+        [
+            cmp(th(8, 16), CmpOp::Neq, [0u8; 16]),
+            lookup("own6", vec![target()]),
+        ]
+    };
+    // A link-layer address option (type and length, then the pod's MAC).
+    let option_bytes = |kind: u16| {
+        let mut v = kind.to_be_bytes().to_vec();
+        v.extend_from_slice(&pod.mac.0);
+        v
+    };
+    // NS and NA carry it after the 24-byte message.
+    let option = |kind: u16| cmp(th(24, 8), CmpOp::Eq, option_bytes(kind));
+    let dad = |mut extra: Vec<Stmt>| {
+        let mut v = vec![cmp(net(8, 16), CmpOp::Eq, [0u8; 16]), solicited()];
+        v.extend(own_target());
+        v.append(&mut extra);
+        v
+    };
+    // 24 bytes of ICMPv6: NS from `::` (duplicate address detection for an own address) to
+    // its solicited-node group; as Linux sends it (`enhanced_dad`, RFC 7527), with a nonce
+    // option (type 14, 8 bytes).
+    rules.push(nd(24, ICMP6_NS, dad(vec![])));
+    rules.push(nd(
+        32,
+        ICMP6_NS,
+        dad(vec![cmp(th(24, 2), CmpOp::Eq, [OPT_NONCE, 1])]),
+    ));
+    // NS with the pod's MAC as source link-layer option, for an on-link target, to its
+    // solicited-node group or to an on-link/link-local address (unicast NUD).
+    for dst in [solicited(), onlink_dst()] {
+        rules.push(nd(
+            32,
+            ICMP6_NS,
+            vec![option(OPT_SOURCE_LL), dst, lookup(ONLINK6, vec![target()])],
+        ));
+    }
+    // NA for an own address, to all-nodes or to an on-link/link-local address, without or
+    // with the pod's MAC as target link-layer option.
+    for dst in [all_nodes(), onlink_dst()] {
+        let mut short = vec![dst.clone()];
+        short.extend(own_target());
+        rules.push(nd(24, ICMP6_NA, short));
+        let mut long = vec![option(OPT_TARGET_LL), dst];
+        long.extend(own_target());
+        rules.push(nd(32, ICMP6_NA, long));
+    }
+    // RS to all-routers with the pod's MAC as source link-layer option.
+    rules.push(nd(
+        16,
+        ICMP6_RS,
+        vec![
+            cmp(net(24, 16), CmpOp::Eq, V6_ALL_ROUTERS.to_be_bytes()),
+            cmp(th(4, 4), CmpOp::Eq, [0u8; 4]),
+            cmp(th(8, 8), CmpOp::Eq, option_bytes(OPT_SOURCE_LL)),
+        ],
+    ));
     rules.push(rule(vec![
         Stmt::L3(L3::Ipv6),
         Stmt::L4Proto(ICMPV6),
         Stmt::IcmpTypeRange(ICMP6_RS, ICMP6_REDIRECT),
         Stmt::Verdict(Verdict::Drop),
     ]));
+}
+
+#[cfg(test)]
+mod tests {
+    //! Frames of every shape the identity rules decide, run through the compiled from-pod
+    //! chain of the example pod (10.22.0.5/24, fd00:22::5/64, fe80::858:aff:fe16:5, MAC
+    //! 0a:58:0a:16:00:05, gateway 0a:58:0a:16:00:01). The same shapes go through the kernel
+    //! in tests/containment.rs.
+    use std::net::Ipv6Addr;
+
+    use crate::ruleset::compile::fixtures::{enforce, target};
+    use crate::ruleset::eval::{run, Packet, CT_NEW};
+    use crate::ruleset::{compile, Table, Verdict, L3};
+
+    const POD_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x16, 0x00, 0x05];
+    const GW_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x16, 0x00, 0x01];
+    const NEIGHBOUR_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x16, 0x00, 0x07];
+    const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+
+    fn table() -> Table {
+        let mut p = enforce();
+        p.entries = ["10.0.5.0/24 tcp 8443", "fd00:5::/64 tcp 8443"]
+            .into_iter()
+            .map(|e| crate::policy::parse_network_entry(e).expect("entry"))
+            .collect();
+        compile(&p, &target("c1", "eth0")).expect("table")
+    }
+
+    fn frame(
+        dst: [u8; 6],
+        ethertype: u16,
+        network: Vec<u8>,
+        l3: L3,
+        l4: u8,
+        thoff: usize,
+    ) -> Packet {
+        let mut link = [0u8; 14];
+        link[..6].copy_from_slice(&dst);
+        link[6..12].copy_from_slice(&POD_MAC);
+        link[12..].copy_from_slice(&ethertype.to_be_bytes());
+        Packet {
+            link: Some(link),
+            network,
+            l3,
+            l4proto: l4,
+            thoff,
+            oifname: String::new(),
+            ct_state: CT_NEW,
+        }
+    }
+
+    fn a6(s: &str) -> [u8; 16] {
+        s.parse::<Ipv6Addr>().expect("address").octets()
+    }
+
+    fn v6(src: &str, dst: &str, next: u8, hops: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[next, hops]);
+        h.extend_from_slice(&a6(src));
+        h.extend_from_slice(&a6(dst));
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// An NS or NA (`kind`), for `target`, with an optional 8-byte option.
+    fn nd(kind: u8, flags: u8, target: &str, option: Option<[u8; 8]>) -> Vec<u8> {
+        let mut m = vec![kind, 0, 0xab, 0xcd, flags, 0, 0, 0];
+        m.extend_from_slice(&a6(target));
+        if let Some(o) = option {
+            m.extend_from_slice(&o);
+        }
+        m
+    }
+
+    fn lladdr(kind: u8, mac: [u8; 6]) -> Option<[u8; 8]> {
+        let mut o = [kind, 1, 0, 0, 0, 0, 0, 0];
+        o[2..].copy_from_slice(&mac);
+        Some(o)
+    }
+
+    fn icmp6(src: &str, dst: &str, hops: u8, icmp: Vec<u8>) -> Packet {
+        frame(
+            [0x33, 0x33, 0, 0, 0, 1],
+            0x86dd,
+            v6(src, dst, 58, hops, &icmp),
+            L3::Ipv6,
+            58,
+            40,
+        )
+    }
+
+    fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4], extra: usize) -> Packet {
+        let mut a = vec![0, 1, 8, 0, 6, 4];
+        a.extend_from_slice(&op.to_be_bytes());
+        a.extend_from_slice(&sha);
+        a.extend_from_slice(&spa);
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&tpa);
+        a.resize(28 + extra, 0);
+        frame([0xff; 6], 0x0806, a, L3::Arp, 0, 28)
+    }
+
+    fn tcp4(dst_mac: [u8; 6], dst: [u8; 4], dport: u16) -> Packet {
+        let mut n = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 22, 0, 5];
+        n.extend_from_slice(&dst);
+        n.extend_from_slice(&40000u16.to_be_bytes());
+        n.extend_from_slice(&dport.to_be_bytes());
+        n.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        frame(dst_mac, 0x0800, n, L3::Ipv4, 6, 20)
+    }
+
+    fn tcp6(dst_mac: [u8; 6], dst: &str, dport: u16) -> Packet {
+        let mut t = 40000u16.to_be_bytes().to_vec();
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        frame(
+            dst_mac,
+            0x86dd,
+            v6("fd00:22::5", dst, 6, 64, &t),
+            L3::Ipv6,
+            6,
+            40,
+        )
+    }
+
+    fn verdict(t: &Table, p: &Packet) -> Verdict {
+        run(t, &t.chains[0], p).verdict
+    }
+
+    #[test]
+    fn neighbour_discovery_of_exact_shape_passes_and_nothing_else() {
+        let t = table();
+        let own = "fd00:22::5";
+        let ll = "fe80::858:aff:fe16:5";
+        let nonce = Some([14, 1, 1, 2, 3, 4, 5, 6]);
+        let pass = [
+            (
+                "DAD",
+                icmp6("::", "ff02::1:ff00:5", 255, nd(135, 0, own, None)),
+            ),
+            (
+                "DAD with a nonce",
+                icmp6("::", "ff02::1:ff00:5", 255, nd(135, 0, own, nonce)),
+            ),
+            (
+                "DAD of the link-local address",
+                icmp6("::", "ff02::1:ff16:5", 255, nd(135, 0, ll, None)),
+            ),
+            (
+                "NS for the gateway",
+                icmp6(
+                    own,
+                    "ff02::1:ff00:1",
+                    255,
+                    nd(135, 0, "fd00:22::1", lladdr(1, POD_MAC)),
+                ),
+            ),
+            (
+                "unicast NUD",
+                icmp6(
+                    ll,
+                    "fe80::1",
+                    255,
+                    nd(135, 0, "fe80::1", lladdr(1, POD_MAC)),
+                ),
+            ),
+            (
+                "unsolicited NA",
+                icmp6(own, "ff02::1", 255, nd(136, 0x20, own, None)),
+            ),
+            (
+                "unsolicited NA with the option",
+                icmp6(own, "ff02::1", 255, nd(136, 0x20, own, lladdr(2, POD_MAC))),
+            ),
+            (
+                "solicited NA to the gateway",
+                icmp6(ll, "fe80::1", 255, nd(136, 0x60, ll, lladdr(2, POD_MAC))),
+            ),
+            (
+                "NA to an on-link neighbour",
+                icmp6(own, "fd00:22::7", 255, nd(136, 0x40, own, None)),
+            ),
+            ("RS", {
+                let mut rs = vec![133, 0, 0, 0, 0, 0, 0, 0];
+                rs.extend_from_slice(&lladdr(1, POD_MAC).expect("option"));
+                icmp6(ll, "ff02::2", 255, rs)
+            }),
+        ];
+        for (what, p) in pass {
+            assert_eq!(verdict(&t, &p), Verdict::Accept, "{what}");
+        }
+        let blocked = [
+            (
+                "NA for a neighbour's address",
+                icmp6(
+                    own,
+                    "ff02::1",
+                    255,
+                    nd(136, 0x20, "fd00:22::7", lladdr(2, POD_MAC)),
+                ),
+            ),
+            (
+                "NA for ::",
+                icmp6(own, "ff02::1", 255, nd(136, 0x20, "::", None)),
+            ),
+            (
+                "NA to an internet address",
+                icmp6(
+                    own,
+                    "2001:db8::1",
+                    255,
+                    nd(136, 0x20, own, lladdr(2, POD_MAC)),
+                ),
+            ),
+            (
+                "NA to a solicited-node group",
+                icmp6(own, "ff02::1:ff00:1", 255, nd(136, 0x20, own, None)),
+            ),
+            (
+                "NA with another MAC",
+                icmp6(
+                    own,
+                    "ff02::1",
+                    255,
+                    nd(136, 0x20, own, lladdr(2, OTHER_MAC)),
+                ),
+            ),
+            (
+                "NA with hop limit 64",
+                icmp6(own, "ff02::1", 64, nd(136, 0x20, own, None)),
+            ),
+            (
+                "NS for an off-link target",
+                icmp6(
+                    own,
+                    "ff02::1:ff00:1",
+                    255,
+                    nd(135, 0, "2001:db8::1", lladdr(1, POD_MAC)),
+                ),
+            ),
+            (
+                "NS to an internet address",
+                icmp6(
+                    own,
+                    "2001:db8::1",
+                    255,
+                    nd(135, 0, "fd00:22::1", lladdr(1, POD_MAC)),
+                ),
+            ),
+            (
+                "NS to all-nodes",
+                icmp6(
+                    own,
+                    "ff02::1",
+                    255,
+                    nd(135, 0, "fd00:22::1", lladdr(1, POD_MAC)),
+                ),
+            ),
+            (
+                "NS with another MAC",
+                icmp6(
+                    own,
+                    "ff02::1:ff00:1",
+                    255,
+                    nd(135, 0, "fd00:22::1", lladdr(1, OTHER_MAC)),
+                ),
+            ),
+            (
+                "NS without the option from an address",
+                icmp6(own, "ff02::1:ff00:1", 255, nd(135, 0, "fd00:22::1", None)),
+            ),
+            (
+                "DAD to a unicast address",
+                icmp6("::", "fd00:22::7", 255, nd(135, 0, own, None)),
+            ),
+            (
+                "DAD for a neighbour's address",
+                icmp6("::", "ff02::1:ff00:7", 255, nd(135, 0, "fd00:22::7", None)),
+            ),
+            (
+                "DAD with hop limit 64",
+                icmp6("::", "ff02::1:ff00:5", 64, nd(135, 0, own, None)),
+            ),
+            ("NS with trailing data", {
+                let mut m = nd(135, 0, "fd00:22::1", lladdr(1, POD_MAC));
+                m.extend_from_slice(&[0; 8]);
+                icmp6(own, "ff02::1:ff00:1", 255, m)
+            }),
+            ("RS to all-nodes", {
+                let mut rs = vec![133, 0, 0, 0, 0, 0, 0, 0];
+                rs.extend_from_slice(&lladdr(1, POD_MAC).expect("option"));
+                icmp6(ll, "ff02::1", 255, rs)
+            }),
+            (
+                "RA",
+                icmp6(
+                    ll,
+                    "ff02::1",
+                    255,
+                    vec![134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ),
+            ),
+            (
+                "redirect",
+                icmp6(ll, "fe80::7", 255, nd(137, 0, "fd00:22::7", None)),
+            ),
+        ];
+        for (what, p) in blocked {
+            assert_eq!(verdict(&t, &p), Verdict::Drop, "{what}");
+        }
+    }
+
+    #[test]
+    fn arp_of_exact_shape_from_the_pod_passes_and_nothing_else() {
+        let t = table();
+        let (own, gw) = ([10, 22, 0, 5], [10, 22, 0, 1]);
+        for (what, p) in [
+            ("request for the gateway", arp(1, POD_MAC, own, gw, 0)),
+            ("reply", arp(2, POD_MAC, own, [10, 22, 0, 7], 0)),
+            ("probe", arp(1, POD_MAC, [0; 4], own, 0)),
+        ] {
+            assert_eq!(verdict(&t, &p), Verdict::Accept, "{what}");
+        }
+        for (what, p) in [
+            (
+                "a neighbour's address as sender",
+                arp(2, POD_MAC, [10, 22, 0, 7], gw, 0),
+            ),
+            ("another MAC as sender", arp(2, OTHER_MAC, own, gw, 0)),
+            (
+                "an off-link target",
+                arp(1, POD_MAC, own, [10, 99, 0, 1], 0),
+            ),
+            ("trailing data", arp(1, POD_MAC, own, gw, 18)),
+            ("operation 3", arp(3, POD_MAC, own, gw, 0)),
+        ] {
+            assert_eq!(verdict(&t, &p), Verdict::Drop, "{what}");
+        }
+    }
+
+    #[test]
+    fn off_link_traffic_goes_only_through_the_gateways_mac() {
+        let t = table();
+        let orch4 = [10, 0, 5, 9];
+        assert_eq!(verdict(&t, &tcp4(GW_MAC, orch4, 8443)), Verdict::Accept);
+        assert_eq!(
+            verdict(&t, &tcp4(NEIGHBOUR_MAC, orch4, 8443)),
+            Verdict::Drop
+        );
+        assert_eq!(
+            verdict(&t, &tcp6(GW_MAC, "fd00:5::9", 8443)),
+            Verdict::Accept
+        );
+        assert_eq!(
+            verdict(&t, &tcp6(NEIGHBOUR_MAC, "fd00:5::9", 8443)),
+            Verdict::Drop
+        );
+        // On-link, any MAC gets past the pin (the allowlist then decides: nothing on-link is
+        // allowlisted here, so the rule that dropped it is the policy, not the pin).
+        let outcome = run(&t, &t.chains[0], &tcp4(NEIGHBOUR_MAC, [10, 22, 0, 7], 8443));
+        assert_eq!(outcome.verdict, Verdict::Drop);
+        assert_eq!(outcome.rule, None);
+        let pinned = run(&t, &t.chains[0], &tcp4(NEIGHBOUR_MAC, orch4, 8443));
+        assert!(pinned.rule.is_some());
+    }
 }

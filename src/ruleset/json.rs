@@ -687,7 +687,7 @@ mod tests {
             json!(["ipv4_addr", "inet_proto", "inet_service"])
         );
         assert_eq!(logged["timeout"], 60);
-        assert_eq!(logged["size"], 16384);
+        assert_eq!(logged["size"], 65536);
         // Matches nft guards with a dependency of its own are raw loads; long values are hex.
         let iiftype =
             json!({"match": {"left": {"meta": {"key": "iiftype"}}, "right": "ether", "op": "=="}});

@@ -238,6 +238,15 @@ fn be_number(value: &[u8]) -> u128 {
 }
 
 /// A comparison as nft lists it: known header fields by name, anything else as a raw load.
+/// The IPv6 address field at a network header offset (8 or 24).
+fn v6_field(offset: u32) -> &'static str {
+    if offset == 8 {
+        "saddr"
+    } else {
+        "daddr"
+    }
+}
+
 fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) -> String {
     let o = op_text(op);
     let Load::Payload { base, offset, len } = load else {
@@ -245,12 +254,14 @@ fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) ->
     };
     let mac = || {
         let mut m = [0u8; 6];
-        m.copy_from_slice(&value[..6.min(value.len())]);
+        let n = value.len().min(6);
+        m[..n].copy_from_slice(&value[..n]);
         super::Mac(m).to_string()
     };
     let v6 = || {
         let mut a = [0u8; 16];
-        a.copy_from_slice(&value[..16.min(value.len())]);
+        let n = value.len().min(16);
+        a[..n].copy_from_slice(&value[..n]);
         Ipv6Addr::from(a).to_string()
     };
     match (base, offset, len, l3) {
@@ -268,7 +279,17 @@ fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) ->
             proto_name(value[0]),
             value[1]
         ),
-        (Base::Network, 24, 16, Some(L3::Ipv6)) => format!("ip6 daddr {o}{}", v6()),
+        (Base::Network, 14, 4, Some(L3::Arp)) if value.len() == 4 => format!(
+            "arp saddr ip {o}{}",
+            std::net::Ipv4Addr::new(value[0], value[1], value[2], value[3])
+        ),
+        (Base::Network, 8 | 24, 16, Some(L3::Ipv6)) => {
+            format!("ip6 {} {o}{}", v6_field(offset), v6())
+        }
+        // A load of the first bytes of an address is a prefix to nft.
+        (Base::Network, 8 | 24, 1..=15, Some(L3::Ipv6)) => {
+            format!("ip6 {} {o}{}/{}", v6_field(offset), v6(), len * 8)
+        }
         // After `ip6 nexthdr ipv6-icmp`, nft reads type and code (code 0 by the name it has
         // for destination unreachable).
         (Base::Transport, 0, 2, Some(L3::Ipv6)) if op == CmpOp::Eq && value.len() == 2 => {

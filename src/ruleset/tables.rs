@@ -18,7 +18,10 @@ use crate::policy::{Entry, Mode, Policy};
 
 /// Idle timeout of tracked replies (refreshed by every packet sent to the pod).
 pub const REPLY_TIMEOUT_SECS: u32 = 300;
-/// Maximum tracked flows per pod and family.
+/// Maximum tracked flows per pod and family. The kernel also takes a dynamic set's size as the
+/// initial size of its hash table, in a 16-bit field: 65536 leaves that hint 0, so the table
+/// starts small and grows with the flows actually there, where a size of 16384 would allocate
+/// and zero a 256 KiB table for every set of every ADD (docs/benchmarks.md).
 pub const REPLY_SET_SIZE: u32 = 65536;
 /// How long a flow the pod has not answered yet may wait for its first answer.
 pub const PENDING_TIMEOUT_SECS: u32 = 10;
@@ -147,8 +150,9 @@ fn nd_rule() -> Rule {
     rule(stmts)
 }
 
-/// Most flows a pod's table remembers as logged, per family.
-pub const LOGGED_SET_SIZE: u32 = 16384;
+/// Most flows a pod's table remembers as logged, per family (65536 for the reason given at
+/// [`REPLY_SET_SIZE`]).
+pub const LOGGED_SET_SIZE: u32 = 65536;
 
 /// The closing rules, and the chain policy that is their verdict. Per family, two rules log
 /// a flow the policy does not allow when it is not in the family's `logged` set yet and adds it
@@ -498,11 +502,13 @@ mod tests {
 
     #[test]
     fn a_host_table_is_one_rule_per_job() {
-        // From the pod: 5 identity rules (MAC, ARP, untagged IP only, IPv4 and IPv6 source),
-        // 5 neighbour discovery (short, long, DAD with a nonce, RS, the drop), 2 gateway pins, 4 per family for what it may answer, the
-        // allowlist of each family, 2 per family logging flows not logged yet (ICMP and the
-        // rest), the closing counter. To it: 3 per family. Each rule is a message of ADD's
-        // transaction.
+        // From the pod: 6 identity rules (MAC, ARP from an own address and from 0.0.0.0,
+        // untagged IP only, IPv4 and IPv6 source), 10 neighbour discovery (DAD without and
+        // with a nonce, NS to a solicited-node group and on-link, NA without and with the
+        // option to all-nodes and on-link, RS, the drop), 2 gateway pins, 4 per family for
+        // what it may answer, the allowlist of each family, 2 per family logging flows not
+        // logged yet (ICMP and the rest), the closing counter. To it: 3 per family. Each rule
+        // is a message of ADD's transaction.
         let mut p = enforce();
         p.entries = ["10.0.5.0/24 tcp 8443", "fd00::/64 tcp 443"]
             .into_iter()
@@ -510,7 +516,7 @@ mod tests {
             .collect();
         let t = compile(&p, &target("c1", "eth0")).expect("table");
         let counts: Vec<usize> = t.chains.iter().map(|c| c.rules.len()).collect();
-        assert_eq!(counts, [27, 6]);
+        assert_eq!(counts, [33, 6]);
         let last = t.chains[0].rules.last().expect("closing rule");
         assert_eq!(last.stmts, [Stmt::Counter]);
         // A pod with one family logs flows of that family only.

@@ -3,7 +3,7 @@
 
 use super::codec::{data_value, encode_expr};
 use super::consts::*;
-use super::snapshot::{comment_udata, element_keys, set_flags};
+use super::snapshot::{comment_udata, set_flags, wire_elements};
 use super::{lower_rule, msg_type, nfgen, with_header};
 use crate::netlink::attr::AttrBuf;
 use crate::netlink::socket::{
@@ -90,18 +90,20 @@ pub fn encode_batch(ops: &[Op<'_>], first_seq: u32) -> Batch {
                         with_header(fam, a),
                     );
                     // Elements in chunks so no single message grows past netlink's limits.
-                    for chunk in s.elements.chunks(256) {
+                    for chunk in wire_elements(s).chunks(256) {
                         let mut a = AttrBuf::new();
                         a.put_str(ELEM_LIST_TABLE, &t.name)
                             .put_str(ELEM_LIST_SET, &s.name)
                             .put_be32(ELEM_LIST_SET_ID, id);
                         a.nest(ELEM_LIST_ELEMENTS, |list| {
                             for e in chunk {
-                                let (lo, hi) = element_keys(s, e);
                                 list.nest(LIST_ELEM, |el| {
-                                    el.put_nested(ELEM_KEY, data_value(&lo));
-                                    if s.interval {
-                                        el.put_nested(ELEM_KEY_END, data_value(&hi));
+                                    el.put_nested(ELEM_KEY, data_value(&e.key));
+                                    if let Some(end) = &e.key_end {
+                                        el.put_nested(ELEM_KEY_END, data_value(end));
+                                    }
+                                    if e.interval_end {
+                                        el.put_be32(ELEM_FLAGS, ELEM_F_INTERVAL_END);
                                     }
                                 });
                             }

@@ -50,6 +50,9 @@ pub(crate) const ELEM_LIST_ELEMENTS: u16 = 3;
 pub(crate) const ELEM_LIST_SET_ID: u16 = 4;
 pub(crate) const ELEM_KEY: u16 = 1;
 pub(crate) const ELEM_KEY_END: u16 = 10;
+pub(crate) const ELEM_FLAGS: u16 = 3;
+/// `NFT_SET_ELEM_INTERVAL_END`: the element ends an interval of a single-field interval set.
+pub(crate) const ELEM_F_INTERVAL_END: u32 = 1;
 pub(crate) const DATA_VALUE: u16 = 1;
 pub(crate) const DATA_VERDICT: u16 = 2;
 pub(crate) const VERDICT_CODE: u16 = 1;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::codec::{counter_values, decode_expr, nested_value};
 use super::consts::*;
-use super::snapshot::parse_comment_udata;
+use super::snapshot::{is_tree, parse_comment_udata, tree_ranges};
 use super::{msg_type, nfgen, with_header, ChainSnapshot, Expr, SetSnapshot, Snapshot};
 use crate::netlink::attr::{AttrBuf, Attrs};
 use crate::netlink::socket::{Message, Socket};
@@ -100,7 +100,9 @@ pub fn read_table(
         let mut ereq = AttrBuf::new();
         ereq.put_str(ELEM_LIST_TABLE, name)
             .put_str(ELEM_LIST_SET, &set_name);
+        let flags = a.get(SET_FLAGS).and_then(|x| x.be32()).unwrap_or(0);
         let mut elements = BTreeSet::new();
+        let mut tree = Vec::new();
         for em in sock.dump(
             "list set elements",
             msg_type(MSG_GETSETELEM),
@@ -112,6 +114,11 @@ pub fn read_table(
             for el in list.nested() {
                 let el = el.nested();
                 let key = nested_value(el.get(ELEM_KEY));
+                if is_tree(flags) {
+                    let eflags = el.get(ELEM_FLAGS).and_then(|x| x.be32()).unwrap_or(0);
+                    tree.push((key, eflags & ELEM_F_INTERVAL_END != 0));
+                    continue;
+                }
                 let end = el
                     .get(ELEM_KEY_END)
                     .map(|x| nested_value(Some(x)))
@@ -119,9 +126,12 @@ pub fn read_table(
                 elements.insert((key, end));
             }
         }
+        if is_tree(flags) {
+            elements = tree_ranges(tree);
+        }
         snap.sets.push(SetSnapshot {
             name: set_name,
-            flags: a.get(SET_FLAGS).and_then(|x| x.be32()).unwrap_or(0),
+            flags,
             key_type: a.get(SET_KEY_TYPE).and_then(|x| x.be32()).unwrap_or(0),
             key_len: a.get(SET_KEY_LEN).and_then(|x| x.be32()).unwrap_or(0),
             timeout_ms: a.get(SET_TIMEOUT).and_then(|x| x.be64()),

@@ -224,6 +224,115 @@ pub(super) fn set_flags(set: &Set) -> u32 {
     f
 }
 
+/// One set element as it goes to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct WireElement {
+    pub key: Vec<u8>,
+    /// The last key of the range, in a concatenated interval set.
+    pub key_end: Option<Vec<u8>>,
+    /// The element ends an interval (`NFT_SET_ELEM_INTERVAL_END`), in a single-field one.
+    pub interval_end: bool,
+}
+
+/// Whether the kernel keeps the set as a red-black tree of interval boundaries (a single-field
+/// interval set), not as ranges with a start and an end key (a concatenated one).
+pub(super) fn is_tree(set_flags: u32) -> bool {
+    set_flags & SETF_INTERVAL != 0 && set_flags & SETF_CONCAT == 0
+}
+
+/// The elements that make up `set` in the kernel. A single-field interval set holds each
+/// range as its first key and, unless the range runs to the top of the key space, an
+/// end-of-interval element at the key after its last.
+pub(super) fn wire_elements(set: &Set) -> Vec<WireElement> {
+    let tree = is_tree(set_flags(set));
+    let mut out = Vec::new();
+    for e in &set.elements {
+        let (lo, hi) = element_keys(set, e);
+        if !tree {
+            out.push(WireElement {
+                key: lo,
+                key_end: set.interval.then_some(hi),
+                interval_end: false,
+            });
+            continue;
+        }
+        let after = successor(&hi);
+        out.push(WireElement {
+            key: lo,
+            key_end: None,
+            interval_end: false,
+        });
+        if let Some(after) = after {
+            out.push(WireElement {
+                key: after,
+                key_end: None,
+                interval_end: true,
+            });
+        }
+    }
+    out
+}
+
+/// The big-endian number after `key`; `None` past the top.
+fn successor(key: &[u8]) -> Option<Vec<u8>> {
+    let mut k = key.to_vec();
+    for b in k.iter_mut().rev() {
+        if *b == u8::MAX {
+            *b = 0;
+        } else {
+            *b += 1;
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// The big-endian number before `key` (`key` is not zero).
+fn predecessor(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    for b in k.iter_mut().rev() {
+        if *b == 0 {
+            *b = u8::MAX;
+        } else {
+            *b -= 1;
+            break;
+        }
+    }
+    k
+}
+
+/// The (first, last) keys of the ranges a tree set's dumped elements (key, interval end)
+/// describe: each start runs to the key before the end element that follows it, or to the top
+/// of the key space. An end element with no start before it bounds nothing.
+pub(super) fn tree_ranges(mut elements: Vec<(Vec<u8>, bool)>) -> BTreeSet<(Vec<u8>, Vec<u8>)> {
+    elements.sort();
+    let mut out = BTreeSet::new();
+    let mut open: Option<Vec<u8>> = None;
+    for (key, end) in elements {
+        match (end, open.take()) {
+            (true, Some(start)) => {
+                if key > start {
+                    out.insert((start, predecessor(&key)));
+                }
+            }
+            (true, None) => {}
+            (false, Some(start)) => {
+                // A start inside a range that has not ended: the kernel rejects overlaps, so
+                // this is not seen; keep both visible to a diff.
+                let last = predecessor(&key);
+                out.insert((start, last));
+                open = Some(key);
+            }
+            (false, None) => open = Some(key),
+        }
+    }
+    if let Some(start) = open {
+        let top = vec![u8::MAX; start.len()];
+        out.insert((start, top));
+    }
+    out
+}
+
 pub(super) fn element_keys(set: &Set, e: &crate::ruleset::Element) -> (Vec<u8>, Vec<u8>) {
     let mut lo = Vec::new();
     let mut hi = Vec::new();

@@ -168,7 +168,11 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(unique(tag));
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+    /// A temporary directory under `base`.
+    pub fn new_in(base: &std::path::Path, tag: &str) -> TempDir {
+        let path = base.join(unique(tag));
         std::fs::create_dir_all(&path).unwrap();
         TempDir { path }
     }
