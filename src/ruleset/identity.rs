@@ -105,16 +105,6 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
             true,
             onlink4.iter().map(|s| el(vec![*s])).collect(),
         ));
-    }
-    if !v6.is_empty() {
-        sets.push(set_of(
-            ONLINK6,
-            vec![Field::Ipv6Addr],
-            true,
-            onlink6.iter().map(|s| el(vec![*s])).collect(),
-        ));
-    }
-    if !v4.is_empty() {
         // ARP: Ethernet/IPv4, request or reply, exact length, sender = the pod (one of its
         // addresses, or 0.0.0.0 for a probe), target inside the pod's on-link subnets.
         let arp = |sender: Stmt| {
@@ -135,6 +125,14 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
             vec![raw(Base::Network, 14, Field::Ipv4Addr)],
         )));
         rules.push(arp(cmp(net(14, 4), CmpOp::Eq, [0u8; 4])));
+    }
+    if !v6.is_empty() {
+        sets.push(set_of(
+            ONLINK6,
+            vec![Field::Ipv6Addr],
+            true,
+            onlink6.iter().map(|s| el(vec![*s])).collect(),
+        ));
     }
     // Untagged IPv4 and IPv6 only from here on (ARP was decided above): `meta protocol`, which
     // the rules below match on, is the type inside a VLAN tag.
@@ -316,8 +314,9 @@ fn nd_rules(pod: &PodNet, side: Side, rules: &mut Vec<Rule>) {
 mod tests {
     //! Frames of every shape the identity rules decide, run through the compiled from-pod
     //! chain of the example pod (10.22.0.5/24, fd00:22::5/64, fe80::858:aff:fe16:5, MAC
-    //! 0a:58:0a:16:00:05, gateway 0a:58:0a:16:00:01). The same shapes go through the kernel
-    //! in tests/containment.rs.
+    //! 0a:58:0a:16:00:05, gateway 0a:58:0a:16:00:01). tests/containment.rs sends the attacks
+    //! among them (off-link ND of exact shape, forged ARP, off-link frames to a neighbour's
+    //! MAC) through the kernel from a guarded pod.
     use std::net::Ipv6Addr;
 
     use crate::ruleset::compile::fixtures::{enforce, target};

@@ -237,7 +237,6 @@ fn be_number(value: &[u8]) -> u128 {
     value.iter().fold(0u128, |acc, b| (acc << 8) | *b as u128)
 }
 
-/// A comparison as nft lists it: known header fields by name, anything else as a raw load.
 /// The IPv6 address field at a network header offset (8 or 24).
 fn v6_field(offset: u32) -> &'static str {
     if offset == 8 {
@@ -247,6 +246,7 @@ fn v6_field(offset: u32) -> &'static str {
     }
 }
 
+/// A comparison as nft lists it: known header fields by name, anything else as a raw load.
 fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) -> String {
     let o = op_text(op);
     let Load::Payload { base, offset, len } = load else {

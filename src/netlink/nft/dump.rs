@@ -101,6 +101,7 @@ pub fn read_table(
         ereq.put_str(ELEM_LIST_TABLE, name)
             .put_str(ELEM_LIST_SET, &set_name);
         let flags = a.get(SET_FLAGS).and_then(|x| x.be32()).unwrap_or(0);
+        let tree_set = is_tree(flags);
         let mut elements = BTreeSet::new();
         let mut tree = Vec::new();
         for em in sock.dump(
@@ -114,7 +115,7 @@ pub fn read_table(
             for el in list.nested() {
                 let el = el.nested();
                 let key = nested_value(el.get(ELEM_KEY));
-                if is_tree(flags) {
+                if tree_set {
                     let eflags = el.get(ELEM_FLAGS).and_then(|x| x.be32()).unwrap_or(0);
                     tree.push((key, eflags & ELEM_F_INTERVAL_END != 0));
                     continue;
@@ -126,7 +127,7 @@ pub fn read_table(
                 elements.insert((key, end));
             }
         }
-        if is_tree(flags) {
+        if tree_set {
             elements = tree_ranges(tree);
         }
         snap.sets.push(SetSnapshot {
