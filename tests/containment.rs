@@ -526,6 +526,37 @@ fn suite(kind: &str, hairpin: bool, placement: &str) {
             )
         },
     );
+    // 1, exact shape: hop limit 255, the 32-byte NS/NA with the pod's own MAC as link-layer
+    // option, an on-link (NS) or own (NA) target; only the destination is off-link. The marker
+    // takes the checksum and the flags/reserved bytes, which no rule looks at.
+    for (what, kind, option, own_target) in [
+        (
+            "neighbour solicitation of exact shape to an internet address",
+            135u8,
+            1u8,
+            false,
+        ),
+        (
+            "neighbour advertisement of exact shape to an internet address",
+            136,
+            2,
+            true,
+        ),
+    ] {
+        attack(&mut r, what, &at_inet, &control, &guarded, |p, m| {
+            let mut icmp = vec![kind, 0];
+            icmp.extend_from_slice(m);
+            icmp.extend_from_slice(&if own_target { p.ip6 } else { v6("fe80::1") });
+            icmp.extend_from_slice(&[option, 1]);
+            icmp.extend_from_slice(&p.mac);
+            ether(
+                p.gw_mac,
+                p.mac,
+                0x86dd,
+                &ipv6(p.ip6, v6(INET6), 58, 255, &icmp),
+            )
+        });
+    }
     // 9. Allowlisted IP addressed at layer 2 to another pod (bridge: a covert channel).
     if kind == "bridge" {
         // Allowlisted IP addressed at layer 2 to the neighbour's MAC (the gateway pin: off-link
