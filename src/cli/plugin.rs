@@ -42,7 +42,7 @@ pub fn run_plugin() -> ExitCode {
         println!("{}", err.to_json("1.1.0"));
         return ExitCode::FAILURE;
     }
-    let mut kernel = NetlinkKernel::new();
+    let mut kernel = NetlinkKernel::for_invocation();
     let outcome = run(Invocation {
         kernel: &mut kernel,
         env: &env,

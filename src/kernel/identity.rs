@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use super::netns::NetnsGuard;
 use super::peer::{netlink_error_for, pod_link, PeerError};
 use crate::netlink::rtnl;
 use crate::netlink::socket::Socket;
@@ -22,16 +21,19 @@ pub struct PodInterface {
     pub link_local: Vec<Ipv6Addr>,
 }
 
-/// Reads `ifname` in the pod namespace at `netns` (called from the host namespace).
-pub fn read_pod_interface(netns: &Path, ifname: &str) -> Result<PodInterface, PeerError> {
-    let _inside = NetnsGuard::enter(netns)?;
-    let (mut sock, link) = pod_link(netns, ifname)?;
+/// Reads `ifname` in the pod namespace at `netns` over `sock`, a route socket bound there.
+pub fn read_pod_interface(
+    sock: &mut Socket,
+    netns: &Path,
+    ifname: &str,
+) -> Result<PodInterface, PeerError> {
+    let link = pod_link(sock, netns, ifname)?;
     let mac = link.mac.map(Mac).ok_or_else(|| PeerError::NoMac {
         ifname: ifname.to_string(),
     })?;
     let mut addrs = Vec::new();
     let mut link_local = Vec::new();
-    for a in rtnl::addrs_of(&mut sock, link.index).map_err(netlink_error_for(ifname))? {
+    for a in rtnl::addrs_of(sock, link.index).map_err(netlink_error_for(ifname))? {
         match a.addr {
             IpAddr::V6(v6) if a.scope == SCOPE_LINK => link_local.push(v6),
             addr if a.scope == 0 => addrs.push(IfAddr {

@@ -6,9 +6,9 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::netns::{self, NetnsError, NetnsGuard};
+use super::netns::{self, NetnsError};
 use crate::netlink::rtnl::{self, LinkInfo};
-use crate::netlink::socket::{Socket, NETLINK_ROUTE};
+use crate::netlink::socket::Socket;
 use crate::netlink::NetlinkError;
 
 /// Result of a successful lookup.
@@ -51,16 +51,18 @@ pub(super) fn netlink_error_for(ifname: &str) -> impl Fn(NetlinkError) -> PeerEr
     }
 }
 
-/// Opens a route socket in the current namespace (the pod's, at `netns`) and finds `ifname`.
-pub(super) fn pod_link(netns: &Path, ifname: &str) -> Result<(Socket, LinkInfo), PeerError> {
-    let mut sock = Socket::open(NETLINK_ROUTE).map_err(netlink_error_for(ifname))?;
-    let link = rtnl::link_by_name(&mut sock, ifname)
+/// Finds `ifname` over `sock`, a route socket bound in the pod's namespace at `netns`.
+pub(super) fn pod_link(
+    sock: &mut Socket,
+    netns: &Path,
+    ifname: &str,
+) -> Result<LinkInfo, PeerError> {
+    rtnl::link_by_name(sock, ifname)
         .map_err(netlink_error_for(ifname))?
         .ok_or_else(|| PeerError::NoInterface {
             ifname: ifname.to_string(),
             netns: netns.to_path_buf(),
-        })?;
-    Ok((sock, link))
+        })
 }
 
 fn is_peer(h: &LinkInfo, pod_link: &LinkInfo, pod_nsid: Option<i32>) -> bool {
@@ -71,10 +73,11 @@ fn is_peer(h: &LinkInfo, pod_link: &LinkInfo, pod_nsid: Option<i32>) -> bool {
 }
 
 /// Looks up the host-side peer of `ifname` in the pod namespace `netns_path`. Must be called
-/// from the host namespace. `hints` are names from prevResult, tried when the index does not
-/// lead to the peer.
+/// from the host namespace; `pod_sock` is a route socket bound in the pod's namespace.
+/// `hints` are names from prevResult, tried when the index does not lead to the peer.
 pub fn find_host_peer(
     host_sock: &mut Socket,
+    pod_sock: &mut Socket,
     netns_path: &Path,
     ifname: &str,
     hints: &[String],
@@ -82,13 +85,9 @@ pub fn find_host_peer(
     let pod_ns: File = netns::open(netns_path)?;
     let host_ns: File = netns::open(Path::new(netns::current_path()))?;
 
-    let (pod_link, host_id_in_pod) = {
-        let _inside = NetnsGuard::enter_file(&pod_ns, netns_path)?;
-        let (mut sock, link) = pod_link(netns_path, ifname)?;
-        let host_id =
-            rtnl::nsid_of(&mut sock, host_ns.as_raw_fd()).map_err(netlink_error_for(ifname))?;
-        (link, host_id)
-    };
+    let pod_link = pod_link(pod_sock, netns_path, ifname)?;
+    let host_id_in_pod =
+        rtnl::nsid_of(pod_sock, host_ns.as_raw_fd()).map_err(netlink_error_for(ifname))?;
     let kind = pod_link.kind.clone().unwrap_or_else(|| "device".into());
     if kind != "veth" {
         return Ok(HostPeer::None { kind });

@@ -2,7 +2,7 @@
 //! are opened inside it (a netlink socket stays bound to the namespace it was created in).
 
 use super::Transaction;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::netns::NetnsGuard;
 use std::net::IpAddr;
@@ -19,6 +19,60 @@ use crate::ruleset::{Family, Mac};
 pub struct NetlinkKernel {
     host_nft: Option<Socket>,
     host_rtnl: Option<Socket>,
+    /// Sockets bound in the last pod namespace used. Kept between requests only by
+    /// [`NetlinkKernel::for_invocation`] (entering a namespace and opening a socket for every
+    /// request cost a CNI verb more than its requests); a long-lived agent must not hold them,
+    /// or a deleted pod's namespace would stay alive until the next pod is looked at.
+    pod: Option<PodSockets>,
+    keep_pod_sockets: bool,
+}
+
+/// Sockets opened inside the pod namespace at `path`.
+struct PodSockets {
+    path: PathBuf,
+    nft: Option<Socket>,
+    rtnl: Option<Socket>,
+}
+
+/// The cached sockets of the pod namespace at `path` (emptied when another one is asked).
+fn pod_sockets<'s>(slot: &'s mut Option<PodSockets>, path: &Path) -> &'s mut PodSockets {
+    if slot.as_ref().is_some_and(|p| p.path != path) {
+        *slot = None;
+    }
+    slot.get_or_insert_with(|| PodSockets {
+        path: path.to_path_buf(),
+        nft: None,
+        rtnl: None,
+    })
+}
+
+/// A route socket bound in the pod namespace at `path`, opened there once.
+fn pod_rtnl<'s>(
+    slot: &'s mut Option<PodSockets>,
+    path: &Path,
+) -> Result<&'s mut Socket, KernelError> {
+    Ok(match &mut pod_sockets(slot, path).rtnl {
+        Some(s) => s,
+        rtnl @ None => {
+            let _inside = NetnsGuard::enter(path)?;
+            rtnl.insert(
+                Socket::open(NETLINK_ROUTE).map_err(|e| {
+                    KernelError::netlink("opening rtnetlink", Where::Netns(path), e)
+                })?,
+            )
+        }
+    })
+}
+
+/// The host's route socket, opened once.
+fn host_rtnl(slot: &mut Option<Socket>) -> Result<&mut Socket, KernelError> {
+    Ok(match slot {
+        Some(s) => s,
+        slot @ None => slot.insert(
+            Socket::open(NETLINK_ROUTE)
+                .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
+        ),
+    })
 }
 
 impl NetlinkKernel {
@@ -26,14 +80,24 @@ impl NetlinkKernel {
         Self::default()
     }
 
+    /// For one short-lived CNI invocation: sockets opened in the pod's namespace are reused
+    /// until the process exits.
+    pub fn for_invocation() -> Self {
+        NetlinkKernel {
+            keep_pod_sockets: true,
+            ..Self::default()
+        }
+    }
+
+    /// Closes the pod namespace's sockets unless this kernel keeps them.
+    fn done_with_pod(&mut self) {
+        if !self.keep_pod_sockets {
+            self.pod = None;
+        }
+    }
+
     fn host_rtnl(&mut self) -> Result<&mut Socket, KernelError> {
-        Ok(match &mut self.host_rtnl {
-            Some(s) => s,
-            slot @ None => slot.insert(
-                Socket::open(NETLINK_ROUTE)
-                    .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
-            ),
-        })
+        host_rtnl(&mut self.host_rtnl)
     }
 
     fn with_nft<T>(
@@ -52,11 +116,16 @@ impl NetlinkKernel {
                 f(sock).map_err(err)
             }
             Where::Netns(path) => {
-                let mut sock = {
-                    let _inside = NetnsGuard::enter(path)?;
-                    Socket::open(NETLINK_NETFILTER).map_err(err)?
+                let sock = match &mut pod_sockets(&mut self.pod, path).nft {
+                    Some(s) => s,
+                    slot @ None => {
+                        let _inside = NetnsGuard::enter(path)?;
+                        slot.insert(Socket::open(NETLINK_NETFILTER).map_err(err)?)
+                    }
                 };
-                f(&mut sock).map_err(err)
+                let result = f(sock).map_err(err);
+                self.done_with_pod();
+                result
             }
         }
     }
@@ -93,7 +162,13 @@ impl Kernel for NetlinkKernel {
     fn remove(&mut self, t: TableRef<'_>) -> Result<bool, KernelError> {
         let TableRef { at, family, name } = t;
         let what = format!("removing table {} {name}", family.name());
+        // Asked first: a transaction the kernel refuses (ENOENT) is aborted, and the abort
+        // waits for an RCU grace period, 10-15 ms here, which DEL paid for every table that
+        // was not there (the pod's own tables, under host placement).
         let result = self.with_nft(at, &what, |s| {
+            if nft::get_table(s, family, name)?.is_none() {
+                return Ok(None);
+            }
             nft::run_batch(
                 s,
                 &[Op::DeleteTable {
@@ -101,9 +176,11 @@ impl Kernel for NetlinkKernel {
                     name: name.to_string(),
                 }],
             )
+            .map(Some)
         });
         match result {
-            Ok(_) => Ok(true),
+            Ok(None) => Ok(false),
+            Ok(Some(_)) => Ok(true),
             Err(KernelError::Netlink { source, .. }) if source.errno() == Some(libc::ENOENT) => {
                 Ok(false)
             }
@@ -139,12 +216,18 @@ impl Kernel for NetlinkKernel {
         ifname: &str,
         hints: &[String],
     ) -> Result<HostPeer, KernelError> {
-        let sock = self.host_rtnl()?;
-        Ok(find_host_peer(sock, netns, ifname, hints)?)
+        let host = host_rtnl(&mut self.host_rtnl)?;
+        let pod = pod_rtnl(&mut self.pod, netns)?;
+        let peer = find_host_peer(host, pod, netns, ifname, hints);
+        self.done_with_pod();
+        Ok(peer?)
     }
 
     fn pod_interface(&mut self, netns: &Path, ifname: &str) -> Result<PodInterface, KernelError> {
-        Ok(read_pod_interface(netns, ifname)?)
+        let sock = pod_rtnl(&mut self.pod, netns)?;
+        let found = read_pod_interface(sock, netns, ifname);
+        self.done_with_pod();
+        Ok(found?)
     }
 
     fn gateway_mac(
@@ -183,5 +266,71 @@ impl Kernel for NetlinkKernel {
             .and_then(|r| super::parse_kernel_version(r.trim()))
             .map(|v| v >= (5, 16))
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entering a namespace needs CAP_SYS_ADMIN even for our own; these tests use the test
+    /// process's namespace as the "pod" namespace and its loopback as the interface.
+    fn as_root(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("SKIP {test}: needs root (setns)");
+        }
+        root
+    }
+
+    const OWN_NS: &str = "/proc/self/ns/net";
+
+    #[test]
+    fn a_long_lived_kernel_keeps_no_socket_in_a_pod_namespace() {
+        if !as_root("a_long_lived_kernel_keeps_no_socket_in_a_pod_namespace") {
+            return;
+        }
+        let mut k = NetlinkKernel::new();
+        let lo = k.pod_interface(Path::new(OWN_NS), "lo");
+        assert!(lo.is_ok(), "{lo:?}");
+        assert!(k.pod.is_none(), "the agent's kernel held a pod socket");
+        let tables = k.tables(Where::Netns(Path::new(OWN_NS)), Family::Inet);
+        assert!(tables.is_ok(), "{tables:?}");
+        assert!(k.pod.is_none(), "the agent's kernel held a pod nft socket");
+    }
+
+    #[test]
+    fn an_invocation_reuses_its_pod_namespace_sockets() {
+        if !as_root("an_invocation_reuses_its_pod_namespace_sockets") {
+            return;
+        }
+        let mut k = NetlinkKernel::for_invocation();
+        let first = k.pod_interface(Path::new(OWN_NS), "lo");
+        assert!(first.is_ok(), "{first:?}");
+        let fd = |k: &NetlinkKernel| {
+            k.pod.as_ref().and_then(|p| p.rtnl.as_ref()).map(|s| {
+                // The socket's inode: sockfs numbers every new socket afresh, so a
+                // reopened socket differs even when it gets the same descriptor.
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                // SAFETY: st is valid for writes of a stat; the fd is open.
+                let rc = unsafe { libc::fstat(s.raw_fd(), st.as_mut_ptr()) };
+                assert_eq!(rc, 0);
+                // SAFETY: fstat succeeded, so it filled st.
+                unsafe { st.assume_init() }.st_ino
+            })
+        };
+        let opened = fd(&k);
+        assert!(opened.is_some());
+        let again = k.pod_interface(Path::new(OWN_NS), "lo");
+        assert_eq!(first.ok(), again.ok());
+        assert_eq!(fd(&k), opened, "a second socket was opened");
+        // Another namespace path replaces the cached sockets.
+        let other = k.pod_interface(Path::new("/proc/thread-self/ns/net"), "lo");
+        assert!(other.is_ok(), "{other:?}");
+        assert_eq!(
+            k.pod.as_ref().map(|p| p.path.clone()),
+            Some(PathBuf::from("/proc/thread-self/ns/net"))
+        );
     }
 }

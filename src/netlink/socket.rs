@@ -2,7 +2,7 @@
 //! Knows the netlink header and error format; knows nothing of nf_tables or links.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::NetlinkError;
 
@@ -100,7 +100,9 @@ fn decode_error(msg: &Message) -> (i32, u32, Option<String>) {
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
-    /// Receive buffer, allocated once: a dump arrives in many datagrams.
+    /// Receive buffer, allocated once (a dump arrives in many datagrams) and never zeroed:
+    /// only the bytes the kernel wrote are read, and zeroing 256 KiB per socket cost more
+    /// than any netlink request of an ADD (it touched every page of it).
     buf: Vec<u8>,
 }
 
@@ -122,7 +124,7 @@ impl Socket {
         let sock = Socket {
             fd,
             seq: std::process::id().wrapping_mul(1000),
-            buf: vec![0u8; RECV_BUF],
+            buf: Vec::with_capacity(RECV_BUF),
         };
         sock.setopt_int(libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
         sock.setopt_int(libc::SOL_NETLINK, NETLINK_EXT_ACK, 1)?;
@@ -223,17 +225,24 @@ impl Socket {
         Ok(())
     }
 
+    /// The descriptor, for checks that two handles are one socket.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Receives one datagram. `nonblocking` returns `Ok(None)` when nothing is queued.
     pub fn recv(&mut self, nonblocking: bool) -> Result<Option<Vec<Message>>, NetlinkError> {
         let buf = &mut self.buf;
+        buf.clear();
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         loop {
-            // SAFETY: buf is valid for writes of its length.
+            let room = buf.spare_capacity_mut();
+            // SAFETY: the spare capacity is valid for writes of its length.
             let rc = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
+                    room.as_mut_ptr().cast(),
+                    room.len(),
                     flags,
                 )
             };
@@ -245,7 +254,11 @@ impl Socket {
                     _ => return Err(NetlinkError::io("recv", e)),
                 }
             }
-            return Ok(Some(decode_messages(&buf[..rc as usize])));
+            // recv(2) without MSG_TRUNC returns at most the length it was given.
+            let n = (rc as usize).min(buf.capacity());
+            // SAFETY: the kernel initialised the first `n` bytes, which fit the capacity.
+            unsafe { buf.set_len(n) };
+            return Ok(Some(decode_messages(buf)));
         }
     }
 
