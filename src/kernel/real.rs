@@ -46,33 +46,35 @@ fn pod_sockets<'s>(slot: &'s mut Option<PodSockets>, path: &Path) -> &'s mut Pod
     })
 }
 
-/// A route socket bound in the pod namespace at `path`, opened there once.
-fn pod_rtnl<'s>(
-    slot: &'s mut Option<PodSockets>,
-    path: &Path,
+/// The socket in `slot`, opened once: a socket of `protocol`, created inside the namespace
+/// `at` names (a netlink socket stays bound to the namespace it was created in).
+fn opened<'s>(
+    slot: &'s mut Option<Socket>,
+    at: Where<'_>,
+    protocol: i32,
+    what: &str,
 ) -> Result<&'s mut Socket, KernelError> {
-    Ok(match &mut pod_sockets(slot, path).rtnl {
+    Ok(match slot {
         Some(s) => s,
-        rtnl @ None => {
-            let _inside = NetnsGuard::enter(path)?;
-            rtnl.insert(
-                Socket::open(NETLINK_ROUTE).map_err(|e| {
-                    KernelError::netlink("opening rtnetlink", Where::Netns(path), e)
-                })?,
-            )
+        slot @ None => {
+            let _inside = match at {
+                Where::Host => None,
+                Where::Netns(path) => Some(NetnsGuard::enter(path)?),
+            };
+            slot.insert(Socket::open(protocol).map_err(|e| KernelError::netlink(what, at, e))?)
         }
     })
 }
 
-/// The host's route socket, opened once.
-fn host_rtnl(slot: &mut Option<Socket>) -> Result<&mut Socket, KernelError> {
-    Ok(match slot {
-        Some(s) => s,
-        slot @ None => slot.insert(
-            Socket::open(NETLINK_ROUTE)
-                .map_err(|e| KernelError::netlink("opening rtnetlink", Where::Host, e))?,
-        ),
-    })
+const OPEN_RTNL: &str = "opening rtnetlink";
+
+/// A route socket bound in the pod namespace at `path`, from `pod`'s sockets.
+fn pod_rtnl<'s>(
+    pod: &'s mut Option<PodSockets>,
+    path: &Path,
+) -> Result<&'s mut Socket, KernelError> {
+    let slot = &mut pod_sockets(pod, path).rtnl;
+    opened(slot, Where::Netns(path), NETLINK_ROUTE, OPEN_RTNL)
 }
 
 impl NetlinkKernel {
@@ -97,7 +99,7 @@ impl NetlinkKernel {
     }
 
     fn host_rtnl(&mut self) -> Result<&mut Socket, KernelError> {
-        host_rtnl(&mut self.host_rtnl)
+        opened(&mut self.host_rtnl, Where::Host, NETLINK_ROUTE, OPEN_RTNL)
     }
 
     fn with_nft<T>(
@@ -106,28 +108,14 @@ impl NetlinkKernel {
         what: &str,
         f: impl FnOnce(&mut Socket) -> Result<T, NetlinkError>,
     ) -> Result<T, KernelError> {
-        let err = |e| KernelError::netlink(what, at, e);
-        match at {
-            Where::Host => {
-                let sock = match &mut self.host_nft {
-                    Some(s) => s,
-                    slot @ None => slot.insert(Socket::open(NETLINK_NETFILTER).map_err(err)?),
-                };
-                f(sock).map_err(err)
-            }
-            Where::Netns(path) => {
-                let sock = match &mut pod_sockets(&mut self.pod, path).nft {
-                    Some(s) => s,
-                    slot @ None => {
-                        let _inside = NetnsGuard::enter(path)?;
-                        slot.insert(Socket::open(NETLINK_NETFILTER).map_err(err)?)
-                    }
-                };
-                let result = f(sock).map_err(err);
-                self.done_with_pod();
-                result
-            }
-        }
+        let slot = match at {
+            Where::Host => &mut self.host_nft,
+            Where::Netns(path) => &mut pod_sockets(&mut self.pod, path).nft,
+        };
+        let sock = opened(slot, at, NETLINK_NETFILTER, what)?;
+        let result = f(sock).map_err(|e| KernelError::netlink(what, at, e));
+        self.done_with_pod();
+        result
     }
 }
 
@@ -216,7 +204,7 @@ impl Kernel for NetlinkKernel {
         ifname: &str,
         hints: &[String],
     ) -> Result<HostPeer, KernelError> {
-        let host = host_rtnl(&mut self.host_rtnl)?;
+        let host = opened(&mut self.host_rtnl, Where::Host, NETLINK_ROUTE, OPEN_RTNL)?;
         let pod = pod_rtnl(&mut self.pod, netns)?;
         let peer = find_host_peer(host, pod, netns, ifname, hints);
         self.done_with_pod();
