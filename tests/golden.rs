@@ -132,6 +132,27 @@ fn golden_cases_cover_the_interesting_shapes() {
     assert!(by("overlapping-entries")
         .text
         .contains("10.0.0.0/8 . 0-255"));
+    // A pod's one IPv4 address and its one byte-aligned subnet are compares, not sets; two
+    // addresses (overlapping-entries) or a subnet that ends inside a byte (icmp-sctp-ranges,
+    // a /20) keep the sets.
+    let has_set = |case: &str, set: &str| {
+        by(case)
+            .table
+            .as_ref()
+            .unwrap()
+            .sets
+            .iter()
+            .any(|s| s.name == set)
+    };
+    assert!(!has_set("enforce-host-orchestrator", "own4"));
+    assert!(!has_set("enforce-host-orchestrator", "onlink4"));
+    assert!(by("enforce-host-orchestrator")
+        .text
+        .contains("ip saddr != 10.22.0.5 drop"));
+    assert!(has_set("overlapping-entries", "own4"));
+    assert!(has_set("overlapping-entries", "onlink4"));
+    assert!(!has_set("icmp-sctp-ranges", "own4"));
+    assert!(has_set("icmp-sctp-ranges", "onlink4"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use super::builders::{
     ETH_HLEN, ETH_SADDR, ETH_TYPE, ICMPV6,
 };
 use super::podnet::PodNet;
-use super::{Base, CmpOp, Dev, Field, Hook, Rule, Selector, Set, Stmt, Verdict, L3};
+use super::{Base, CmpOp, Dev, Field, Hook, Rule, Selector, Set, Span, Stmt, Verdict, L3};
 
 /// Which interface a link table's chains are bound to, which decides the hooks and what the
 /// from-pod rules see.
@@ -55,6 +55,14 @@ const SOLICITED_PREFIX: [u8; 13] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x
 /// The single-field interval sets of the pod's on-link subnets.
 const ONLINK4: &str = "onlink4";
 const ONLINK6: &str = "onlink6";
+/// The pod's own IPv4 addresses, when it has more than one.
+const OWN4: &str = "own4";
+/// Network header offsets of the IPv4 source and destination, and of ARP's sender and
+/// target IPv4 addresses.
+const IP4_SADDR: u32 = 12;
+pub(super) const IP4_DADDR: u32 = 16;
+const ARP_SPA: u32 = 14;
+const ARP_TPA: u32 = 24;
 const V6_ALL_NODES: u128 = 0xff02_0000_0000_0000_0000_0000_0000_0001;
 const V6_ALL_ROUTERS: u128 = 0xff02_0000_0000_0000_0000_0000_0000_0002;
 const ND_HEADER: [u8; 2] = [ICMPV6, 255];
@@ -66,6 +74,58 @@ const OPT_SOURCE_LL: u16 = 0x0101;
 const OPT_TARGET_LL: u16 = 0x0201;
 /// The nonce option of enhanced duplicate address detection (RFC 7527).
 const OPT_NONCE: u8 = 14;
+
+/// "The IPv4 address at network header `offset` is (or with `negate`, is not) one of the
+/// pod's own": a compare for a pod with one IPv4 address, else a lookup of `key` in `own4`.
+/// A set costs ADD's transaction two messages (the set and its element), and next to many
+/// guarded pods every message costs the kernel a walk over the node's tables.
+pub(super) fn own4(pod: &PodNet, key: Selector, offset: u32, negate: bool) -> Stmt {
+    let mut v4 = pod.v4();
+    match (v4.next(), v4.next()) {
+        (Some(a), None) => {
+            let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
+            cmp(net(offset, 4), op, (a.value() as u32).to_be_bytes())
+        }
+        _ if negate => absent(OWN4, vec![key]),
+        _ => lookup(OWN4, vec![key]),
+    }
+}
+
+/// The first bytes of an IPv4 subnet whose prefix ends on a byte boundary (/8, /16, /24,
+/// /32): matching them is matching the subnet. `None` for any other span.
+fn byte_prefix4(s: &Span) -> Option<Vec<u8>> {
+    let size = s.hi.checked_sub(s.lo)?.checked_add(1)?;
+    let bytes = (1..=4u32).find(|k| size == 1u128 << (8 * (4 - k)))?;
+    if s.lo % size != 0 || s.hi > u128::from(u32::MAX) {
+        return None;
+    }
+    Some((s.lo as u32).to_be_bytes()[..bytes as usize].to_vec())
+}
+
+/// "The IPv4 address at network header `offset` is (`negate`: is not) on-link": for one
+/// subnet of a byte-aligned prefix a compare of its first bytes, else a lookup of `key` in
+/// `onlink4`.
+fn on_link4(spans: &[Span], key: Selector, offset: u32, negate: bool) -> Stmt {
+    if let Some(prefix) = one_byte_prefix4(spans) {
+        let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
+        let len = prefix.len() as u32;
+        return cmp(net(offset, len), op, prefix);
+    }
+    if negate {
+        absent(ONLINK4, vec![key])
+    } else {
+        lookup(ONLINK4, vec![key])
+    }
+}
+
+/// The leading bytes of the only on-link subnet, when there is one and it is byte-aligned:
+/// then [`on_link4`] compares and the set `onlink4` is not made.
+fn one_byte_prefix4(spans: &[Span]) -> Option<Vec<u8>> {
+    match spans {
+        [one] => byte_prefix4(one),
+        _ => None,
+    }
+}
 
 /// The sets and rules that pin the pod's identity: Ethernet source, untagged IPv4/IPv6/ARP
 /// only, IP source, ARP and neighbour discovery of exact shape, and (with a known gateway)
@@ -99,12 +159,14 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
     // (pipapo) allocates and zeroes lookup tables of 2 KiB per key byte when it is filled,
     // which made ADD slow (docs/benchmarks.md).
     if !v4.is_empty() {
-        sets.push(set_of(
-            ONLINK4,
-            vec![Field::Ipv4Addr],
-            true,
-            onlink4.iter().map(|s| el(vec![*s])).collect(),
-        ));
+        if one_byte_prefix4(&onlink4).is_none() {
+            sets.push(set_of(
+                ONLINK4,
+                vec![Field::Ipv4Addr],
+                true,
+                onlink4.iter().map(|s| el(vec![*s])).collect(),
+            ));
+        }
         // ARP: Ethernet/IPv4, request or reply, exact length, sender = the pod (one of its
         // addresses, or 0.0.0.0 for a probe), target inside the pod's on-link subnets.
         let arp = |sender: Stmt| {
@@ -116,15 +178,22 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
                 cmp(net(6, 2), CmpOp::Lte, [0, 2]),
                 cmp(net(8, 6), CmpOp::Eq, pod.mac.0),
                 sender,
-                lookup(ONLINK4, vec![raw(Base::Network, 24, Field::Ipv4Addr)]),
+                on_link4(
+                    &onlink4,
+                    raw(Base::Network, ARP_TPA, Field::Ipv4Addr),
+                    ARP_TPA,
+                    false,
+                ),
                 Stmt::Verdict(Verdict::Accept),
             ])
         };
-        rules.push(arp(lookup(
-            "own4",
-            vec![raw(Base::Network, 14, Field::Ipv4Addr)],
+        rules.push(arp(own4(
+            pod,
+            raw(Base::Network, ARP_SPA, Field::Ipv4Addr),
+            ARP_SPA,
+            false,
         )));
-        rules.push(arp(cmp(net(14, 4), CmpOp::Eq, [0u8; 4])));
+        rules.push(arp(cmp(net(ARP_SPA, 4), CmpOp::Eq, [0u8; 4])));
     }
     if !v6.is_empty() {
         sets.push(set_of(
@@ -166,15 +235,17 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
     if v4.is_empty() {
         rules.push(rule(vec![Stmt::L3(L3::Ipv4), drop()]));
     } else {
-        sets.push(set_of(
-            "own4",
-            vec![Field::Ipv4Addr],
-            false,
-            v4.iter().map(|a| el(single(a.value()))).collect(),
-        ));
+        if v4.len() > 1 {
+            sets.push(set_of(
+                OWN4,
+                vec![Field::Ipv4Addr],
+                false,
+                v4.iter().map(|a| el(single(a.value()))).collect(),
+            ));
+        }
         rules.push(rule(vec![
             Stmt::L3(L3::Ipv4),
-            absent("own4", vec![Selector::Ip4Saddr]),
+            own4(pod, Selector::Ip4Saddr, IP4_SADDR, true),
             drop(),
         ]));
     }
@@ -195,16 +266,24 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
     if let Some(gw) = pod.gateway_mac {
         // Off-link destinations only through the gateway's MAC; on-link ones with any MAC
         // (the neighbour's): drop what goes to neither.
-        for (l3, daddr, set, has) in [
-            (L3::Ipv4, Selector::Ip4Daddr, ONLINK4, !v4.is_empty()),
-            (L3::Ipv6, Selector::Ip6Daddr, ONLINK6, !v6.is_empty()),
+        for (l3, off_link, has) in [
+            (
+                L3::Ipv4,
+                on_link4(&onlink4, Selector::Ip4Daddr, IP4_DADDR, true),
+                !v4.is_empty(),
+            ),
+            (
+                L3::Ipv6,
+                absent(ONLINK6, vec![Selector::Ip6Daddr]),
+                !v6.is_empty(),
+            ),
         ] {
             if has {
                 rules.push(rule(vec![
                     Stmt::LinkIsEther(dev),
                     Stmt::L3(l3),
                     cmp(link(ETH_DADDR, 6), CmpOp::Neq, gw.0),
-                    absent(set, vec![daddr]),
+                    off_link,
                     drop(),
                 ]));
             }
@@ -648,6 +727,115 @@ mod tests {
         ] {
             assert_eq!(verdict(&t, &p), Verdict::Drop, "{what}");
         }
+    }
+
+    /// A TCP SYN to the orchestrator from `src`, through the gateway's MAC.
+    fn tcp4_from(src: [u8; 4]) -> Packet {
+        let mut p = tcp4(GW_MAC, [10, 0, 5, 9], 8443);
+        p.network[12..16].copy_from_slice(&src);
+        p
+    }
+
+    /// The example pod's one IPv4 address and its /24 are compares; with a second address on
+    /// a /20 the pod gets the sets `own4` and `onlink4`. Both forms decide alike.
+    #[test]
+    fn own_and_on_link_ipv4_decide_alike_as_compares_and_as_sets() {
+        let compared = table();
+        let has = |t: &Table, n: &str| t.sets.iter().any(|s| s.name == n);
+        assert!(!has(&compared, "own4") && !has(&compared, "onlink4"));
+        let mut p = enforce();
+        p.entries =
+            vec![crate::policy::parse_network_entry("10.0.5.0/24 tcp 8443").expect("entry")];
+        let mut two = target("c1", "eth0");
+        if let crate::ruleset::Attach::Host { pod, .. } = &mut two.attach {
+            pod.addrs.push("10.30.16.9/20".parse().expect("address"));
+        }
+        let sets = compile(&p, &two).expect("table");
+        assert!(has(&sets, "own4") && has(&sets, "onlink4"));
+        let (own, gw) = ([10, 22, 0, 5], [10, 22, 0, 1]);
+        for (what, pkt, v) in [
+            (
+                "ARP for the gateway",
+                arp(1, POD_MAC, own, gw, 0),
+                Verdict::Accept,
+            ),
+            (
+                "ARP probe",
+                arp(1, POD_MAC, [0; 4], own, 0),
+                Verdict::Accept,
+            ),
+            (
+                "ARP from a neighbour's address",
+                arp(2, POD_MAC, [10, 22, 0, 7], gw, 0),
+                Verdict::Drop,
+            ),
+            (
+                "ARP for an off-link target",
+                arp(1, POD_MAC, own, [10, 99, 0, 1], 0),
+                Verdict::Drop,
+            ),
+            ("TCP from the pod", tcp4_from(own), Verdict::Accept),
+            (
+                "TCP from a neighbour's address",
+                tcp4_from([10, 22, 0, 7]),
+                Verdict::Drop,
+            ),
+            (
+                "TCP on-link to a neighbour's MAC",
+                tcp4(NEIGHBOUR_MAC, [10, 22, 0, 7], 8443),
+                Verdict::Drop,
+            ),
+            (
+                "TCP off-link to a neighbour's MAC",
+                tcp4(NEIGHBOUR_MAC, [10, 0, 5, 9], 8443),
+                Verdict::Drop,
+            ),
+        ] {
+            assert_eq!(verdict(&compared, &pkt), v, "{what}, compares");
+            assert_eq!(verdict(&sets, &pkt), v, "{what}, sets");
+        }
+        // The second address and its subnet are the second pod's only.
+        let second = [10, 30, 16, 9];
+        let arp2 = arp(1, POD_MAC, second, [10, 30, 31, 254], 0);
+        assert_eq!(verdict(&sets, &arp2), Verdict::Accept);
+        assert_eq!(verdict(&compared, &arp2), Verdict::Drop);
+        assert_eq!(verdict(&sets, &tcp4_from(second)), Verdict::Accept);
+        assert_eq!(verdict(&compared, &tcp4_from(second)), Verdict::Drop);
+    }
+
+    #[test]
+    fn byte_aligned_subnets_are_prefixes_and_others_are_not() {
+        let span = |s: &str| {
+            let a: crate::ruleset::IfAddr = s.parse().expect("address");
+            let (lo, hi) = a.subnet();
+            super::Span::new(lo, hi)
+        };
+        assert_eq!(
+            super::byte_prefix4(&span("10.22.0.5/24")),
+            Some(vec![10, 22, 0])
+        );
+        assert_eq!(
+            super::byte_prefix4(&span("10.22.0.5/16")),
+            Some(vec![10, 22])
+        );
+        assert_eq!(super::byte_prefix4(&span("10.22.0.5/8")), Some(vec![10]));
+        assert_eq!(
+            super::byte_prefix4(&span("10.22.0.5/32")),
+            Some(vec![10, 22, 0, 5])
+        );
+        for other in [
+            "10.22.0.5/20",
+            "10.22.0.5/31",
+            "10.22.0.5/0",
+            "10.22.0.5/25",
+        ] {
+            assert_eq!(super::byte_prefix4(&span(other)), None, "{other}");
+        }
+        // Two spans, even byte-aligned ones, need the set.
+        assert_eq!(
+            super::one_byte_prefix4(&[span("10.22.0.5/24"), span("10.23.0.5/24")]),
+            None
+        );
     }
 
     #[test]

@@ -160,7 +160,14 @@ fn render_set(out: &mut String, set: &Set) {
     }
     if !set.elements.is_empty() {
         let items: Vec<String> = set.elements.iter().map(|e| element_text(set, e)).collect();
-        let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
+        // nft puts two IPv4 addresses on a line, one of anything wider or concatenated.
+        let per_line = if set.fields == [Field::Ipv4Addr] {
+            2
+        } else {
+            1
+        };
+        let lines: Vec<String> = items.chunks(per_line).map(|l| l.join(", ")).collect();
+        let _ = writeln!(out, "\t\telements = {{ {} }}", lines.join(",\n\t\t\t     "));
     }
     out.push_str("\t}\n");
 }
@@ -246,6 +253,15 @@ fn v6_field(offset: u32) -> &'static str {
     }
 }
 
+/// The IPv4 address field at a network header offset (12 or 16).
+fn v4_field(offset: u32) -> &'static str {
+    if offset == 12 {
+        "saddr"
+    } else {
+        "daddr"
+    }
+}
+
 /// A comparison as nft lists it: known header fields by name, anything else as a raw load.
 fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) -> String {
     let o = op_text(op);
@@ -257,6 +273,12 @@ fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) ->
         let n = value.len().min(6);
         m[..n].copy_from_slice(&value[..n]);
         super::Mac(m).to_string()
+    };
+    let v4 = || {
+        let mut a = [0u8; 4];
+        let n = value.len().min(4);
+        a[..n].copy_from_slice(&value[..n]);
+        std::net::Ipv4Addr::from(a).to_string()
     };
     let v6 = || {
         let mut a = [0u8; 16];
@@ -279,10 +301,20 @@ fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) ->
             proto_name(value[0]),
             value[1]
         ),
-        (Base::Network, 14, 4, Some(L3::Arp)) if value.len() == 4 => format!(
-            "arp saddr ip {o}{}",
-            std::net::Ipv4Addr::new(value[0], value[1], value[2], value[3])
-        ),
+        (Base::Network, 14, 4, Some(L3::Arp)) if value.len() == 4 => {
+            format!("arp saddr ip {o}{}", v4())
+        }
+        (Base::Network, 24, 4, Some(L3::Arp)) => format!("arp daddr ip {o}{}", v4()),
+        (Base::Network, 24, 1..=3, Some(L3::Arp)) => {
+            format!("arp daddr ip {o}{}/{}", v4(), len * 8)
+        }
+        (Base::Network, 12 | 16, 4, Some(L3::Ipv4)) => {
+            format!("ip {} {o}{}", v4_field(offset), v4())
+        }
+        // A load of the first bytes of an address is a prefix to nft.
+        (Base::Network, 12 | 16, 1..=3, Some(L3::Ipv4)) => {
+            format!("ip {} {o}{}/{}", v4_field(offset), v4(), len * 8)
+        }
         (Base::Network, 8 | 24, 16, Some(L3::Ipv6)) => {
             format!("ip6 {} {o}{}", v6_field(offset), v6())
         }

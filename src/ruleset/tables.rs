@@ -5,7 +5,7 @@ use super::builders::{
     cmp, link, lookup, one_of, raw, rule, update, Byte, ETH_DADDR, ICMP, ICMPV6, ND_TYPES,
     PORT_PROTOCOLS, SCTP, TCP, UDP,
 };
-use super::identity::{identity, Side};
+use super::identity::{identity, own4, Side, IP4_DADDR};
 use super::intervals::{disjoint_boxes, AddrPortBox};
 use super::logprefix::{self, Logged};
 use super::naming::{comment, table_name};
@@ -388,7 +388,12 @@ pub(super) fn link_table(
             lookup(&replies, flow(false)),
             Stmt::Verdict(Verdict::Accept),
         ]));
-        let mut new_flow = vec![to_me(), Stmt::L3(f.l3), lookup(&own, vec![f.daddr])];
+        // Sent to one of the pod's own addresses (`own6`, or `own4` unless it is one).
+        let to_own = || match f.l3 {
+            L3::Ipv4 => own4(pod, f.daddr, IP4_DADDR, false),
+            _ => lookup(&own, vec![f.daddr]),
+        };
+        let mut new_flow = vec![to_me(), Stmt::L3(f.l3), to_own()];
         new_flow.extend(one_of(Byte::L4Proto, &PORT_PROTOCOLS));
         new_flow.push(Stmt::Update {
             set: rate,
@@ -403,7 +408,7 @@ pub(super) fn link_table(
             Stmt::L3(f.l3),
             Stmt::L4Proto(f.icmp),
             Stmt::IcmpType(f.echo_request),
-            lookup(&own, vec![f.daddr]),
+            to_own(),
             update(&echo, vec![f.daddr, f.saddr, id_icmp]),
         ]));
     }
