@@ -60,20 +60,16 @@ const NAME_DATABASES: [&str; 2] = ["/etc/protocols", "/etc/services"];
 /// `/rules.nft`; returns the tarball for `ctr images import` and the layer size.
 pub fn build_init_image(work: &Path, rules: &str) -> Result<(PathBuf, u64), String> {
     let rootfs = work.join("rootfs");
-    for f in nft_files()? {
+    // nft resolves protocol names it has no keyword for (`ipv6-icmp` in the log rules)
+    // through /etc/protocols, as an init image built on a distribution's nftables package
+    // has it (netbase); without it the rules do not parse.
+    let names = NAME_DATABASES.iter().map(|f| f.to_string());
+    for f in nft_files()?.into_iter().chain(names) {
         let dst = rootfs.join(f.trim_start_matches('/'));
         if let Some(d) = dst.parent() {
             fs::create_dir_all(d).map_err(|e| e.to_string())?;
         }
         fs::copy(&f, &dst).map_err(|e| format!("copy {f}: {e}"))?;
-    }
-    // nft resolves protocol names it has no keyword for (`ipv6-icmp` in the log rules)
-    // through /etc/protocols, as an init image built on a distribution's nftables package
-    // has it (netbase); without it the rules do not parse.
-    for f in NAME_DATABASES {
-        let dst = rootfs.join(f.trim_start_matches('/'));
-        fs::create_dir_all(rootfs.join("etc")).map_err(|e| e.to_string())?;
-        fs::copy(f, &dst).map_err(|e| format!("copy {f} (package netbase): {e}"))?;
     }
     fs::write(rootfs.join("rules.nft"), rules).map_err(|e| e.to_string())?;
     // The image works before containerd sees it: check the rules parse with this very tree.

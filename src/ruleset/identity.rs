@@ -6,7 +6,7 @@ use super::builders::{
     absent, cmp, el, link, lookup, merged, meta_len, net, raw, rule, set_of, single, th, ETH_DADDR,
     ETH_HLEN, ETH_SADDR, ETH_TYPE, ICMPV6,
 };
-use super::podnet::PodNet;
+use super::podnet::{IfAddr, PodNet};
 use super::{Base, CmpOp, Dev, Field, Hook, Rule, Selector, Set, Span, Stmt, Verdict, L3};
 
 /// Which interface a link table's chains are bound to, which decides the hooks and what the
@@ -75,19 +75,38 @@ const OPT_TARGET_LL: u16 = 0x0201;
 /// The nonce option of enhanced duplicate address detection (RFC 7527).
 const OPT_NONCE: u8 = 14;
 
-/// "The IPv4 address at network header `offset` is (or with `negate`, is not) one of the
-/// pod's own": a compare for a pod with one IPv4 address, else a lookup of `key` in `own4`.
-/// A set costs ADD's transaction two messages (the set and its element), and next to many
-/// guarded pods every message costs the kernel a walk over the node's tables.
-pub(super) fn own4(pod: &PodNet, key: Selector, offset: u32, negate: bool) -> Stmt {
+/// The IPv4 address at network header `offset` as a set key: `ip saddr`/`ip daddr` by name,
+/// ARP's addresses as raw loads.
+fn ip4_at(offset: u32) -> Selector {
+    match offset {
+        IP4_SADDR => Selector::Ip4Saddr,
+        IP4_DADDR => Selector::Ip4Daddr,
+        _ => raw(Base::Network, offset, Field::Ipv4Addr),
+    }
+}
+
+/// The pod's IPv4 address when it has exactly one: then [`own4`] compares and the set
+/// `own4` is not made.
+fn one_own4(pod: &PodNet) -> Option<&IfAddr> {
     let mut v4 = pod.v4();
     match (v4.next(), v4.next()) {
-        (Some(a), None) => {
+        (Some(a), None) => Some(a),
+        _ => None,
+    }
+}
+
+/// "The IPv4 address at network header `offset` is (or with `negate`, is not) one of the
+/// pod's own": a compare for a pod with one IPv4 address, else a lookup in `own4`. A set
+/// costs ADD's transaction two messages (the set and its element), and next to many guarded
+/// pods every message costs the kernel a walk over the node's tables.
+pub(super) fn own4(pod: &PodNet, offset: u32, negate: bool) -> Stmt {
+    match one_own4(pod) {
+        Some(a) => {
             let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
             cmp(net(offset, 4), op, (a.value() as u32).to_be_bytes())
         }
-        _ if negate => absent(OWN4, vec![key]),
-        _ => lookup(OWN4, vec![key]),
+        None if negate => absent(OWN4, vec![ip4_at(offset)]),
+        None => lookup(OWN4, vec![ip4_at(offset)]),
     }
 }
 
@@ -103,18 +122,17 @@ fn byte_prefix4(s: &Span) -> Option<Vec<u8>> {
 }
 
 /// "The IPv4 address at network header `offset` is (`negate`: is not) on-link": for one
-/// subnet of a byte-aligned prefix a compare of its first bytes, else a lookup of `key` in
-/// `onlink4`.
-fn on_link4(spans: &[Span], key: Selector, offset: u32, negate: bool) -> Stmt {
+/// subnet of a byte-aligned prefix a compare of its first bytes, else a lookup in `onlink4`.
+fn on_link4(spans: &[Span], offset: u32, negate: bool) -> Stmt {
     if let Some(prefix) = one_byte_prefix4(spans) {
         let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
         let len = prefix.len() as u32;
         return cmp(net(offset, len), op, prefix);
     }
     if negate {
-        absent(ONLINK4, vec![key])
+        absent(ONLINK4, vec![ip4_at(offset)])
     } else {
-        lookup(ONLINK4, vec![key])
+        lookup(ONLINK4, vec![ip4_at(offset)])
     }
 }
 
@@ -178,21 +196,11 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
                 cmp(net(6, 2), CmpOp::Lte, [0, 2]),
                 cmp(net(8, 6), CmpOp::Eq, pod.mac.0),
                 sender,
-                on_link4(
-                    &onlink4,
-                    raw(Base::Network, ARP_TPA, Field::Ipv4Addr),
-                    ARP_TPA,
-                    false,
-                ),
+                on_link4(&onlink4, ARP_TPA, false),
                 Stmt::Verdict(Verdict::Accept),
             ])
         };
-        rules.push(arp(own4(
-            pod,
-            raw(Base::Network, ARP_SPA, Field::Ipv4Addr),
-            ARP_SPA,
-            false,
-        )));
+        rules.push(arp(own4(pod, ARP_SPA, false)));
         rules.push(arp(cmp(net(ARP_SPA, 4), CmpOp::Eq, [0u8; 4])));
     }
     if !v6.is_empty() {
@@ -235,7 +243,7 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
     if v4.is_empty() {
         rules.push(rule(vec![Stmt::L3(L3::Ipv4), drop()]));
     } else {
-        if v4.len() > 1 {
+        if one_own4(pod).is_none() {
             sets.push(set_of(
                 OWN4,
                 vec![Field::Ipv4Addr],
@@ -245,7 +253,7 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
         }
         rules.push(rule(vec![
             Stmt::L3(L3::Ipv4),
-            own4(pod, Selector::Ip4Saddr, IP4_SADDR, true),
+            own4(pod, IP4_SADDR, true),
             drop(),
         ]));
     }
@@ -269,7 +277,7 @@ pub(super) fn identity(pod: &PodNet, side: Side, sets: &mut Vec<Set>, rules: &mu
         for (l3, off_link, has) in [
             (
                 L3::Ipv4,
-                on_link4(&onlink4, Selector::Ip4Daddr, IP4_DADDR, true),
+                on_link4(&onlink4, IP4_DADDR, true),
                 !v4.is_empty(),
             ),
             (

@@ -390,7 +390,7 @@ pub(super) fn link_table(
         ]));
         // Sent to one of the pod's own addresses (`own6`, or `own4` unless it is one).
         let to_own = || match f.l3 {
-            L3::Ipv4 => own4(pod, f.daddr, IP4_DADDR, false),
+            L3::Ipv4 => own4(pod, IP4_DADDR, false),
             _ => lookup(&own, vec![f.daddr]),
         };
         let mut new_flow = vec![to_me(), Stmt::L3(f.l3), to_own()];
