@@ -100,13 +100,24 @@ fn one_own4(pod: &PodNet) -> Option<&IfAddr> {
 /// costs ADD's transaction two messages (the set and its element), and next to many guarded
 /// pods every message costs the kernel a walk over the node's tables.
 pub(super) fn own4(pod: &PodNet, offset: u32, negate: bool) -> Stmt {
-    match one_own4(pod) {
-        Some(a) => {
+    let one = one_own4(pod).map(|a| (a.value() as u32).to_be_bytes().to_vec());
+    ip4_in(offset, negate, one, OWN4)
+}
+
+/// "The IPv4 address at network header `offset` is (`negate`: is not) in `set`": when the
+/// set's content is one byte-aligned prefix (`leading`, its first bytes), a compare of those
+/// bytes, and `set` is not made; else a lookup in `set`.
+fn ip4_in(offset: u32, negate: bool, leading: Option<Vec<u8>>, set: &str) -> Stmt {
+    match leading {
+        Some(bytes) => {
             let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
-            cmp(net(offset, 4), op, (a.value() as u32).to_be_bytes())
+            cmp(net(offset, bytes.len() as u32), op, bytes)
         }
-        None if negate => absent(OWN4, vec![ip4_at(offset)]),
-        None => lookup(OWN4, vec![ip4_at(offset)]),
+        None => Stmt::Lookup {
+            set: set.into(),
+            key: vec![ip4_at(offset)],
+            negate,
+        },
     }
 }
 
@@ -124,16 +135,7 @@ fn byte_prefix4(s: &Span) -> Option<Vec<u8>> {
 /// "The IPv4 address at network header `offset` is (`negate`: is not) on-link": for one
 /// subnet of a byte-aligned prefix a compare of its first bytes, else a lookup in `onlink4`.
 fn on_link4(spans: &[Span], offset: u32, negate: bool) -> Stmt {
-    if let Some(prefix) = one_byte_prefix4(spans) {
-        let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
-        let len = prefix.len() as u32;
-        return cmp(net(offset, len), op, prefix);
-    }
-    if negate {
-        absent(ONLINK4, vec![ip4_at(offset)])
-    } else {
-        lookup(ONLINK4, vec![ip4_at(offset)])
-    }
+    ip4_in(offset, negate, one_byte_prefix4(spans), ONLINK4)
 }
 
 /// The leading bytes of the only on-link subnet, when there is one and it is byte-aligned:
