@@ -262,30 +262,24 @@ fn v4_field(offset: u32) -> &'static str {
     }
 }
 
+/// `value`'s first bytes in an array of `N`, zeros after them (a prefix load lists as the whole
+/// address).
+fn padded<const N: usize>(value: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    let n = value.len().min(N);
+    a[..n].copy_from_slice(&value[..n]);
+    a
+}
+
 /// A comparison as nft lists it: known header fields by name, anything else as a raw load.
 fn cmp_text(l3: Option<L3>, ether: bool, load: Load, op: CmpOp, value: &[u8]) -> String {
     let o = op_text(op);
     let Load::Payload { base, offset, len } = load else {
         return format!("meta length {o}{}", be_number(value));
     };
-    let mac = || {
-        let mut m = [0u8; 6];
-        let n = value.len().min(6);
-        m[..n].copy_from_slice(&value[..n]);
-        super::Mac(m).to_string()
-    };
-    let v4 = || {
-        let mut a = [0u8; 4];
-        let n = value.len().min(4);
-        a[..n].copy_from_slice(&value[..n]);
-        std::net::Ipv4Addr::from(a).to_string()
-    };
-    let v6 = || {
-        let mut a = [0u8; 16];
-        let n = value.len().min(16);
-        a[..n].copy_from_slice(&value[..n]);
-        Ipv6Addr::from(a).to_string()
-    };
+    let mac = || super::Mac(padded(value)).to_string();
+    let v4 = || std::net::Ipv4Addr::from(padded::<4>(value)).to_string();
+    let v6 = || Ipv6Addr::from(padded::<16>(value)).to_string();
     match (base, offset, len, l3) {
         (Base::Link, ..) if !ether => format!("{} {o}{}", raw_text(base, offset, len), hex(value)),
         (Base::Link, 0, 6, _) => format!("ether daddr {o}{}", mac()),
